@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("loadgen: not built yet");
+    std::process::exit(1);
+}
