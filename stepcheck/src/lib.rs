@@ -1,1 +1,209 @@
-//! (work in progress)
+//! The behaviour every step promises, as tests run against the step's real binary.
+//!
+//! Each step's `tests/behaviour.rs` calls these functions with
+//! `env!("CARGO_BIN_EXE_stepNN-name")`, so all steps are held to the same checks, like for
+//! like. [`Server`] starts a step on a free port and reads its `--json` lines; [`tcp`] holds
+//! the checks for the raw-TCP echo steps (01–05).
+
+pub mod tcp;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any single wait in these checks may take before it fails. Generous: the
+/// machines that run them are shared and noisy, and a hang must still end by itself.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A step running in a child process, listening on a free loopback port. Dropping it kills
+/// the child (by its pid) and reaps it.
+pub struct Server {
+    child: Child,
+    /// Where the step is listening, from its first stdout line.
+    pub addr: SocketAddr,
+    /// The stdout lines after the first, as parsed JSON.
+    lines: Receiver<Value>,
+    /// Everything the step wrote to stderr so far, for failure messages.
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Start `bin --addr 127.0.0.1:0 --json --report-every 0.1 EXTRA...` and wait for its
+    /// `listening` line.
+    pub fn start(bin: &str, extra: &[&str]) -> Server {
+        Server::spawn(Server::command(bin, extra))
+    }
+
+    /// Like [`Server::start`], with the child's open-file limit (soft and hard) set to
+    /// `max_fds` before exec, so the step cannot raise it back.
+    pub fn start_with_fd_limit(bin: &str, extra: &[&str], max_fds: u64) -> Server {
+        let mut command = Server::command(bin, extra);
+        let limit = libc::rlimit { rlim_cur: max_fds, rlim_max: max_fds };
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // setrlimit, which is async-signal-safe; `limit` is a plain value copied in.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Server::spawn(command)
+    }
+
+    fn command(bin: &str, extra: &[&str]) -> Command {
+        let mut command = Command::new(bin);
+        command
+            .args(["--addr", "127.0.0.1:0", "--json", "--report-every", "0.1"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    fn spawn(mut command: Command) -> Server {
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}"));
+
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut child_stderr = child.stderr.take().expect("stderr is piped");
+        let collected = Arc::clone(&stderr);
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = child_stderr.read(&mut buf) {
+                collected.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+
+        let (tx, lines) = mpsc::channel();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|err| panic!("stdout line is not JSON ({err}): {line}"));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+
+        let mut server = Server { child, addr: SocketAddr::from(([0, 0, 0, 0], 0)), lines, stderr };
+        let first = server.next_line(PATIENCE).unwrap_or_else(|| {
+            panic!("the step printed no `listening` line; stderr:\n{}", server.stderr())
+        });
+        assert_eq!(first["event"], "listening", "the first stdout line must be `listening`: {first}");
+        server.addr = first["addr"]
+            .as_str()
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("`listening` line without a socket address: {first}"));
+        server
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the step wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The next JSON line on stdout, or `None` after `timeout` (or when stdout closed).
+    pub fn next_line(&self, timeout: Duration) -> Option<Value> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(value) => Some(value),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Wait for a memory line reporting exactly `conns` connections and return it.
+    pub fn wait_for_memory_line(&self, conns: u64) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Some(line) = self.next_line(left) else { break };
+            if line["event"] == "memory" && line["conns"] == conns {
+                return line;
+            }
+            seen.push(line);
+        }
+        panic!(
+            "no memory line with conns {conns} within {PATIENCE:?}; saw {seen:?}; stderr:\n{}",
+            self.stderr()
+        );
+    }
+
+    /// Open a client connection with read and write timeouts, so no check can hang.
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr)
+            .unwrap_or_else(|err| panic!("cannot connect to {}: {err}", self.addr));
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_write_timeout(Some(PATIENCE)).unwrap();
+        stream
+    }
+
+    /// True while the child has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// CPU time (user + system) the child has used so far, from `/proc/PID/stat`.
+    pub fn cpu_seconds(&self) -> f64 {
+        proc_cpu_seconds(self.pid())
+    }
+
+    /// The child's resident set in bytes, from the `VmRSS:` line of `/proc/PID/status`.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the step's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line");
+        kib * 1024
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Ends only the process this Server started, by its pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// utime + stime of a process, in seconds.
+pub fn proc_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // The command name (field 2) may hold spaces; the fields we want follow its `)`.
+    let after_name = &stat[stat.rfind(')').expect("stat has a (comm) field") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) and stime (15) sit at 11 and 12.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ticks as f64 / per_second as f64
+}
+
+/// Send `message` and read back exactly as many bytes, asserting they are the same.
+pub fn assert_echo(stream: &mut TcpStream, message: &[u8]) {
+    stream.write_all(message).expect("send to the step");
+    let mut echoed = vec![0; message.len()];
+    stream
+        .read_exact(&mut echoed)
+        .unwrap_or_else(|err| panic!("no echo of {} bytes: {err}", message.len()));
+    assert!(echoed == message, "the echo differs from what was sent");
+}

@@ -1,0 +1,227 @@
+//! Checks for the raw-TCP echo steps (01–05). Each takes the step's binary path.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::{PATIENCE, Server, assert_echo};
+
+/// One client, one message, the same bytes back.
+pub fn echo_round_trip(bin: &str) {
+    let server = Server::start(bin, &[]);
+    let mut client = server.connect();
+    assert_echo(&mut client, b"hello, epoll\n");
+    assert_echo(&mut client, b"\x00\xffbinary is fine too");
+}
+
+/// `clients` connections open at once, every one of them echoed.
+pub fn concurrent_clients_all_echoed(bin: &str, clients: usize) {
+    let server = Server::start(bin, &[]);
+    let mut streams: Vec<TcpStream> = (0..clients).map(|_| server.connect()).collect();
+    // Every client speaks before any reads, so a server that serves one at a time stalls here.
+    for (i, stream) in streams.iter_mut().enumerate() {
+        stream.write_all(format!("client {i}\n").as_bytes()).unwrap();
+    }
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let expected = format!("client {i}\n");
+        let mut echoed = vec![0; expected.len()];
+        stream
+            .read_exact(&mut echoed)
+            .unwrap_or_else(|err| panic!("client {i} of {clients} got no echo: {err}"));
+        assert_eq!(echoed, expected.as_bytes(), "client {i} got another client's bytes");
+    }
+}
+
+/// A message far larger than any socket buffer comes back intact: the server must keep
+/// what the kernel would not take yet and send it when the socket is writable again.
+pub fn large_message_echoed_intact(bin: &str, len: usize) {
+    let server = Server::start(bin, &[]);
+    let client = server.connect();
+    let message: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+
+    // Write from one thread while this one reads, as a real client must: written alone,
+    // the message would fill both directions' buffers and deadlock client and server.
+    let mut writer = client.try_clone().unwrap();
+    let to_send = message.clone();
+    let sending = thread::spawn(move || writer.write_all(&to_send));
+
+    let mut echoed = vec![0; len];
+    let mut reader = client;
+    reader
+        .read_exact(&mut echoed)
+        .unwrap_or_else(|err| panic!("the {len}-byte echo stopped early: {err}"));
+    sending.join().unwrap().expect("sending the large message");
+    let first_difference = echoed.iter().zip(&message).position(|(a, b)| a != b);
+    assert_eq!(first_difference, None, "the echo of {len} bytes differs at that offset");
+}
+
+/// A client that sends and never reads fills its socket buffers; the server must stop
+/// reading it (its output stays bounded) and keep serving everybody else.
+pub fn non_reading_client_does_not_stall_others(bin: &str) {
+    let server = Server::start(bin, &[]);
+    let base_rss = server.rss_bytes();
+
+    let flooder = server.connect();
+    flooder.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut flooding = flooder.try_clone().unwrap();
+    // Bounded: at most 256 MiB, for at most 3 s; it stops much sooner once buffers fill.
+    let flood = thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        let start = Instant::now();
+        let mut sent = 0usize;
+        while sent < 256 << 20 && start.elapsed() < Duration::from_secs(3) {
+            match flooding.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(err) => panic!("the flooding client's socket failed: {err}"),
+            }
+        }
+        sent
+    });
+
+    thread::sleep(Duration::from_millis(500));
+    let mut other = server.connect();
+    assert_echo(&mut other, b"still served while another client floods\n");
+    let sent = flood.join().unwrap();
+
+    // If the server had kept reading the flooder, it would hold everything sent in memory.
+    let grown = server.rss_bytes().saturating_sub(base_rss);
+    assert!(
+        sent < 256 << 20,
+        "the flooder sent all 256 MiB: the server kept reading a client that never reads"
+    );
+    assert!(
+        grown < 32 << 20,
+        "the server grew by {grown} bytes while a client sent {sent} bytes without reading"
+    );
+    drop(flooder);
+}
+
+/// Clients that vanish with a reset (SO_LINGER 0), some with data in flight, leave the
+/// server up and serving.
+pub fn resets_leave_the_server_serving(bin: &str, clients: usize) {
+    let mut server = Server::start(bin, &[]);
+    for i in 0..clients {
+        let mut client = server.connect();
+        if i % 2 == 0 {
+            // Half of them leave a request behind whose echo will meet a dead socket.
+            client.write_all(&vec![b'r'; 100_000]).unwrap();
+        }
+        reset(client);
+    }
+    thread::sleep(Duration::from_millis(200));
+    assert!(server.is_running(), "the server died after resets:\n{}", server.stderr());
+    let mut client = server.connect();
+    assert_echo(&mut client, b"after the resets\n");
+}
+
+/// Close with SO_LINGER 0: the kernel sends RST instead of FIN.
+pub fn reset(stream: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: the fd is open (owned by `stream`) and `linger` is a valid option value of
+    // the size we pass.
+    let ret = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(ret, 0, "setsockopt(SO_LINGER): {}", std::io::Error::last_os_error());
+    drop(stream);
+}
+
+/// The memory line reports the number of open connections as it changes.
+pub fn memory_line_counts_connections(bin: &str, clients: usize) {
+    let server = Server::start(bin, &[]);
+    let mut streams: Vec<TcpStream> = (0..clients).map(|_| server.connect()).collect();
+    // An echo on each proves the server has accepted every one of them.
+    for stream in &mut streams {
+        assert_echo(stream, b"counted?");
+    }
+    let line = server.wait_for_memory_line(clients as u64);
+    assert!(line["rss_bytes"].as_u64() > Some(0), "{line}");
+    assert!(line["threads"].as_u64() >= Some(1), "{line}");
+    let per_conn = line["per_conn_bytes"].as_u64().expect("per_conn_bytes");
+    let (rss, base) = (line["rss_bytes"].as_u64().unwrap(), line["base_rss_bytes"].as_u64().unwrap());
+    assert_eq!(per_conn, rss.saturating_sub(base) / clients as u64, "{line}");
+
+    drop(streams);
+    server.wait_for_memory_line(0);
+}
+
+/// Run out of file descriptors: the server must neither die nor spin at 100% CPU while
+/// the listen queue holds connections it cannot accept, and must serve again once
+/// descriptors free up.
+pub fn survives_running_out_of_fds(bin: &str) {
+    const MAX_FDS: u64 = 64;
+    let mut server = Server::start_with_fd_limit(bin, &[], MAX_FDS);
+
+    // More clients than the server has descriptors. connect() still succeeds: the kernel
+    // completes the handshake and queues the connection until the server accepts it.
+    let clients: Vec<TcpStream> = (0..100).map(|_| server.connect()).collect();
+    thread::sleep(Duration::from_millis(500));
+
+    let cpu_before = server.cpu_seconds();
+    thread::sleep(Duration::from_secs(2));
+    let cpu_used = server.cpu_seconds() - cpu_before;
+    assert!(server.is_running(), "the server died at the fd limit:\n{}", server.stderr());
+    assert!(
+        cpu_used < 0.5,
+        "the server used {cpu_used:.2} s of CPU in 2 s at the fd limit: it is spinning on accept"
+    );
+
+    drop(clients);
+    // Served again once descriptors are free: retry for a while, the server may be backing off.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let attempt = (|| -> std::io::Result<()> {
+            let mut client = server.connect();
+            client.set_read_timeout(Some(Duration::from_secs(2)))?;
+            client.write_all(b"room again?\n")?;
+            let mut echoed = [0u8; 12];
+            client.read_exact(&mut echoed)?;
+            assert_eq!(&echoed, b"room again?\n");
+            Ok(())
+        })();
+        match attempt {
+            Ok(()) => break,
+            Err(err) if Instant::now() < deadline => {
+                let _ = err;
+                thread::sleep(Duration::from_millis(100));
+            }
+            Err(err) => panic!(
+                "not served after the old clients closed: {err}; stderr:\n{}",
+                server.stderr()
+            ),
+        }
+    }
+}
+
+/// A blocking server serves one client at a time: a second client's bytes wait in the
+/// kernel until the first client closes.
+pub fn second_client_waits_for_the_first(bin: &str) {
+    let server = Server::start(bin, &[]);
+    let mut first = server.connect();
+    assert_echo(&mut first, b"first\n");
+
+    let mut second = server.connect();
+    second.write_all(b"second\n").unwrap();
+    second.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut echoed = [0u8; 7];
+    match second.read(&mut echoed) {
+        Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => panic!("the second client was answered while the first was connected: {other:?}"),
+    }
+
+    drop(first);
+    second.set_read_timeout(Some(PATIENCE)).unwrap();
+    second
+        .read_exact(&mut echoed)
+        .expect("the second client is served once the first closes");
+    assert_eq!(&echoed, b"second\n");
+}
