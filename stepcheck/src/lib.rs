@@ -6,12 +6,13 @@
 //! the checks for the raw-TCP echo steps (01–05).
 
 pub mod tcp;
+pub mod ws;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -45,7 +46,10 @@ impl Server {
     /// `max_fds` before exec, so the step cannot raise it back.
     pub fn start_with_fd_limit(bin: &str, extra: &[&str], max_fds: u64) -> Server {
         let mut command = Server::command(bin, extra);
-        let limit = libc::rlimit { rlim_cur: max_fds, rlim_max: max_fds };
+        let limit = libc::rlimit {
+            rlim_cur: max_fds,
+            rlim_max: max_fds,
+        };
         // SAFETY: the closure runs in the forked child before exec and calls only
         // setrlimit, which is async-signal-safe; `limit` is a plain value copied in.
         unsafe {
@@ -81,7 +85,10 @@ impl Server {
         thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = child_stderr.read(&mut buf) {
-                collected.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                collected
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
 
@@ -98,11 +105,22 @@ impl Server {
             }
         });
 
-        let mut server = Server { child, addr: SocketAddr::from(([0, 0, 0, 0], 0)), lines, stderr };
+        let mut server = Server {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            lines,
+            stderr,
+        };
         let first = server.next_line(PATIENCE).unwrap_or_else(|| {
-            panic!("the step printed no `listening` line; stderr:\n{}", server.stderr())
+            panic!(
+                "the step printed no `listening` line; stderr:\n{}",
+                server.stderr()
+            )
         });
-        assert_eq!(first["event"], "listening", "the first stdout line must be `listening`: {first}");
+        assert_eq!(
+            first["event"], "listening",
+            "the first stdout line must be `listening`: {first}"
+        );
         server.addr = first["addr"]
             .as_str()
             .and_then(|addr| addr.parse().ok())
@@ -122,10 +140,7 @@ impl Server {
 
     /// The next JSON line on stdout, or `None` after `timeout` (or when stdout closed).
     pub fn next_line(&self, timeout: Duration) -> Option<Value> {
-        match self.lines.recv_timeout(timeout) {
-            Ok(value) => Some(value),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.lines.recv_timeout(timeout).ok()
     }
 
     /// Wait for a memory line reporting exactly `conns` connections and return it.
@@ -133,7 +148,9 @@ impl Server {
         let deadline = Instant::now() + PATIENCE;
         let mut seen = Vec::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Some(line) = self.next_line(left) else { break };
+            let Some(line) = self.next_line(left) else {
+                break;
+            };
             if line["event"] == "memory" && line["conns"] == conns {
                 return line;
             }

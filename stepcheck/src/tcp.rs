@@ -21,7 +21,9 @@ pub fn concurrent_clients_all_echoed(bin: &str, clients: usize) {
     let mut streams: Vec<TcpStream> = (0..clients).map(|_| server.connect()).collect();
     // Every client speaks before any reads, so a server that serves one at a time stalls here.
     for (i, stream) in streams.iter_mut().enumerate() {
-        stream.write_all(format!("client {i}\n").as_bytes()).unwrap();
+        stream
+            .write_all(format!("client {i}\n").as_bytes())
+            .unwrap();
     }
     for (i, stream) in streams.iter_mut().enumerate() {
         let expected = format!("client {i}\n");
@@ -29,7 +31,11 @@ pub fn concurrent_clients_all_echoed(bin: &str, clients: usize) {
         stream
             .read_exact(&mut echoed)
             .unwrap_or_else(|err| panic!("client {i} of {clients} got no echo: {err}"));
-        assert_eq!(echoed, expected.as_bytes(), "client {i} got another client's bytes");
+        assert_eq!(
+            echoed,
+            expected.as_bytes(),
+            "client {i} got another client's bytes"
+        );
     }
 }
 
@@ -53,7 +59,10 @@ pub fn large_message_echoed_intact(bin: &str, len: usize) {
         .unwrap_or_else(|err| panic!("the {len}-byte echo stopped early: {err}"));
     sending.join().unwrap().expect("sending the large message");
     let first_difference = echoed.iter().zip(&message).position(|(a, b)| a != b);
-    assert_eq!(first_difference, None, "the echo of {len} bytes differs at that offset");
+    assert_eq!(
+        first_difference, None,
+        "the echo of {len} bytes differs at that offset"
+    );
 }
 
 /// A client that sends and never reads fills its socket buffers; the server must stop
@@ -63,7 +72,9 @@ pub fn non_reading_client_does_not_stall_others(bin: &str) {
     let base_rss = server.rss_bytes();
 
     let flooder = server.connect();
-    flooder.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    flooder
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut flooding = flooder.try_clone().unwrap();
     // Bounded: at most 256 MiB, for at most 3 s; it stops much sooner once buffers fill.
     let flood = thread::spawn(move || {
@@ -111,7 +122,11 @@ pub fn resets_leave_the_server_serving(bin: &str, clients: usize) {
         reset(client);
     }
     thread::sleep(Duration::from_millis(200));
-    assert!(server.is_running(), "the server died after resets:\n{}", server.stderr());
+    assert!(
+        server.is_running(),
+        "the server died after resets:\n{}",
+        server.stderr()
+    );
     let mut client = server.connect();
     assert_echo(&mut client, b"after the resets\n");
 }
@@ -119,7 +134,10 @@ pub fn resets_leave_the_server_serving(bin: &str, clients: usize) {
 /// Close with SO_LINGER 0: the kernel sends RST instead of FIN.
 pub fn reset(stream: TcpStream) {
     use std::os::fd::AsRawFd;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: the fd is open (owned by `stream`) and `linger` is a valid option value of
     // the size we pass.
     let ret = unsafe {
@@ -131,7 +149,12 @@ pub fn reset(stream: TcpStream) {
             size_of::<libc::linger>() as libc::socklen_t,
         )
     };
-    assert_eq!(ret, 0, "setsockopt(SO_LINGER): {}", std::io::Error::last_os_error());
+    assert_eq!(
+        ret,
+        0,
+        "setsockopt(SO_LINGER): {}",
+        std::io::Error::last_os_error()
+    );
     drop(stream);
 }
 
@@ -147,8 +170,15 @@ pub fn memory_line_counts_connections(bin: &str, clients: usize) {
     assert!(line["rss_bytes"].as_u64() > Some(0), "{line}");
     assert!(line["threads"].as_u64() >= Some(1), "{line}");
     let per_conn = line["per_conn_bytes"].as_u64().expect("per_conn_bytes");
-    let (rss, base) = (line["rss_bytes"].as_u64().unwrap(), line["base_rss_bytes"].as_u64().unwrap());
-    assert_eq!(per_conn, rss.saturating_sub(base) / clients as u64, "{line}");
+    let (rss, base) = (
+        line["rss_bytes"].as_u64().unwrap(),
+        line["base_rss_bytes"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        per_conn,
+        rss.saturating_sub(base) / clients as u64,
+        "{line}"
+    );
 
     drop(streams);
     server.wait_for_memory_line(0);
@@ -169,7 +199,11 @@ pub fn survives_running_out_of_fds(bin: &str) {
     let cpu_before = server.cpu_seconds();
     thread::sleep(Duration::from_secs(2));
     let cpu_used = server.cpu_seconds() - cpu_before;
-    assert!(server.is_running(), "the server died at the fd limit:\n{}", server.stderr());
+    assert!(
+        server.is_running(),
+        "the server died at the fd limit:\n{}",
+        server.stderr()
+    );
     assert!(
         cpu_used < 0.5,
         "the server used {cpu_used:.2} s of CPU in 2 s at the fd limit: it is spinning on accept"
@@ -211,7 +245,9 @@ pub fn second_client_waits_for_the_first(bin: &str) {
 
     let mut second = server.connect();
     second.write_all(b"second\n").unwrap();
-    second.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut echoed = [0u8; 7];
     match second.read(&mut echoed) {
         Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}

@@ -1,0 +1,283 @@
+//! Checks for the WebSocket echo steps (06–07): the TCP checks of [`crate::tcp`], spoken
+//! in WebSocket messages by a blocking `tungstenite` client.
+//!
+//! Each check takes the step's binary and extra arguments for it (e.g. `&["--buffers",
+//! "per-conn"]`), so one step can be held to every check under each of its settings.
+
+use std::io::{ErrorKind, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::{Message, WebSocket};
+
+use crate::{PATIENCE, Server, tcp};
+
+/// A client's end of a WebSocket connection over a plain blocking TCP stream.
+pub type Client = WebSocket<TcpStream>;
+
+/// Connect to the step and do the opening handshake (an HTTP `GET` with `Upgrade:
+/// websocket`, answered by `101 Switching Protocols`).
+pub fn connect(server: &Server) -> Client {
+    handshake(server.connect(), server).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// The opening handshake over an already connected stream; the error says what went wrong.
+fn handshake(stream: TcpStream, server: &Server) -> Result<Client, String> {
+    let url = format!("ws://{}/", server.addr);
+    match tungstenite::client(url.as_str(), stream) {
+        Ok((client, _response)) => Ok(client),
+        // The stream has a read timeout: "interrupted" means no answer came in time.
+        Err(tungstenite::HandshakeError::Interrupted(_)) => {
+            Err(format!("no answer to the WebSocket handshake on {url} in time"))
+        }
+        Err(tungstenite::HandshakeError::Failure(err)) => {
+            Err(format!("the WebSocket handshake on {url} failed: {err}"))
+        }
+    }
+}
+
+/// The next data message (text or binary). Pings and pongs are skipped: a server may send
+/// them at any time, and the client library answers pings by itself.
+fn read_data(client: &mut Client) -> tungstenite::Result<Message> {
+    // Bounded: a server that sends nothing but control frames fails the check.
+    for _ in 0..100 {
+        let message = client.read()?;
+        if !(message.is_ping() || message.is_pong()) {
+            return Ok(message);
+        }
+    }
+    panic!("100 control frames in a row and no data message from the step");
+}
+
+/// Send `message` and read the next data message, asserting it is the same type and bytes.
+pub fn assert_echo(client: &mut Client, message: Message) {
+    let (sent, len) = (kind(&message), message.len());
+    client
+        .send(message.clone())
+        .unwrap_or_else(|err| panic!("cannot send a {len}-byte {sent} message: {err}"));
+    let echoed = read_data(client)
+        .unwrap_or_else(|err| panic!("no echo of a {len}-byte {sent} message: {err}"));
+    let back = kind(&echoed);
+    assert_eq!(back, sent, "a {sent} message must come back as {sent}, not {back}");
+    assert_eq!(echoed.len(), len, "the echo of a {len}-byte {sent} message has another length");
+    assert!(echoed == message, "the echo of a {len}-byte {sent} message has other bytes");
+}
+
+/// "text", "binary", "close", ... for failure messages.
+fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::Text(_) => "text",
+        Message::Binary(_) => "binary",
+        Message::Ping(_) => "ping",
+        Message::Pong(_) => "pong",
+        Message::Close(_) => "close",
+        Message::Frame(_) => "raw frame",
+    }
+}
+
+/// `len` bytes that are not all alike, so a shifted or truncated echo shows.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Text and binary messages come back with their type and bytes, at each of the three ways
+/// a frame can encode its length (7 bits up to 125, 16 bits up to 65 535, 64 bits beyond).
+pub fn echo_round_trip(bin: &str, extra: &[&str]) {
+    let server = Server::start(bin, extra);
+    let mut client = connect(&server);
+    assert_echo(&mut client, Message::text("hello, websocket"));
+    assert_echo(&mut client, Message::binary(b"\x00\xffbinary is fine too".to_vec()));
+    for len in [0, 125, 126, 65_535, 65_536, 100_000] {
+        assert_echo(&mut client, Message::binary(pattern(len)));
+    }
+    assert_echo(&mut client, Message::text("é".repeat(40_000)));
+}
+
+/// `clients` WebSocket connections open at once, every one of them echoed.
+pub fn concurrent_clients_all_echoed(bin: &str, extra: &[&str], clients: usize) {
+    let server = Server::start(bin, extra);
+    let mut all: Vec<Client> = (0..clients).map(|_| connect(&server)).collect();
+    // Every client speaks before any reads, so a server that serves one at a time stalls here.
+    for (i, client) in all.iter_mut().enumerate() {
+        client
+            .send(Message::text(format!("client {i}")))
+            .unwrap_or_else(|err| panic!("client {i} of {clients} cannot send: {err}"));
+    }
+    for (i, client) in all.iter_mut().enumerate() {
+        let echoed = read_data(client)
+            .unwrap_or_else(|err| panic!("client {i} of {clients} got no echo: {err}"));
+        assert_eq!(
+            echoed,
+            Message::text(format!("client {i}")),
+            "client {i} got another client's message"
+        );
+    }
+}
+
+/// A binary message of `len` bytes, far larger than any socket buffer, comes back intact:
+/// the server must gather all of its frames and send the echo out as the socket drains.
+/// Pass the step's own limit in `extra` if `len` is over its default (`--max-message`).
+pub fn large_message_echoed_intact(bin: &str, extra: &[&str], len: usize) {
+    let server = Server::start(bin, extra);
+    let mut client = connect(&server);
+    let message = pattern(len);
+    // The echo cannot start before the whole message has arrived (it is one frame), so a
+    // blocking send followed by a blocking read does not deadlock.
+    client
+        .send(Message::binary(message.clone()))
+        .unwrap_or_else(|err| panic!("cannot send the {len}-byte message: {err}"));
+    let echoed = read_data(&mut client)
+        .unwrap_or_else(|err| panic!("no echo of the {len}-byte message: {err}"));
+    assert!(echoed.is_binary(), "the {len}-byte binary message came back as {}", kind(&echoed));
+    let echoed = echoed.into_data();
+    assert_eq!(echoed.len(), len, "the echo of the {len}-byte message has another length");
+    let first_difference = echoed.iter().zip(&message).position(|(a, b)| a != b);
+    assert_eq!(first_difference, None, "the echo of {len} bytes differs at that offset");
+}
+
+/// A client that sends messages and never reads the echoes fills its socket buffers; the
+/// server must stop reading it (its output stays bounded) and keep serving everybody else.
+pub fn non_reading_client_does_not_stall_others(bin: &str, extra: &[&str]) {
+    let server = Server::start(bin, extra);
+    let base_rss = server.rss_bytes();
+
+    // The flooder shakes hands, then writes ready-made frames straight to the socket: a
+    // blocking WebSocket client would keep every message it cannot send in its own memory.
+    let flooder = connect(&server).into_inner();
+    flooder.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut flooding = flooder.try_clone().unwrap();
+    let frame = masked_binary_frame(&pattern(64 * 1024));
+    // Bounded: at most 256 MiB, for at most 3 s; it stops much sooner once buffers fill.
+    let flood = thread::spawn(move || {
+        let start = Instant::now();
+        let (mut sent, mut offset) = (0usize, 0usize);
+        while sent < 256 << 20 && start.elapsed() < Duration::from_secs(3) {
+            // A write may take part of a frame: the next one must go on from there, or the
+            // server would read the start of a frame where it expects the rest of one.
+            match flooding.write(&frame[offset..]) {
+                Ok(n) => {
+                    sent += n;
+                    offset = (offset + n) % frame.len();
+                }
+                Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(err) => panic!("the flooding client's socket failed: {err}"),
+            }
+        }
+        sent
+    });
+
+    thread::sleep(Duration::from_millis(500));
+    let mut other = connect(&server);
+    assert_echo(&mut other, Message::text("still served while another client floods"));
+    let sent = flood.join().unwrap();
+
+    // If the server had kept reading the flooder, it would hold everything sent in memory.
+    let grown = server.rss_bytes().saturating_sub(base_rss);
+    assert!(
+        sent < 256 << 20,
+        "the flooder sent all 256 MiB: the server kept reading a client that never reads"
+    );
+    assert!(
+        grown < 32 << 20,
+        "the server grew by {grown} bytes while a client sent {sent} bytes without reading"
+    );
+    drop(flooder);
+}
+
+/// One final binary frame carrying `payload`, masked as every client-to-server frame must
+/// be (RFC 6455 §5.3), in wire format.
+fn masked_binary_frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = Frame::message(payload.to_vec(), OpCode::Data(Data::Binary), true);
+    // Any mask will do; a fixed one keeps the check repeatable.
+    frame.header_mut().mask = Some(*b"mask");
+    let mut wire = Vec::with_capacity(payload.len() + 14);
+    frame.format(&mut wire).expect("formatting into a Vec cannot fail");
+    wire
+}
+
+/// Clients that vanish with a reset (SO_LINGER 0) after the handshake, some with a message
+/// in flight, leave the server up and serving.
+pub fn resets_leave_the_server_serving(bin: &str, extra: &[&str], clients: usize) {
+    let mut server = Server::start(bin, extra);
+    for i in 0..clients {
+        let mut client = connect(&server);
+        if i % 2 == 0 {
+            // Half of them leave a message behind whose echo will meet a dead socket.
+            client.send(Message::binary(vec![b'r'; 100_000])).unwrap();
+        }
+        tcp::reset(client.into_inner());
+    }
+    thread::sleep(Duration::from_millis(200));
+    assert!(server.is_running(), "the server died after resets:\n{}", server.stderr());
+    let mut client = connect(&server);
+    assert_echo(&mut client, Message::text("after the resets"));
+}
+
+/// The memory line counts WebSocket connections: `clients` after their handshakes, 0 after
+/// they close.
+pub fn memory_line_counts_connections(bin: &str, extra: &[&str], clients: usize) {
+    let server = Server::start(bin, extra);
+    let mut all: Vec<Client> = (0..clients).map(|_| connect(&server)).collect();
+    // An echo on each proves the server has accepted and upgraded every one of them.
+    for client in &mut all {
+        assert_echo(client, Message::text("counted?"));
+    }
+    let line = server.wait_for_memory_line(clients as u64);
+    assert!(line["rss_bytes"].as_u64() > Some(0), "{line}");
+    assert!(line["threads"].as_u64() >= Some(1), "{line}");
+    let per_conn = line["per_conn_bytes"].as_u64().expect("per_conn_bytes");
+    let (rss, base) = (line["rss_bytes"].as_u64().unwrap(), line["base_rss_bytes"].as_u64().unwrap());
+    assert_eq!(per_conn, rss.saturating_sub(base) / clients as u64, "{line}");
+
+    drop(all);
+    server.wait_for_memory_line(0);
+}
+
+/// Run out of file descriptors: the server must neither die nor spin at 100% CPU while
+/// the listen queue holds connections it cannot accept, and must serve WebSocket clients
+/// again once descriptors free up.
+pub fn survives_running_out_of_fds(bin: &str, extra: &[&str]) {
+    const MAX_FDS: u64 = 64;
+    let mut server = Server::start_with_fd_limit(bin, extra, MAX_FDS);
+
+    // More clients than the server has descriptors. connect() still succeeds: the kernel
+    // completes the TCP handshake and queues the connection until the server accepts it.
+    // They stay silent: one the server cannot accept could not finish a WebSocket handshake.
+    let clients: Vec<TcpStream> = (0..100).map(|_| server.connect()).collect();
+    thread::sleep(Duration::from_millis(500));
+
+    let cpu_before = server.cpu_seconds();
+    thread::sleep(Duration::from_secs(2));
+    let cpu_used = server.cpu_seconds() - cpu_before;
+    assert!(server.is_running(), "the server died at the fd limit:\n{}", server.stderr());
+    assert!(
+        cpu_used < 0.5,
+        "the server used {cpu_used:.2} s of CPU in 2 s at the fd limit: it is spinning on accept"
+    );
+
+    drop(clients);
+    // Served again once descriptors are free: retry for a while, the server may be backing off.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let attempt = (|| -> Result<(), String> {
+            let stream = server.connect();
+            stream.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+            let mut client = handshake(stream, &server)?;
+            client.send(Message::text("room again?")).map_err(|e| e.to_string())?;
+            let echoed = read_data(&mut client).map_err(|e| e.to_string())?;
+            assert_eq!(echoed, Message::text("room again?"));
+            Ok(())
+        })();
+        match attempt {
+            Ok(()) => break,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
+            Err(err) => panic!(
+                "not served after the old clients closed: {err}; stderr:\n{}",
+                server.stderr()
+            ),
+        }
+    }
+}
