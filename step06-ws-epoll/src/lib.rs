@@ -1,1 +1,3 @@
-//! (work in progress)
+//! cargo run --release -p step06-ws-epoll
+pub mod frame;
+pub mod handshake;

@@ -1,0 +1,407 @@
+//! The WebSocket opening handshake (RFC 6455, section 4), by hand.
+//!
+//! A WebSocket connection starts life as an HTTP/1.1 `GET` that asks to switch protocols:
+//!
+//! ```text
+//! GET / HTTP/1.1
+//! Host: 127.0.0.1:9006
+//! Upgrade: websocket
+//! Connection: Upgrade
+//! Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==
+//! Sec-WebSocket-Version: 13
+//! ```
+//!
+//! and the server agrees with `101 Switching Protocols`, proving it understood by hashing
+//! the key. After the blank line that ends those heads, both sides speak frames
+//! (see `frame.rs`).
+//!
+//! Everything here is a pure function of bytes: no sockets, no state. The event loop keeps
+//! the bytes of a head that has not fully arrived and calls [`parse_request`] again when
+//! more come in; that is all "resumable" needs to mean, because httparse does not remember
+//! anything between calls either.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use sha1::{Digest, Sha1};
+
+/// The longest request head we accept. Browsers send well under 2 KiB; 8 KiB is what
+/// nginx and most servers allow by default. Longer → `431`.
+pub const MAX_HEAD: usize = 8 * 1024;
+
+/// At most this many header lines. More → `431` as well.
+const MAX_HEADERS: usize = 64;
+
+/// The GUID every server appends to the client's key (RFC 6455, section 1.3).
+const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// A request head that asked, correctly, to become a WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    /// The value of our `Sec-WebSocket-Accept` header, derived from the client's key.
+    pub accept: String,
+    /// How many bytes the head took. Anything after it is already WebSocket frames.
+    pub head_len: usize,
+}
+
+/// Why a request head is refused. Each becomes an HTTP error response, then a close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// The head is longer than [`MAX_HEAD`], or has more than 64 header lines: `431`.
+    HeadTooLarge,
+    /// Not HTTP at all, or not HTTP/1.1: `400`.
+    Malformed,
+    /// Not a `GET`: `405`.
+    NotGet,
+    /// A plain HTTP request with no `Upgrade` header at all, e.g. a browser tab opened on
+    /// the address: `426` with a short text saying this is a WebSocket server.
+    PlainHttp,
+    /// Asked to upgrade, but not with `Upgrade: websocket` and a `Connection` header that
+    /// holds the `upgrade` token: `400`.
+    NotWebSocket,
+    /// `Sec-WebSocket-Version` is not 13: `426`, telling the client which version we speak.
+    BadVersion,
+    /// `Sec-WebSocket-Key` missing, or not the base64 of 16 bytes: `400`.
+    BadKey,
+}
+
+/// Parse the request head in `buf` (everything received so far) and check it.
+///
+/// - `Ok(None)`: the head is not complete yet; call again when more bytes arrive.
+/// - `Ok(Some(upgrade))`: answer with [`switching_protocols`]; frames start at `head_len`.
+/// - `Err(reject)`: answer with [`Reject::response`] and close.
+pub fn parse_request(buf: &[u8]) -> Result<Option<Upgrade>, Reject> {
+    // Never look past MAX_HEAD bytes: a head that is not complete within them is too long,
+    // whatever follows. This also bounds the work of re-parsing from the start each time.
+    let window = &buf[..buf.len().min(MAX_HEAD)];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_len = match request.parse(window) {
+        Ok(httparse::Status::Complete(head_len)) => head_len,
+        Ok(httparse::Status::Partial) if window.len() == MAX_HEAD => {
+            return Err(Reject::HeadTooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadTooLarge),
+        Err(_) => return Err(Reject::Malformed),
+    };
+
+    // httparse fills these in for every complete head.
+    let method = request
+        .method
+        .expect("bug: httparse returned a complete head without a method");
+    if request.version != Some(1) {
+        return Err(Reject::Malformed);
+    }
+    if method != "GET" {
+        return Err(Reject::NotGet);
+    }
+
+    let headers = request.headers;
+    let upgrade = header_values(headers, "upgrade");
+    if upgrade.clone().next().is_none() {
+        return Err(Reject::PlainHttp);
+    }
+    // Both headers are comma-separated token lists: `Connection: keep-alive, Upgrade` is
+    // what Firefox sends. Tokens compare case-insensitively.
+    let upgrade_to_websocket = upgrade
+        .flat_map(tokens)
+        .any(|t| t.eq_ignore_ascii_case(b"websocket"));
+    let connection_upgrade = header_values(headers, "connection")
+        .flat_map(tokens)
+        .any(|t| t.eq_ignore_ascii_case(b"upgrade"));
+    if !upgrade_to_websocket || !connection_upgrade {
+        return Err(Reject::NotWebSocket);
+    }
+
+    // Exactly one version header, saying 13 (the RFC's version; earlier drafts were 8 and 0).
+    let mut versions = header_values(headers, "sec-websocket-version").map(trim);
+    let (Some(b"13"), None) = (versions.next(), versions.next()) else {
+        return Err(Reject::BadVersion);
+    };
+
+    // Exactly one key, the base64 of 16 bytes (a random nonce chosen by the client).
+    let mut keys = header_values(headers, "sec-websocket-key").map(trim);
+    let (Some(key), None) = (keys.next(), keys.next()) else {
+        return Err(Reject::BadKey);
+    };
+    match BASE64.decode(key) {
+        Ok(nonce) if nonce.len() == 16 => {}
+        _ => return Err(Reject::BadKey),
+    }
+
+    Ok(Some(Upgrade {
+        accept: accept_key(key),
+        head_len,
+    }))
+}
+
+/// `Sec-WebSocket-Accept` = base64(sha1(key + GUID)). The client checks it, so it knows the
+/// server really speaks WebSocket and is not a cache replaying an old answer.
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha1 = Sha1::new();
+    sha1.update(key);
+    sha1.update(WS_GUID);
+    BASE64.encode(sha1.finalize())
+}
+
+/// The answer that turns the connection into a WebSocket.
+pub fn switching_protocols(accept: &str) -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\n\
+         Upgrade: websocket\r\n\
+         Connection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\
+         \r\n"
+    )
+}
+
+impl Reject {
+    /// The status line, e.g. `HTTP/1.1 405 Method Not Allowed`.
+    pub fn status_line(self) -> &'static str {
+        match self {
+            Reject::HeadTooLarge => "HTTP/1.1 431 Request Header Fields Too Large",
+            Reject::Malformed | Reject::NotWebSocket | Reject::BadKey => "HTTP/1.1 400 Bad Request",
+            Reject::NotGet => "HTTP/1.1 405 Method Not Allowed",
+            Reject::PlainHttp | Reject::BadVersion => "HTTP/1.1 426 Upgrade Required",
+        }
+    }
+
+    /// The whole response: status line, the headers this status calls for, and a one-line
+    /// body for whoever reads it with curl. The connection closes after it.
+    pub fn response(self) -> String {
+        let (extra_header, body) = match self {
+            Reject::HeadTooLarge => ("", "request head over 8 KiB\n"),
+            Reject::Malformed => ("", "not an HTTP/1.1 request\n"),
+            Reject::NotGet => ("Allow: GET\r\n", "a WebSocket handshake is a GET\n"),
+            Reject::PlainHttp => (
+                "Upgrade: websocket\r\n",
+                "This is a WebSocket echo server: connect with a WebSocket client, \
+                 e.g. `websocat ws://HOST:PORT/`.\n",
+            ),
+            Reject::NotWebSocket => (
+                "",
+                "expected `Upgrade: websocket` and `Connection: Upgrade`\n",
+            ),
+            Reject::BadVersion => (
+                "Sec-WebSocket-Version: 13\r\n",
+                "only WebSocket version 13 is spoken here\n",
+            ),
+            Reject::BadKey => ("", "Sec-WebSocket-Key must be the base64 of 16 bytes\n"),
+        };
+        format!(
+            "{}\r\n{extra_header}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.status_line(),
+            body.len()
+        )
+    }
+}
+
+/// The values of every header called `name` (header names are case-insensitive).
+fn header_values<'a>(
+    headers: &'a [httparse::Header<'a>],
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> + Clone {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+/// The comma-separated tokens of a header value, trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim)
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    bytes.trim_ascii()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The handshake example of RFC 6455, section 1.3.
+    const RFC_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+    const RFC_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+    fn request(extra: &str) -> String {
+        format!(
+            "GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: {RFC_KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_6455_example() {
+        assert_eq!(accept_key(RFC_KEY.as_bytes()), RFC_ACCEPT);
+    }
+
+    #[test]
+    fn rfc_example_request_upgrades() {
+        let head = request("");
+        let upgrade = parse_request(head.as_bytes()).unwrap().unwrap();
+        assert_eq!(
+            upgrade,
+            Upgrade {
+                accept: RFC_ACCEPT.into(),
+                head_len: head.len()
+            }
+        );
+        assert_eq!(
+            switching_protocols(&upgrade.accept),
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {RFC_ACCEPT}\r\n\r\n"
+            )
+        );
+    }
+
+    #[test]
+    fn bytes_after_the_head_are_not_part_of_it() {
+        let head = request("");
+        let mut bytes = head.clone().into_bytes();
+        bytes.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]); // a first frame, same segment
+        let upgrade = parse_request(&bytes).unwrap().unwrap();
+        assert_eq!(upgrade.head_len, head.len());
+    }
+
+    #[test]
+    fn every_prefix_of_a_head_is_partial() {
+        let head = request("");
+        for end in 0..head.len() {
+            assert_eq!(
+                parse_request(&head.as_bytes()[..end]),
+                Ok(None),
+                "prefix of {end} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn header_names_and_tokens_are_case_insensitive() {
+        let head = "GET / HTTP/1.1\r\nhost: x\r\nUPGRADE: WebSocket\r\nconnection: keep-alive, upgrade\r\n\
+                    sec-websocket-key:   dGhlIHNhbXBsZSBub25jZQ==  \r\nsec-websocket-version: 13\r\n\r\n";
+        let upgrade = parse_request(head.as_bytes()).unwrap().unwrap();
+        assert_eq!(upgrade.accept, RFC_ACCEPT);
+    }
+
+    #[test]
+    fn refusals_map_to_their_status() {
+        let cases: [(&str, Reject); 9] = [
+            (
+                "POST / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+                Reject::NotGet,
+            ),
+            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", Reject::PlainHttp),
+            (
+                "GET / HTTP/1.0\r\nUpgrade: websocket\r\n\r\n",
+                Reject::Malformed,
+            ),
+            ("\x16\x03\x01 not http\r\n\r\n", Reject::Malformed),
+            (
+                "GET / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+                Reject::NotWebSocket,
+            ),
+            (
+                "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n\r\n",
+                Reject::NotWebSocket,
+            ),
+            (
+                "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\n\r\n",
+                Reject::BadVersion,
+            ),
+            (
+                "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                Reject::BadKey,
+            ),
+            (
+                "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                 Sec-WebSocket-Key: c2hvcnQ=\r\n\r\n",
+                Reject::BadKey,
+            ),
+        ];
+        for (head, expected) in cases {
+            assert_eq!(parse_request(head.as_bytes()), Err(expected), "{head:?}");
+        }
+    }
+
+    #[test]
+    fn head_over_8_kib_is_refused_complete_or_not() {
+        let long = format!("X-Filler: {}\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(
+            parse_request(request(&long).as_bytes()),
+            Err(Reject::HeadTooLarge)
+        );
+        // Still arriving, but already past the limit: no need to wait for the rest.
+        assert_eq!(
+            parse_request(&request(&long).as_bytes()[..MAX_HEAD + 1]),
+            Err(Reject::HeadTooLarge)
+        );
+        // Just under the limit is fine.
+        let filler = MAX_HEAD - request("X-Filler: \r\n").len();
+        let fits = request(&format!("X-Filler: {}\r\n", "a".repeat(filler)));
+        assert_eq!(fits.len(), MAX_HEAD);
+        assert!(parse_request(fits.as_bytes()).unwrap().is_some());
+    }
+
+    #[test]
+    fn responses_carry_the_headers_their_status_needs() {
+        let version = Reject::BadVersion.response();
+        assert!(
+            version.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+            "{version}"
+        );
+        assert!(
+            version.contains("\r\nSec-WebSocket-Version: 13\r\n"),
+            "{version}"
+        );
+        assert!(Reject::NotGet.response().contains("\r\nAllow: GET\r\n"));
+        let plain = Reject::PlainHttp.response();
+        let (head, body) = plain.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{plain}"
+        );
+        assert!(body.contains("WebSocket"), "{plain}");
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary bytes never panic the parser.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = parse_request(&bytes);
+        }
+
+        /// Feeding a valid head in two pieces: the first piece is always "not yet", the whole
+        /// is always the same upgrade, wherever the split falls.
+        #[test]
+        fn split_anywhere_gives_the_same_answer(split in 0usize..200, key in proptest::array::uniform16(any::<u8>())) {
+            let key = BASE64.encode(key);
+            let head = format!(
+                "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n\x01"
+            );
+            let whole = parse_request(head.as_bytes()).unwrap().unwrap();
+            prop_assert_eq!(whole.head_len, head.len() - 1);
+            let split = split.min(whole.head_len - 1);
+            prop_assert_eq!(parse_request(&head.as_bytes()[..split]), Ok(None));
+            prop_assert_eq!(parse_request(head.as_bytes()), Ok(Some(whole)));
+        }
+
+        /// Header lines with arbitrary printable junk in them never panic and never upgrade
+        /// without a key.
+        #[test]
+        fn junk_headers_never_upgrade_without_a_key(lines in proptest::collection::vec("[ -~]{0,40}", 0..10)) {
+            let head = format!("GET / HTTP/1.1\r\n{}\r\n\r\n", lines.join("\r\n"));
+            if let Ok(Some(_)) = parse_request(head.as_bytes()) {
+                prop_assert!(head.to_ascii_lowercase().contains("sec-websocket-key"));
+            }
+        }
+    }
+}
