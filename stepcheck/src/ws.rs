@@ -30,9 +30,9 @@ fn handshake(stream: TcpStream, server: &Server) -> Result<Client, String> {
     match tungstenite::client(url.as_str(), stream) {
         Ok((client, _response)) => Ok(client),
         // The stream has a read timeout: "interrupted" means no answer came in time.
-        Err(tungstenite::HandshakeError::Interrupted(_)) => {
-            Err(format!("no answer to the WebSocket handshake on {url} in time"))
-        }
+        Err(tungstenite::HandshakeError::Interrupted(_)) => Err(format!(
+            "no answer to the WebSocket handshake on {url} in time"
+        )),
         Err(tungstenite::HandshakeError::Failure(err)) => {
             Err(format!("the WebSocket handshake on {url} failed: {err}"))
         }
@@ -61,9 +61,19 @@ pub fn assert_echo(client: &mut Client, message: Message) {
     let echoed = read_data(client)
         .unwrap_or_else(|err| panic!("no echo of a {len}-byte {sent} message: {err}"));
     let back = kind(&echoed);
-    assert_eq!(back, sent, "a {sent} message must come back as {sent}, not {back}");
-    assert_eq!(echoed.len(), len, "the echo of a {len}-byte {sent} message has another length");
-    assert!(echoed == message, "the echo of a {len}-byte {sent} message has other bytes");
+    assert_eq!(
+        back, sent,
+        "a {sent} message must come back as {sent}, not {back}"
+    );
+    assert_eq!(
+        echoed.len(),
+        len,
+        "the echo of a {len}-byte {sent} message has another length"
+    );
+    assert!(
+        echoed == message,
+        "the echo of a {len}-byte {sent} message has other bytes"
+    );
 }
 
 /// "text", "binary", "close", ... for failure messages.
@@ -89,7 +99,10 @@ pub fn echo_round_trip(bin: &str, extra: &[&str]) {
     let server = Server::start(bin, extra);
     let mut client = connect(&server);
     assert_echo(&mut client, Message::text("hello, websocket"));
-    assert_echo(&mut client, Message::binary(b"\x00\xffbinary is fine too".to_vec()));
+    assert_echo(
+        &mut client,
+        Message::binary(b"\x00\xffbinary is fine too".to_vec()),
+    );
     for len in [0, 125, 126, 65_535, 65_536, 100_000] {
         assert_echo(&mut client, Message::binary(pattern(len)));
     }
@@ -131,11 +144,22 @@ pub fn large_message_echoed_intact(bin: &str, extra: &[&str], len: usize) {
         .unwrap_or_else(|err| panic!("cannot send the {len}-byte message: {err}"));
     let echoed = read_data(&mut client)
         .unwrap_or_else(|err| panic!("no echo of the {len}-byte message: {err}"));
-    assert!(echoed.is_binary(), "the {len}-byte binary message came back as {}", kind(&echoed));
+    assert!(
+        echoed.is_binary(),
+        "the {len}-byte binary message came back as {}",
+        kind(&echoed)
+    );
     let echoed = echoed.into_data();
-    assert_eq!(echoed.len(), len, "the echo of the {len}-byte message has another length");
+    assert_eq!(
+        echoed.len(),
+        len,
+        "the echo of the {len}-byte message has another length"
+    );
     let first_difference = echoed.iter().zip(&message).position(|(a, b)| a != b);
-    assert_eq!(first_difference, None, "the echo of {len} bytes differs at that offset");
+    assert_eq!(
+        first_difference, None,
+        "the echo of {len} bytes differs at that offset"
+    );
 }
 
 /// A client that sends messages and never reads the echoes fills its socket buffers; the
@@ -147,7 +171,9 @@ pub fn non_reading_client_does_not_stall_others(bin: &str, extra: &[&str]) {
     // The flooder shakes hands, then writes ready-made frames straight to the socket: a
     // blocking WebSocket client would keep every message it cannot send in its own memory.
     let flooder = connect(&server).into_inner();
-    flooder.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    flooder
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut flooding = flooder.try_clone().unwrap();
     let frame = masked_binary_frame(&pattern(64 * 1024));
     // Bounded: at most 256 MiB, for at most 3 s; it stops much sooner once buffers fill.
@@ -171,7 +197,10 @@ pub fn non_reading_client_does_not_stall_others(bin: &str, extra: &[&str]) {
 
     thread::sleep(Duration::from_millis(500));
     let mut other = connect(&server);
-    assert_echo(&mut other, Message::text("still served while another client floods"));
+    assert_echo(
+        &mut other,
+        Message::text("still served while another client floods"),
+    );
     let sent = flood.join().unwrap();
 
     // If the server had kept reading the flooder, it would hold everything sent in memory.
@@ -194,7 +223,9 @@ fn masked_binary_frame(payload: &[u8]) -> Vec<u8> {
     // Any mask will do; a fixed one keeps the check repeatable.
     frame.header_mut().mask = Some(*b"mask");
     let mut wire = Vec::with_capacity(payload.len() + 14);
-    frame.format(&mut wire).expect("formatting into a Vec cannot fail");
+    frame
+        .format(&mut wire)
+        .expect("formatting into a Vec cannot fail");
     wire
 }
 
@@ -211,7 +242,11 @@ pub fn resets_leave_the_server_serving(bin: &str, extra: &[&str], clients: usize
         tcp::reset(client.into_inner());
     }
     thread::sleep(Duration::from_millis(200));
-    assert!(server.is_running(), "the server died after resets:\n{}", server.stderr());
+    assert!(
+        server.is_running(),
+        "the server died after resets:\n{}",
+        server.stderr()
+    );
     let mut client = connect(&server);
     assert_echo(&mut client, Message::text("after the resets"));
 }
@@ -229,8 +264,15 @@ pub fn memory_line_counts_connections(bin: &str, extra: &[&str], clients: usize)
     assert!(line["rss_bytes"].as_u64() > Some(0), "{line}");
     assert!(line["threads"].as_u64() >= Some(1), "{line}");
     let per_conn = line["per_conn_bytes"].as_u64().expect("per_conn_bytes");
-    let (rss, base) = (line["rss_bytes"].as_u64().unwrap(), line["base_rss_bytes"].as_u64().unwrap());
-    assert_eq!(per_conn, rss.saturating_sub(base) / clients as u64, "{line}");
+    let (rss, base) = (
+        line["rss_bytes"].as_u64().unwrap(),
+        line["base_rss_bytes"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        per_conn,
+        rss.saturating_sub(base) / clients as u64,
+        "{line}"
+    );
 
     drop(all);
     server.wait_for_memory_line(0);
@@ -252,7 +294,11 @@ pub fn survives_running_out_of_fds(bin: &str, extra: &[&str]) {
     let cpu_before = server.cpu_seconds();
     thread::sleep(Duration::from_secs(2));
     let cpu_used = server.cpu_seconds() - cpu_before;
-    assert!(server.is_running(), "the server died at the fd limit:\n{}", server.stderr());
+    assert!(
+        server.is_running(),
+        "the server died at the fd limit:\n{}",
+        server.stderr()
+    );
     assert!(
         cpu_used < 0.5,
         "the server used {cpu_used:.2} s of CPU in 2 s at the fd limit: it is spinning on accept"
@@ -264,9 +310,13 @@ pub fn survives_running_out_of_fds(bin: &str, extra: &[&str]) {
     loop {
         let attempt = (|| -> Result<(), String> {
             let stream = server.connect();
-            stream.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .map_err(|e| e.to_string())?;
             let mut client = handshake(stream, &server)?;
-            client.send(Message::text("room again?")).map_err(|e| e.to_string())?;
+            client
+                .send(Message::text("room again?"))
+                .map_err(|e| e.to_string())?;
             let echoed = read_data(&mut client).map_err(|e| e.to_string())?;
             assert_eq!(echoed, Message::text("room again?"));
             Ok(())
