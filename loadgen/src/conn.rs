@@ -1,0 +1,213 @@
+//! One client connection: open it (TCP, or TCP then the WebSocket upgrade) and echo through it.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::{Failure, Protocol, SourceAddrs, Target};
+
+/// How each connection is opened.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Where to, and what to speak.
+    pub target: Target,
+    /// Source addresses to spread over (bind before connect), or `None` for the kernel's choice.
+    pub src_addrs: Option<SourceAddrs>,
+    /// Give up on one connection (TCP connect plus WebSocket upgrade) after this long.
+    pub timeout: Duration,
+    /// The WebSocket client's read buffer, in bytes. tungstenite's default is 128 KiB,
+    /// allocated and zero-filled on the first read: 1.3 GB for 10 000 clients, which would
+    /// measure the load generator instead of the server. Echo probes are small.
+    pub ws_read_buffer: usize,
+}
+
+impl ConnectOptions {
+    /// Defaults that suit loopback: 10 s timeout, 4 KiB WebSocket read buffer.
+    pub fn new(target: Target) -> ConnectOptions {
+        ConnectOptions {
+            target,
+            src_addrs: None,
+            timeout: Duration::from_secs(10),
+            ws_read_buffer: 4096,
+        }
+    }
+}
+
+/// The stream under a connection.
+enum Stream {
+    Tcp(TcpStream),
+    // Boxed: a WebSocketStream is a few hundred bytes, a TcpStream a few dozen.
+    Ws(Box<WebSocketStream<TcpStream>>),
+}
+
+/// One open connection.
+pub struct Conn {
+    stream: Stream,
+    /// False once an echo went missing or came back wrong: a late echo may still be on its
+    /// way, and it would be read as the answer to the next probe. Such a connection stays
+    /// open (it still counts as held) but is never probed again.
+    pub usable: bool,
+}
+
+/// Why an echo did not come back right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EchoError {
+    /// Bytes came back, but not the bytes sent.
+    Mismatch,
+    /// The connection failed.
+    Failed(Failure),
+}
+
+impl Conn {
+    /// Open connection number `i` (it picks the `i`-th source address, if any).
+    pub async fn connect(opts: &ConnectOptions, i: usize) -> Result<Conn, Failure> {
+        match tokio::time::timeout(opts.timeout, Conn::connect_unbounded(opts, i)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(Failure::TimedOut),
+        }
+    }
+
+    async fn connect_unbounded(opts: &ConnectOptions, i: usize) -> Result<Conn, Failure> {
+        let io_failure = |err: std::io::Error| Failure::classify(&err);
+        let addr = opts.target.addr;
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(io_failure)?;
+
+        if let Some(src_addrs) = &opts.src_addrs {
+            // Without this option, bind() must pick the source port before it knows the
+            // destination, so each bound port is taken for every destination; with it, the
+            // port is picked at connect() time, per (source, destination) pair.
+            set_bind_address_no_port(&socket).map_err(io_failure)?;
+            socket
+                .bind(SocketAddr::new(src_addrs.nth(i).into(), 0))
+                .map_err(io_failure)?;
+        }
+
+        let stream = socket.connect(addr).await.map_err(io_failure)?;
+        // Echo probes are small: don't let Nagle's algorithm hold one back waiting for more.
+        stream.set_nodelay(true).map_err(io_failure)?;
+
+        let stream = match opts.target.protocol {
+            Protocol::Tcp => Stream::Tcp(stream),
+            Protocol::WebSocket => {
+                let config = WebSocketConfig::default().read_buffer_size(opts.ws_read_buffer);
+                let (ws, _response) = tokio_tungstenite::client_async_with_config(
+                    opts.target.url.as_str(),
+                    stream,
+                    Some(config),
+                )
+                .await
+                .map_err(|err| ws_failure(&err))?;
+                Stream::Ws(Box::new(ws))
+            }
+        };
+        Ok(Conn {
+            stream,
+            usable: true,
+        })
+    }
+
+    /// Send `payload` and wait until the same bytes come back; returns the round-trip time.
+    /// Unbounded in time: callers wrap it in a timeout.
+    pub async fn echo(&mut self, payload: &[u8]) -> Result<Duration, EchoError> {
+        let failed = |err: std::io::Error| EchoError::Failed(Failure::classify(&err));
+        match &mut self.stream {
+            Stream::Tcp(stream) => {
+                let mut back = vec![0; payload.len()];
+                let start = Instant::now();
+                stream.write_all(payload).await.map_err(failed)?;
+                // TCP is a byte stream: the echo may come back in several pieces.
+                stream.read_exact(&mut back).await.map_err(failed)?;
+                let rtt = start.elapsed();
+                if back == payload {
+                    Ok(rtt)
+                } else {
+                    Err(EchoError::Mismatch)
+                }
+            }
+            Stream::Ws(ws) => {
+                let message = Message::binary(payload.to_vec());
+                let start = Instant::now();
+                ws.send(message)
+                    .await
+                    .map_err(|err| EchoError::Failed(ws_failure(&err)))?;
+                loop {
+                    let back = match ws.next().await {
+                        Some(Ok(Message::Binary(data))) => data,
+                        Some(Ok(Message::Text(text))) => text.as_bytes().to_vec().into(),
+                        // tungstenite answers pings itself; neither kind is our echo.
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                            continue;
+                        }
+                        Some(Ok(Message::Close(_))) | None => {
+                            return Err(EchoError::Failed(Failure::Reset));
+                        }
+                        Some(Err(err)) => return Err(EchoError::Failed(ws_failure(&err))),
+                    };
+                    let rtt = start.elapsed();
+                    return if back == payload {
+                        Ok(rtt)
+                    } else {
+                        Err(EchoError::Mismatch)
+                    };
+                }
+            }
+        }
+    }
+
+    /// Close with a reset (SO_LINGER 0) instead of the usual FIN handshake. A normal close
+    /// leaves each connection in TIME_WAIT for a minute, holding its source port and kernel
+    /// memory; 10 000 of those would skew the next measurement and use up ports.
+    pub fn abort(self) {
+        let tcp = match &self.stream {
+            Stream::Tcp(stream) => stream,
+            Stream::Ws(ws) => ws.get_ref(),
+        };
+        // Nothing to do if it fails: the socket then closes the ordinary way on drop.
+        let _ = tcp.set_zero_linger();
+    }
+}
+
+/// A tungstenite error, named like an I/O failure where it is one.
+fn ws_failure(err: &tungstenite::Error) -> Failure {
+    match err {
+        tungstenite::Error::Io(err) => Failure::classify(err),
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => Failure::Reset,
+        tungstenite::Error::Http(response) => {
+            Failure::Handshake(format!("HTTP {}", response.status()))
+        }
+        tungstenite::Error::Protocol(why) => Failure::Handshake(why.to_string()),
+        other => Failure::Other(other.to_string()),
+    }
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT` (Linux 4.2+): let `connect` choose the source port, so ports
+/// are shared between destinations instead of reserved at `bind`.
+fn set_bind_address_no_port(socket: &TcpSocket) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the fd is open (owned by `socket`), and `on` is a valid c_int whose size we pass.
+    let ret = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if ret == -1 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! Many connections held at once: open them at a bounded pace, echo through them, close them.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use indicatif::ProgressBar;
+
+use crate::{Conn, ConnectOptions, EchoError, EchoStats, Failures};
+
+/// How fast new connections are opened.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// At most this many connection attempts in flight at once. Too many at once overflows
+    /// the server's listen backlog (and a one-at-a-time server never drains it).
+    pub concurrency: usize,
+    /// At most this many new attempts per second, if set.
+    pub rate: Option<f64>,
+}
+
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace {
+            concurrency: 128,
+            rate: None,
+        }
+    }
+}
+
+/// Which connection an echo probe goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// Always the same one, by index: round trip on one connection while the others idle.
+    Conn(usize),
+    /// A connection chosen at random among the usable ones, each probe anew.
+    Random,
+}
+
+/// The connections this process holds, and the failures met while opening them.
+pub struct Pool {
+    opts: ConnectOptions,
+    conns: Vec<Conn>,
+    /// Failed attempts, by reason.
+    pub failures: Failures,
+    /// Attempts made so far; numbers each attempt, to pick its source address.
+    attempts: usize,
+}
+
+impl Pool {
+    pub fn new(opts: ConnectOptions) -> Pool {
+        Pool {
+            opts,
+            conns: Vec::new(),
+            failures: Failures::default(),
+            attempts: 0,
+        }
+    }
+
+    /// Connections held.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Connections held that may still be probed (none of their echoes went missing).
+    pub fn usable(&self) -> usize {
+        self.conns.iter().filter(|c| c.usable).count()
+    }
+
+    /// Attempt new connections until `n` are held: one attempt each, no retries, so this
+    /// ends after at most `n - len()` attempts, each bounded by the connect timeout.
+    /// Returns how many were opened; the rest are counted in [`Pool::failures`].
+    pub async fn grow_to(&mut self, n: usize, pace: Pace, bar: &ProgressBar) -> usize {
+        let Pool {
+            opts,
+            conns,
+            failures,
+            attempts,
+        } = self;
+        let wanted = n.saturating_sub(conns.len());
+        let mut started = 0;
+        let mut opened = 0;
+        let mut in_flight = FuturesUnordered::new();
+        let mut ticker = pace.rate.map(|per_sec| {
+            let mut ticker =
+                tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec.max(0.001)));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker
+        });
+
+        while started < wanted || !in_flight.is_empty() {
+            let may_start = started < wanted && in_flight.len() < pace.concurrency.max(1);
+            tokio::select! {
+                () = next_slot(&mut ticker), if may_start => {
+                    in_flight.push(Conn::connect(opts, *attempts));
+                    *attempts += 1;
+                    started += 1;
+                }
+                Some(result) = in_flight.next() => {
+                    match result {
+                        Ok(conn) => {
+                            conns.push(conn);
+                            opened += 1;
+                        }
+                        Err(failure) => {
+                            failures.add(failure);
+                            bar.set_message(format!("failed: {}", failures.short()));
+                        }
+                    }
+                    bar.inc(1);
+                }
+            }
+        }
+        opened
+    }
+
+    /// Send one message on every usable connection from index `from` on, all at once, and
+    /// count the echoes back within `deadline`. "Served concurrently" is the `ok` count: a
+    /// server that handles one client at a time answers one and leaves the rest waiting.
+    /// A connection whose echo did not come back is marked unusable.
+    pub async fn echo_each(&mut self, from: usize, size: usize, deadline: Duration) -> EchoStats {
+        let start = from.min(self.conns.len());
+        let probes = self.conns[start..]
+            .iter_mut()
+            .filter(|conn| conn.usable)
+            .map(|conn| async move {
+                let sent = payload(size);
+                let outcome = tokio::time::timeout(deadline, conn.echo(&sent)).await;
+                record(conn, outcome)
+            });
+        let mut stats = EchoStats::default();
+        for one in futures_util::future::join_all(probes).await {
+            stats.merge(one);
+        }
+        stats.finish()
+    }
+
+    /// `count` echo probes one after another, each through `pick`, each checked byte for
+    /// byte and given up after `deadline`. A probe connection that lost an echo is not probed
+    /// again, so the batch may end early; [`EchoStats::sent`] says how many went out.
+    pub async fn probe(
+        &mut self,
+        pick: Pick,
+        count: usize,
+        size: usize,
+        deadline: Duration,
+    ) -> EchoStats {
+        let usable: Vec<usize> = (0..self.conns.len())
+            .filter(|&i| self.conns[i].usable)
+            .collect();
+        let mut stats = EchoStats::default();
+        for _ in 0..count {
+            let index = match pick {
+                Pick::Conn(i) if self.conns.get(i).is_some_and(|c| c.usable) => i,
+                Pick::Conn(_) => break,
+                Pick::Random if usable.is_empty() => break,
+                Pick::Random => usable[fastrand::usize(..usable.len())],
+            };
+            let conn = &mut self.conns[index];
+            if !conn.usable {
+                continue; // it lost an echo earlier in this batch
+            }
+            let sent = payload(size);
+            let outcome = tokio::time::timeout(deadline, conn.echo(&sent)).await;
+            stats.merge(record(conn, outcome));
+        }
+        stats.finish()
+    }
+
+    /// Close every connection with a reset (see [`Conn::abort`]).
+    pub fn close(self) {
+        for conn in self.conns {
+            conn.abort();
+        }
+    }
+}
+
+/// Wait for the next slot allowed by `--rate`; no wait without one.
+async fn next_slot(ticker: &mut Option<tokio::time::Interval>) {
+    if let Some(ticker) = ticker {
+        ticker.tick().await;
+    }
+}
+
+/// Random bytes, so that a stale echo from an earlier probe can never pass as this one's.
+pub fn payload(size: usize) -> Vec<u8> {
+    let mut bytes = vec![0; size];
+    fastrand::fill(&mut bytes);
+    bytes
+}
+
+/// Count one probe's outcome; a connection whose echo went missing or came back wrong
+/// is not used again.
+fn record(
+    conn: &mut Conn,
+    outcome: Result<Result<Duration, EchoError>, tokio::time::error::Elapsed>,
+) -> EchoStats {
+    let mut stats = EchoStats::default();
+    match outcome {
+        Ok(Ok(rtt)) => {
+            stats.ok = 1;
+            stats.rtts.push(rtt);
+        }
+        Ok(Err(EchoError::Mismatch)) => stats.mismatched = 1,
+        Ok(Err(EchoError::Failed(_))) => stats.failed = 1,
+        Err(_elapsed) => stats.lost = 1,
+    }
+    if stats.ok == 0 {
+        conn.usable = false;
+    }
+    stats
+}

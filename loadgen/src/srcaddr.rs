@@ -1,0 +1,113 @@
+//! `--src-addrs 127.0.0.2-127.0.0.60`: spread connections over several source addresses.
+//!
+//! A TCP connection is named by four numbers: source address, source port, destination
+//! address, destination port. Against one server (one destination) from one source address,
+//! only the source port varies, and the kernel hands those out from
+//! `net.ipv4.ip_local_port_range` (32768–60999 by default: ~28 000). Every address in
+//! 127.0.0.0/8 is this machine, so each extra source address brings another ~28 000.
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+/// An inclusive range of IPv4 loopback addresses, used round-robin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceAddrs {
+    /// The first address, as a number.
+    first: u32,
+    /// How many addresses (at least 1).
+    len: u32,
+}
+
+impl SourceAddrs {
+    /// The address the `i`-th connection binds to.
+    pub fn nth(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::from(self.first + (i % self.len as usize) as u32)
+    }
+
+    /// How many addresses the range holds.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Never true: a range holds at least one address. (For clippy's `len_without_is_empty`.)
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl FromStr for SourceAddrs {
+    type Err = String;
+
+    /// `127.0.0.2-127.0.0.60` or a single `127.0.0.2`.
+    fn from_str(s: &str) -> Result<SourceAddrs, String> {
+        let (first, last) = s.split_once('-').unwrap_or((s, s));
+        let parse = |a: &str| -> Result<Ipv4Addr, String> {
+            let ip: Ipv4Addr = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{a}` is not an IPv4 address"))?;
+            if !ip.is_loopback() {
+                return Err(format!(
+                    "`{ip}` is not in 127.0.0.0/8: source addresses must be loopback"
+                ));
+            }
+            Ok(ip)
+        };
+        let (first, last) = (u32::from(parse(first)?), u32::from(parse(last)?));
+        if first > last {
+            return Err(format!("`{s}`: the first address comes after the last"));
+        }
+        Ok(SourceAddrs {
+            first,
+            len: last - first + 1,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_is_used_round_robin() {
+        let range: SourceAddrs = "127.0.0.2-127.0.0.4".parse().unwrap();
+        assert_eq!(range.len(), 3);
+        let picked: Vec<Ipv4Addr> = (0..4).map(|i| range.nth(i)).collect();
+        assert_eq!(
+            picked,
+            [
+                [127, 0, 0, 2],
+                [127, 0, 0, 3],
+                [127, 0, 0, 4],
+                [127, 0, 0, 2]
+            ]
+            .map(Ipv4Addr::from)
+        );
+    }
+
+    #[test]
+    fn a_range_may_cross_an_octet_and_a_single_address_is_a_range_of_one() {
+        let range: SourceAddrs = "127.0.0.255-127.0.1.1".parse().unwrap();
+        assert_eq!(range.len(), 3);
+        assert_eq!(range.nth(1), Ipv4Addr::new(127, 0, 1, 0));
+        let one: SourceAddrs = "127.0.0.9".parse().unwrap();
+        assert_eq!((one.len(), one.nth(5)), (1, Ipv4Addr::new(127, 0, 0, 9)));
+    }
+
+    #[test]
+    fn refuses_reversed_non_loopback_and_malformed_ranges() {
+        for bad in [
+            "127.0.0.9-127.0.0.2",
+            "10.0.0.1-10.0.0.9",
+            "127.0.0.1-",
+            "127.0.0",
+            "::1",
+            "",
+        ] {
+            assert!(
+                bad.parse::<SourceAddrs>().is_err(),
+                "`{bad}` should be refused"
+            );
+        }
+    }
+}

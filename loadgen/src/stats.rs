@@ -1,0 +1,166 @@
+//! Counting echo outcomes and summarising round-trip times.
+
+use std::fmt;
+use std::time::Duration;
+
+/// The `p`-th percentile (0 < p ≤ 100) of sorted samples by the nearest-rank method: the
+/// smallest sample at or above which `p`% of the samples lie. No interpolation, so every
+/// figure printed is a time that was actually measured.
+pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    if sorted.is_empty() || !(p > 0.0 && p <= 100.0) {
+        return None;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// What became of a batch of echo probes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EchoStats {
+    /// The echo came back, byte for byte.
+    pub ok: usize,
+    /// No echo within the deadline (the server may be serving someone else, or be stuck).
+    pub lost: usize,
+    /// Something came back, but not what was sent.
+    pub mismatched: usize,
+    /// The connection failed while echoing (reset, closed by the server).
+    pub failed: usize,
+    /// Round-trip times of the `ok` probes, sorted once [`EchoStats::finish`] ran.
+    pub rtts: Vec<Duration>,
+}
+
+/// p50 / p99 / max of a batch, for printing and for the report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RttSummary {
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl EchoStats {
+    /// Sort the round-trip times so the percentiles can be read.
+    pub fn finish(mut self) -> EchoStats {
+        self.rtts.sort_unstable();
+        self
+    }
+
+    /// All probes sent.
+    pub fn sent(&self) -> usize {
+        self.ok + self.lost + self.mismatched + self.failed
+    }
+
+    /// p50 / p99 / max, or `None` when no echo came back.
+    pub fn summary(&self) -> Option<RttSummary> {
+        debug_assert!(self.rtts.is_sorted(), "bug: call finish() before summary()");
+        Some(RttSummary {
+            p50: percentile(&self.rtts, 50.0)?,
+            p99: percentile(&self.rtts, 99.0)?,
+            max: *self.rtts.last()?,
+        })
+    }
+
+    /// Add another batch's counts and times (call `finish` again afterwards).
+    pub fn merge(&mut self, other: EchoStats) {
+        self.ok += other.ok;
+        self.lost += other.lost;
+        self.mismatched += other.mismatched;
+        self.failed += other.failed;
+        self.rtts.extend(other.rtts);
+    }
+}
+
+impl fmt::Display for EchoStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} sent: {} ok, {} lost, {} mismatched, {} failed",
+            self.sent(),
+            self.ok,
+            self.lost,
+            self.mismatched,
+            self.failed
+        )?;
+        if let Some(s) = self.summary() {
+            write!(
+                f,
+                "; round trip p50 {} p99 {} max {}",
+                micros(s.p50),
+                micros(s.p99),
+                micros(s.max)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `87 µs`, `1.42 ms`: round trips on loopback are tens of microseconds.
+pub fn micros(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 1000.0 {
+        format!("{us:.0} µs")
+    } else {
+        format!("{:.2} ms", us / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: &[u64]) -> Vec<Duration> {
+        v.iter().map(|&m| Duration::from_millis(m)).collect()
+    }
+
+    #[test]
+    fn nearest_rank_percentiles_are_measured_samples() {
+        let samples = ms(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(percentile(&samples, 50.0), Some(Duration::from_millis(5)));
+        assert_eq!(percentile(&samples, 99.0), Some(Duration::from_millis(10)));
+        assert_eq!(percentile(&samples, 100.0), Some(Duration::from_millis(10)));
+        assert_eq!(percentile(&samples, 10.0), Some(Duration::from_millis(1)));
+        assert_eq!(percentile(&samples, 0.1), Some(Duration::from_millis(1)));
+        // 100 samples: p99 is the 99th, not the maximum.
+        let hundred: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        assert_eq!(percentile(&hundred, 99.0), Some(Duration::from_micros(99)));
+    }
+
+    #[test]
+    fn percentile_of_nothing_or_nonsense_is_none() {
+        assert_eq!(percentile(&[], 50.0), None);
+        let one = ms(&[7]);
+        assert_eq!(percentile(&one, 50.0), Some(Duration::from_millis(7)));
+        assert_eq!(percentile(&one, 0.0), None);
+        assert_eq!(percentile(&one, 101.0), None);
+        assert_eq!(percentile(&one, f64::NAN), None);
+    }
+
+    #[test]
+    fn stats_merge_and_summarise() {
+        let mut a = EchoStats {
+            ok: 2,
+            lost: 1,
+            rtts: ms(&[3, 1]),
+            ..EchoStats::default()
+        };
+        a.merge(EchoStats {
+            ok: 1,
+            mismatched: 1,
+            rtts: ms(&[2]),
+            ..EchoStats::default()
+        });
+        let a = a.finish();
+        assert_eq!((a.sent(), a.ok, a.lost, a.mismatched), (5, 3, 1, 1));
+        let s = a.summary().unwrap();
+        assert_eq!(
+            (s.p50, s.p99, s.max),
+            (ms(&[2])[0], ms(&[3])[0], ms(&[3])[0])
+        );
+        assert_eq!(EchoStats::default().summary(), None);
+    }
+
+    #[test]
+    fn round_trips_print_in_the_unit_that_reads_best() {
+        assert_eq!(micros(Duration::from_nanos(87_400)), "87 µs");
+        assert_eq!(micros(Duration::from_micros(1420)), "1.42 ms");
+    }
+}
