@@ -1,1 +1,225 @@
-//! (work in progress)
+//! `cargo run --release -p step07-tokio`
+//!
+//! The WebSocket echo of step06, written the way production Rust writes it: tokio and
+//! tokio-tungstenite, one task per connection, `async`/`await` instead of a hand-made
+//! event loop. Underneath, nothing new: tokio's reactor is mio, and mio on Linux is the
+//! same epoll_create1 / epoll_ctl / epoll_wait as step05 (`strace -f -e trace=epoll_wait`
+//! shows it). What changes is who holds each connection's state: step06 kept a small
+//! `Conn` in a slab; here every connection is a task, a future the compiler built from
+//! `handle_connection`, plus the buffers the WebSocket library gives it.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::MemoryMeter;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// Options of this step on top of the ones every step takes.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(about = "WebSocket echo on tokio + tokio-tungstenite, a task per connection")]
+pub struct Args {
+    #[command(flatten)]
+    pub common: common::Options,
+
+    /// Bytes of read buffer each WebSocket connection allocates up front
+    /// [default: tungstenite's own, 128 KiB].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub read_buffer: Option<u64>,
+
+    /// Which tokio scheduler runs the tasks.
+    #[arg(long, value_enum, default_value_t = Runtime::MultiThread)]
+    pub runtime: Runtime,
+}
+
+/// The two tokio schedulers. The figures per connection come out about the same; the
+/// `threads` figure of the memory line shows the difference.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// What `#[tokio::main]` gives: one worker thread per core, stealing tasks from each
+    /// other. The production yardstick, so the default.
+    MultiThread,
+    /// One thread runs everything: the same shape as step05's and step06's one loop.
+    CurrentThread,
+}
+
+impl Args {
+    /// The WebSocket settings every connection gets.
+    pub fn websocket_config(&self) -> WebSocketConfig {
+        let config = WebSocketConfig::default();
+        match self.read_buffer {
+            // `WebSocketConfig` is `#[non_exhaustive]`: it is built from the library's
+            // defaults with its builder methods, never as a struct literal.
+            Some(bytes) => config.read_buffer_size(bytes as usize),
+            None => config,
+        }
+    }
+
+    /// The name in the memory line: the step and its read-buffer size, so two runs with
+    /// different settings cannot be confused in a report.
+    pub fn label(&self) -> String {
+        let bytes = self.websocket_config().read_buffer_size;
+        match bytes % 1024 {
+            0 => format!("read-buffer-{}KiB", bytes / 1024),
+            _ => format!("read-buffer-{bytes}B"),
+        }
+    }
+}
+
+/// How long to wait before accepting again when accept fails, e.g. out of file
+/// descriptors (EMFILE): the listener stays ready while connections queue, so retrying at
+/// once would spin at 100% CPU without ever succeeding.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Start the runtime chosen in `args` and serve WebSocket echo on `listener` until the
+/// process is killed.
+pub fn serve(listener: std::net::TcpListener, meter: MemoryMeter, args: &Args) -> io::Result<()> {
+    let runtime = match args.runtime {
+        Runtime::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+        Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+    }
+    .enable_io()
+    .enable_time()
+    .build()?;
+    let config = args.websocket_config();
+    runtime.block_on(accept_loop(listener, meter, config))
+}
+
+/// Accept connections forever, one task each.
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    meter: MemoryMeter,
+    config: WebSocketConfig,
+) -> io::Result<()> {
+    // tokio registers the socket with its epoll instance; it must be non-blocking first,
+    // or one accept with an empty queue would block the whole worker thread.
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+
+    let connections = Arc::new(AtomicUsize::new(0));
+    // The memory line from a task on this runtime, not from a thread of its own: the
+    // `threads` figure then counts only the runtime's threads.
+    tokio::spawn(report_memory(meter, Arc::clone(&connections)));
+
+    let mut accept_errors = RateLimitedLog::new(Duration::from_secs(1));
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                // Counted from accept on: the connection holds memory from here, even
+                // before its handshake is done.
+                let counted = Counted::new(&connections);
+                tokio::spawn(async move {
+                    let _counted = counted; // counts down when the task ends, however it ends
+                    if let Err(err) = handle_connection(stream, config).await {
+                        if !peer_went_away(&err) {
+                            eprintln!("step07-tokio: {peer}: {err}");
+                        }
+                    }
+                });
+            }
+            Err(err) => {
+                accept_errors.log(|| format!("step07-tokio: accept failed: {err}; backing off"));
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// One client, start to end: the opening handshake, then every text or binary message
+/// sent back as it came. An error ends this connection only.
+async fn handle_connection(stream: TcpStream, config: WebSocketConfig) -> tungstenite::Result<()> {
+    let mut websocket = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await?;
+    while let Some(message) = websocket.next().await {
+        match message? {
+            // `send` waits until the echo is written out. Meanwhile this task reads
+            // nothing more, so a client that never reads cannot make it buffer without
+            // end: the same back-pressure step06 gets by turning off EPOLLIN.
+            message @ (Message::Text(_) | Message::Binary(_)) => websocket.send(message).await?,
+            // tungstenite answers pings and the closing handshake by itself; after a
+            // close, `next()` returns `None`.
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A peer that vanished (reset, closed without the closing handshake) is normal on a
+/// server with many clients: not worth a line on stderr.
+fn peer_went_away(err: &tungstenite::Error) -> bool {
+    use tungstenite::error::ProtocolError;
+    match err {
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => true,
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => true,
+        tungstenite::Error::Protocol(ProtocolError::HandshakeIncomplete) => true,
+        tungstenite::Error::Io(err) => matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
+/// Every `meter.period()`, hand the connection count to the meter, which prints the
+/// memory line if the count changed.
+async fn report_memory(mut meter: MemoryMeter, connections: Arc<AtomicUsize>) {
+    let mut interval = tokio::time::interval(meter.period().max(Duration::from_millis(10)));
+    // After a stall, one tick is enough: no burst of catch-up ticks.
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        meter.tick(connections.load(Ordering::Relaxed));
+    }
+}
+
+/// One open connection in the shared count: up on creation, down on drop.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(connections: &Arc<AtomicUsize>) -> Counted {
+        connections.fetch_add(1, Ordering::Relaxed);
+        Counted(Arc::clone(connections))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Prints at most one line per period and says how many it held back, so a storm of
+/// identical errors (10 000 accepts failing with EMFILE) cannot flood stderr.
+struct RateLimitedLog {
+    period: Duration,
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl RateLimitedLog {
+    fn new(period: Duration) -> RateLimitedLog {
+        RateLimitedLog {
+            period,
+            last: None,
+            held_back: 0,
+        }
+    }
+
+    fn log(&mut self, line: impl FnOnce() -> String) {
+        if self.last.is_some_and(|at| at.elapsed() < self.period) {
+            self.held_back += 1;
+            return;
+        }
+        match self.held_back {
+            0 => eprintln!("{}", line()),
+            n => eprintln!("{} ({n} more like it not shown)", line()),
+        }
+        self.last = Some(Instant::now());
+        self.held_back = 0;
+    }
+}
