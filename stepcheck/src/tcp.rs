@@ -261,3 +261,53 @@ pub fn second_client_waits_for_the_first(bin: &str) {
         .expect("the second client is served once the first closes");
     assert_eq!(&echoed, b"second\n");
 }
+
+/// select(2) can watch fds 0..1024 only: clients that would get an fd past that are closed
+/// at once, and every other client keeps its echo.
+pub fn clients_past_fd_setsize_are_closed(bin: &str, clients: usize) {
+    const FD_SETSIZE: usize = 1024;
+    let mut server = Server::start(bin, &[]);
+    let mut streams: Vec<TcpStream> = (0..clients).map(|_| server.connect()).collect();
+
+    let mut served = Vec::new();
+    let mut closed = 0;
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let message = format!("{i:>5}");
+        // A write to a socket the server already closed may fail or succeed (the reset
+        // comes back later); the read tells which side of the limit this client is on.
+        let _ = stream.write_all(message.as_bytes());
+        let mut echoed = [0u8; 5];
+        match stream.read_exact(&mut echoed) {
+            Ok(()) => {
+                assert_eq!(&echoed, message.as_bytes(), "client {i} got the wrong echo");
+                served.push(i);
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+                ) =>
+            {
+                closed += 1
+            }
+            Err(err) => panic!("client {i} was neither served nor closed cleanly: {err}"),
+        }
+    }
+    assert!(
+        served.len() < FD_SETSIZE && served.len() >= FD_SETSIZE - 16,
+        "{} of {clients} clients served; expected all that fit under FD_SETSIZE = {FD_SETSIZE}",
+        served.len()
+    );
+    assert_eq!(served.len() + closed, clients);
+    assert!(
+        server.stderr().contains("FD_SETSIZE"),
+        "closing clients past FD_SETSIZE should be logged; stderr:\n{}",
+        server.stderr()
+    );
+
+    // The served ones are still served.
+    for &i in served.iter().step_by(50) {
+        assert_echo(&mut streams[i], b"again");
+    }
+    assert!(server.is_running());
+}

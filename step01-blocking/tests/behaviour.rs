@@ -1,0 +1,32 @@
+//! The behaviour every step promises, checked against this step's binary. A blocking server
+//! serves one client at a time, so the checks that need many clients at once are not here:
+//! `second_client_waits_for_the_first` pins exactly that limit instead.
+
+use stepcheck::tcp;
+
+const BIN: &str = env!("CARGO_BIN_EXE_step01-blocking");
+
+#[test]
+fn echoes_a_round_trip() {
+    tcp::echo_round_trip(BIN);
+}
+
+#[test]
+fn a_second_client_is_answered_only_after_the_first_closes() {
+    tcp::second_client_waits_for_the_first(BIN);
+}
+
+#[test]
+fn echoes_4_mib_intact() {
+    tcp::large_message_echoed_intact(BIN, 4 << 20);
+}
+
+#[test]
+fn resets_leave_the_server_serving() {
+    tcp::resets_leave_the_server_serving(BIN, 50);
+}
+
+#[test]
+fn memory_line_counts_the_one_connection() {
+    tcp::memory_line_counts_connections(BIN, 1);
+}
