@@ -56,3 +56,29 @@ fn survives_running_out_of_fds() {
     ws::survives_running_out_of_fds(BIN, DEFAULT);
     ws::survives_running_out_of_fds(BIN, &["--runtime", "current-thread"]);
 }
+
+#[test]
+fn fragmented_message_echoed_whole() {
+    ws::fragmented_message_echoed_whole(BIN, DEFAULT);
+}
+
+#[test]
+fn ping_answered_with_pong() {
+    ws::ping_answered_with_pong(BIN, DEFAULT);
+}
+
+#[test]
+fn close_handshake_answered() {
+    ws::close_handshake_answered(BIN, DEFAULT);
+}
+
+#[test]
+fn oversized_message_closes_only_that_connection() {
+    // tungstenite refuses a frame over 16 MiB as soon as it has read its header.
+    ws::oversized_message_closes_only_that_connection(BIN, DEFAULT, (16 << 20) + 1);
+}
+
+#[test]
+fn bad_handshake_refused() {
+    ws::bad_handshake_refused(BIN, DEFAULT);
+}

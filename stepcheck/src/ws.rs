@@ -331,3 +331,167 @@ pub fn survives_running_out_of_fds(bin: &str, extra: &[&str]) {
         }
     }
 }
+
+/// A message split into fragments (a first frame without FIN, continuation frames, a
+/// final one) comes back whole, as one message of the first frame's type (RFC 6455 §5.4).
+pub fn fragmented_message_echoed_whole(bin: &str, extra: &[&str]) {
+    let server = Server::start(bin, extra);
+    let mut client = connect(&server);
+    let fragments: [(&[u8], OpCode, bool); 3] = [
+        (b"frag", OpCode::Data(Data::Text), false),
+        (b"men", OpCode::Data(Data::Continue), false),
+        (b"ted", OpCode::Data(Data::Continue), true),
+    ];
+    for (payload, opcode, is_final) in fragments {
+        // The client library masks each frame, as a client must.
+        let frame = Frame::message(payload.to_vec(), opcode, is_final);
+        client
+            .send(Message::Frame(frame))
+            .unwrap_or_else(|err| panic!("cannot send a fragment: {err}"));
+    }
+    let echoed = read_data(&mut client)
+        .unwrap_or_else(|err| panic!("no echo of a message sent in three fragments: {err}"));
+    assert_eq!(
+        echoed,
+        Message::text("fragmented"),
+        "the three fragments \"frag\" \"men\" \"ted\" must come back as one text message"
+    );
+    // The connection is still in step: an ordinary message after it is echoed as usual.
+    assert_echo(&mut client, Message::text("and one in a single frame"));
+}
+
+/// A ping is answered with a pong carrying the same payload (RFC 6455 §5.5.2), and the
+/// connection goes on echoing.
+pub fn ping_answered_with_pong(bin: &str, extra: &[&str]) {
+    let server = Server::start(bin, extra);
+    let mut client = connect(&server);
+    let payload = tungstenite::Bytes::from_static(b"are you there?");
+    client
+        .send(Message::Ping(payload.clone()))
+        .unwrap_or_else(|err| panic!("cannot send a ping: {err}"));
+    let reply = client
+        .read()
+        .unwrap_or_else(|err| panic!("no answer to a ping: {err}"));
+    assert_eq!(
+        reply,
+        Message::Pong(payload),
+        "a ping must be answered by a pong with the ping's payload"
+    );
+    assert_echo(&mut client, Message::text("still echoing after the ping"));
+}
+
+/// A close frame from the client is answered with a close frame (RFC 6455 §5.5.1), after
+/// which the server closes the TCP connection.
+pub fn close_handshake_answered(bin: &str, extra: &[&str]) {
+    use tungstenite::protocol::CloseFrame;
+    use tungstenite::protocol::frame::coding::CloseCode;
+
+    let server = Server::start(bin, extra);
+    let mut client = connect(&server);
+    assert_echo(&mut client, Message::text("about to leave"));
+    // Seen open first, so that the count going back to 0 below is a change, and reported.
+    server.wait_for_memory_line(1);
+    let goodbye = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "goodbye".into(),
+    };
+    client
+        .close(Some(goodbye))
+        .unwrap_or_else(|err| panic!("cannot send a close frame: {err}"));
+    // Bounded: a server that echoes data after a close fails at the first data message.
+    match client.read() {
+        Ok(Message::Close(_)) => {}
+        Ok(other) => panic!("a close frame was answered with a {} message", kind(&other)),
+        Err(err) => panic!("a close frame got no close frame back: {err}"),
+    }
+    // The server, having sent its close frame, closes the TCP connection (§7.1.1).
+    match client.read() {
+        Err(tungstenite::Error::ConnectionClosed) => {}
+        other => {
+            panic!("the server kept the connection open after the closing handshake: {other:?}")
+        }
+    }
+    server.wait_for_memory_line(0);
+}
+
+/// A message of `len` bytes, over the step's limit, closes that connection (with close
+/// code 1009, "message too big", or without a word) and no other: it is never echoed, and
+/// the server does not hold on to it.
+pub fn oversized_message_closes_only_that_connection(bin: &str, extra: &[&str], len: usize) {
+    let mut server = Server::start(bin, extra);
+    let mut bystander = connect(&server);
+    let mut client = connect(&server);
+
+    // The server may hang up as soon as it has read the frame's header, before the rest
+    // is sent: then sending fails with a reset or a broken pipe, which is fine here.
+    let sent = client.send(Message::binary(pattern(len)));
+    match (sent, client.read()) {
+        (_, Ok(Message::Close(_))) => {}
+        (_, Ok(other)) => panic!(
+            "a {len}-byte message, over the limit, was answered with a {}-byte {} message",
+            other.len(),
+            kind(&other)
+        ),
+        (_, Err(tungstenite::Error::Io(err))) if timed_out(&err) => {
+            panic!("a {len}-byte message, over the limit, got no answer: the connection stays open")
+        }
+        // Closed, reset, or a broken pipe: the connection is gone, as it should be.
+        (_, Err(_)) => {}
+    }
+    assert!(
+        server.is_running(),
+        "the server died on an oversized message:\n{}",
+        server.stderr()
+    );
+    assert_echo(&mut bystander, Message::text("the others are still served"));
+}
+
+/// True for what a read timeout on a blocking socket looks like.
+fn timed_out(err: &std::io::Error) -> bool {
+    matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+/// A request that is not a WebSocket upgrade (plain HTTP, then garbage) is refused,
+/// never answered with `101 Switching Protocols`, and the server keeps serving.
+pub fn bad_handshake_refused(bin: &str, extra: &[&str]) {
+    use std::io::Read;
+
+    let mut server = Server::start(bin, extra);
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"[..],
+        &b"\x16\x03\x01\x02\x00 not HTTP at all\r\n\r\n"[..],
+    ] {
+        let mut stream = server.connect();
+        stream.write_all(request).expect("send the request");
+        // Whatever comes back (a 400, or nothing) until the server closes; bounded in
+        // bytes and, through the stream's read timeout, in time.
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while answer.len() < 64 * 1024 {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(err) if timed_out(&err) => panic!(
+                    "the server neither answered nor closed a request that is no WebSocket upgrade: {:?}",
+                    String::from_utf8_lossy(request)
+                ),
+                Err(_) => break, // reset: refused, too
+            }
+        }
+        assert!(
+            !answer.starts_with(b"HTTP/1.1 101"),
+            "a request without `Upgrade: websocket` was upgraded: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert!(
+        server.is_running(),
+        "the server died on a bad handshake:\n{}",
+        server.stderr()
+    );
+    let mut client = connect(&server);
+    assert_echo(
+        &mut client,
+        Message::text("a good handshake after the bad ones"),
+    );
+}
