@@ -16,7 +16,10 @@ pub struct FdLimit {
 /// Raise the soft open-file limit to the hard limit. The default soft limit is often 1024,
 /// which would stop every step long before its real limit.
 pub fn raise_fd_limit() -> io::Result<FdLimit> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `limit` is a valid, writable rlimit for the call to fill in.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == -1 {
         return Err(io::Error::last_os_error());
@@ -31,19 +34,30 @@ pub fn raise_fd_limit() -> io::Result<FdLimit> {
         (hard, _) => hard,
     };
     if limit.rlim_cur < target {
-        let raised = libc::rlimit { rlim_cur: target, rlim_max: limit.rlim_max };
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: limit.rlim_max,
+        };
         // SAFETY: `raised` is a valid rlimit; the kernel only reads it.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == -1 {
             return Err(io::Error::last_os_error());
         }
         limit.rlim_cur = target;
     }
-    Ok(FdLimit { soft: limit.rlim_cur, hard: limit.rlim_max, nr_open })
+    Ok(FdLimit {
+        soft: limit.rlim_cur,
+        hard: limit.rlim_max,
+        nr_open,
+    })
 }
 
 impl fmt::Display for FdLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "open-file limit {} (hard limit {})", self.soft, self.hard)?;
+        write!(
+            f,
+            "open-file limit {} (hard limit {})",
+            self.soft, self.hard
+        )?;
         match self.nr_open {
             Some(nr_open) if self.hard < nr_open => write!(
                 f,
@@ -74,11 +88,19 @@ mod tests {
 
     #[test]
     fn message_names_the_hard_limit_and_how_to_raise_it() {
-        let limit = FdLimit { soft: 20_000, hard: 20_000, nr_open: Some(1_048_576) };
+        let limit = FdLimit {
+            soft: 20_000,
+            hard: 20_000,
+            nr_open: Some(1_048_576),
+        };
         let text = limit.to_string();
         assert!(text.contains("hard limit 20000"), "{text}");
         assert!(text.contains("ulimit -Hn 1048576"), "{text}");
-        let at_ceiling = FdLimit { soft: 1_048_576, hard: 1_048_576, nr_open: Some(1_048_576) };
+        let at_ceiling = FdLimit {
+            soft: 1_048_576,
+            hard: 1_048_576,
+            nr_open: Some(1_048_576),
+        };
         assert!(at_ceiling.to_string().contains("sysctl fs.nr_open"));
     }
 }

@@ -56,7 +56,10 @@ impl MemoryMeter {
         if conns == self.last_conns {
             return;
         }
-        if self.last_report.is_some_and(|at| at.elapsed() < self.period) {
+        if self
+            .last_report
+            .is_some_and(|at| at.elapsed() < self.period)
+        {
             return;
         }
         let line = MemoryLine::measure(&self.step, conns, self.base_rss);
@@ -103,19 +106,37 @@ impl MemoryLine {
         MemoryLine::new(step, conns, rss_bytes(), base_rss_bytes, thread_count())
     }
 
-    pub fn new(step: &str, conns: usize, rss_bytes: u64, base_rss_bytes: u64, threads: usize) -> MemoryLine {
+    pub fn new(
+        step: &str,
+        conns: usize,
+        rss_bytes: u64,
+        base_rss_bytes: u64,
+        threads: usize,
+    ) -> MemoryLine {
         let per_conn_bytes = match conns {
             0 => 0,
             n => rss_bytes.saturating_sub(base_rss_bytes) / n as u64,
         };
-        MemoryLine { step: step.to_string(), conns, rss_bytes, base_rss_bytes, per_conn_bytes, threads }
+        MemoryLine {
+            step: step.to_string(),
+            conns,
+            rss_bytes,
+            base_rss_bytes,
+            per_conn_bytes,
+            threads,
+        }
     }
 
     /// The `--json` form: one object on one line.
     pub fn to_json(&self) -> String {
         format!(
             r#"{{"event":"memory","step":"{}","conns":{},"rss_bytes":{},"base_rss_bytes":{},"per_conn_bytes":{},"threads":{}}}"#,
-            self.step, self.conns, self.rss_bytes, self.base_rss_bytes, self.per_conn_bytes, self.threads
+            self.step,
+            self.conns,
+            self.rss_bytes,
+            self.base_rss_bytes,
+            self.per_conn_bytes,
+            self.threads
         )
     }
 }
@@ -179,9 +200,15 @@ mod tests {
         let line = MemoryLine::new("step05-epoll", 10_000, 14_000_000, 13_000_000, 1);
         assert_eq!(line.per_conn_bytes, 100);
         // No connections: nothing to divide by.
-        assert_eq!(MemoryLine::new("s", 0, 14_000_000, 13_000_000, 1).per_conn_bytes, 0);
+        assert_eq!(
+            MemoryLine::new("s", 0, 14_000_000, 13_000_000, 1).per_conn_bytes,
+            0
+        );
         // The resident set can shrink below the baseline; that is no negative cost.
-        assert_eq!(MemoryLine::new("s", 10, 12_000_000, 13_000_000, 1).per_conn_bytes, 0);
+        assert_eq!(
+            MemoryLine::new("s", 10, 12_000_000, 13_000_000, 1).per_conn_bytes,
+            0
+        );
     }
 
     #[test]

@@ -33,7 +33,9 @@ impl Options {
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
-    let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if secs.is_finite() && (0.0..=3600.0).contains(&secs) {
         Ok(secs)
     } else {
