@@ -34,6 +34,10 @@ const MAX_HEADERS: usize = 64;
 /// The GUID every server appends to the client's key (RFC 6455, section 1.3).
 const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
+/// What a client too slow to send its request head gets before we close: `408`.
+pub const TIMEOUT_RESPONSE: &str =
+    "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
 /// A request head that asked, correctly, to become a WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upgrade {
