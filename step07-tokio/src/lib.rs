@@ -34,6 +34,10 @@ pub struct Args {
     /// Which tokio scheduler runs the tasks.
     #[arg(long, value_enum, default_value_t = Runtime::MultiThread)]
     pub runtime: Runtime,
+
+    /// Seconds a client has to complete the opening handshake (as in step06).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub handshake_timeout: u64,
 }
 
 /// The two tokio schedulers. The figures per connection come out about the same; the
@@ -75,17 +79,31 @@ impl Args {
 /// once would spin at 100% CPU without ever succeeding.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// What every connection's task is given.
+#[derive(Debug, Clone, Copy)]
+struct ConnConfig {
+    websocket: WebSocketConfig,
+    handshake_timeout: Duration,
+}
+
 /// Start the runtime chosen in `args` and serve WebSocket echo on `listener` until the
 /// process is killed.
 pub fn serve(listener: std::net::TcpListener, meter: MemoryMeter, args: &Args) -> io::Result<()> {
+    // Built by hand rather than with `#[tokio::main]`, so the choice is on screen.
     let runtime = match args.runtime {
         Runtime::MultiThread => tokio::runtime::Builder::new_multi_thread(),
         Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread(),
     }
-    .enable_io()
-    .enable_time()
+    .enable_io() // the reactor: mio, that is, epoll
+    .enable_time() // timers, for the memory line, the back-off and the handshake timeout
     .build()?;
-    let config = args.websocket_config();
+    let config = ConnConfig {
+        websocket: args.websocket_config(),
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
+    };
+    // `block_on` runs the accept loop on this, the main thread; the connections' tasks run
+    // on the runtime's workers (multi-thread) or on this thread too (current-thread). So
+    // the memory line says `threads 3` on a 2-core machine, or `threads 1`.
     runtime.block_on(accept_loop(listener, meter, config))
 }
 
@@ -93,10 +111,11 @@ pub fn serve(listener: std::net::TcpListener, meter: MemoryMeter, args: &Args) -
 async fn accept_loop(
     listener: std::net::TcpListener,
     meter: MemoryMeter,
-    config: WebSocketConfig,
+    config: ConnConfig,
 ) -> io::Result<()> {
-    // tokio registers the socket with its epoll instance; it must be non-blocking first,
-    // or one accept with an empty queue would block the whole worker thread.
+    // `from_std` registers the socket with the runtime's epoll but leaves its mode alone:
+    // it must already be non-blocking, or an accept on an empty queue would block the
+    // whole thread instead of returning WouldBlock and letting other tasks run.
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
 
@@ -131,8 +150,17 @@ async fn accept_loop(
 
 /// One client, start to end: the opening handshake, then every text or binary message
 /// sent back as it came. An error ends this connection only.
-async fn handle_connection(stream: TcpStream, config: WebSocketConfig) -> tungstenite::Result<()> {
-    let mut websocket = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await?;
+///
+/// This function is the connection's state: the compiler turns it into a state machine
+/// (a future) holding every local that lives across an `.await`, and `tokio::spawn`
+/// allocates it once per connection. That is step06's `Conn`, written for us.
+async fn handle_connection(stream: TcpStream, config: ConnConfig) -> tungstenite::Result<()> {
+    // A client that connects and says nothing must not hold its task forever.
+    let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(config.websocket));
+    let mut websocket = match tokio::time::timeout(config.handshake_timeout, handshake).await {
+        Ok(result) => result?,
+        Err(_elapsed) => return Ok(()), // dropping the stream closes the connection
+    };
     while let Some(message) = websocket.next().await {
         match message? {
             // `send` waits until the echo is written out. Meanwhile this task reads

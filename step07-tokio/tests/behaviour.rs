@@ -82,3 +82,23 @@ fn oversized_message_closes_only_that_connection() {
 fn bad_handshake_refused() {
     ws::bad_handshake_refused(BIN, DEFAULT);
 }
+
+/// A client that connects and never sends its handshake is dropped after
+/// `--handshake-timeout`, so silent connections cannot pile up.
+#[test]
+fn silent_client_dropped_after_handshake_timeout() {
+    use std::io::Read;
+
+    let server = stepcheck::Server::start(BIN, &["--handshake-timeout", "1"]);
+    let mut silent = server.connect();
+    server.wait_for_memory_line(1);
+    // The server hangs up: our read sees end-of-stream (or a reset), well within PATIENCE.
+    let mut buf = [0u8; 1];
+    match silent.read(&mut buf) {
+        Ok(0) => {}
+        Ok(_) => panic!("the server sent bytes to a client that never sent a request"),
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(err) => panic!("the silent client was not dropped: {err}"),
+    }
+    server.wait_for_memory_line(0);
+}
