@@ -85,7 +85,7 @@ struct Conn {
 /// The life of a connection: upgrade, frames, close.
 #[expect(
     clippy::box_collection,
-    reason = "Option<Box<Vec>> is 8 bytes when idle, a Vec 24: the extra allocation happens only for a head in pieces"
+    reason = "a Box<Vec> is 8 bytes, a Vec 24: the extra allocation is only for a head in pieces or a hand-over"
 )]
 enum State {
     /// Waiting for the HTTP request head.
@@ -94,7 +94,7 @@ enum State {
         /// arrives whole is parsed straight from the shared read buffer.
         head: Option<Box<Vec<u8>>>,
         /// When we give up on a client that is too slow to finish it (slowloris).
-        deadline: Instant,
+        deadline: Deadline,
     },
     /// Upgraded: frames, decoded by `frame.rs`. `None` unless a frame or message is
     /// unfinished.
@@ -102,12 +102,12 @@ enum State {
     /// `--buffers per-conn`: upgraded, and handed to tungstenite once the `101` is out.
     HandingOver {
         /// Bytes that came behind the request head: already frames, for tungstenite.
-        early: Vec<u8>,
+        early: Box<Vec<u8>>,
     },
     /// We sent (or are sending) our last bytes: a close frame or an HTTP error.
     Closing {
         /// When we stop waiting for the client to hang up.
-        deadline: Instant,
+        deadline: Deadline,
     },
 }
 
@@ -142,10 +142,75 @@ struct Shared {
     /// One output buffer for every connection: replies are put together here, and only
     /// what the kernel does not take at once is copied into the connection.
     out: Vec<u8>,
-    /// Connections that must do something by a deadline (finish their request head, or
-    /// hang up after our close), as `(deadline, fd)`, oldest first.
-    deadlines: VecDeque<(Instant, RawFd)>,
+    /// Connections that must do something by a deadline: finish their request head, or
+    /// hang up after our close.
+    timers: Timers,
     config: Config,
+}
+
+/// A deadline: whole seconds since the loop started. 4 bytes where an `Instant` takes 16,
+/// and a handshake timeout needs no finer grain than a second. (A u32 lasts 136 years.)
+type Deadline = u32;
+
+/// The timer for handshakes and closes: one queue of `(deadline, fd)`.
+///
+/// Every deadline is "now + the same timeout", set in the order things happen, so the
+/// queue is sorted by construction: its front is always the earliest deadline. No heap, no
+/// timer wheel, O(1) to set one. Entries are never removed early: when a connection
+/// finishes its head, its entry just goes stale and is skipped when it comes due.
+struct Timers {
+    /// When the loop started: deadlines count seconds from here.
+    start: Instant,
+    /// The timeout every deadline is set with.
+    timeout: Duration,
+    /// `(deadline, fd)`, earliest first.
+    queue: VecDeque<(Deadline, RawFd)>,
+}
+
+impl Timers {
+    fn new(timeout: Duration) -> Timers {
+        Timers {
+            start: Instant::now(),
+            timeout,
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// Set a deadline `timeout` from now for `fd`, rounded up to a whole second (so never
+    /// sooner than the timeout).
+    fn set(&mut self, fd: RawFd) -> Deadline {
+        let due = self.start.elapsed() + self.timeout;
+        let deadline = due.as_millis().div_ceil(1000) as Deadline;
+        self.queue.push_back((deadline, fd));
+        deadline
+    }
+
+    /// The current second: a deadline `d` has passed when `d <= now`.
+    fn now(&self) -> Deadline {
+        self.start.elapsed().as_secs() as Deadline
+    }
+
+    /// How long until the earliest deadline, if any: the most epoll_wait may sleep.
+    fn time_left(&self) -> Option<Duration> {
+        let &(deadline, _) = self.queue.front()?;
+        let due = self.start + Duration::from_secs(deadline.into());
+        Some(due.saturating_duration_since(Instant::now()))
+    }
+
+    /// The next fd whose deadline is `now` or earlier, taken off the queue.
+    fn pop_due(&mut self, now: Deadline) -> Option<RawFd> {
+        let &(deadline, fd) = self.queue.front()?;
+        if deadline > now {
+            return None;
+        }
+        self.queue.pop_front();
+        // A burst of connections leaves a long queue behind; give its memory back once it
+        // has drained, or it would stay in the resident set for good.
+        if self.queue.len() < self.queue.capacity() / 4 {
+            self.queue.shrink_to(self.queue.len() * 2);
+        }
+        Some(fd)
+    }
 }
 
 /// How long to stop accepting when the process is out of file descriptors.
@@ -164,7 +229,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
     let mut shared = Shared {
         buf: vec![0u8; 64 * 1024],
         out: Vec::new(),
-        deadlines: VecDeque::new(),
+        timers: Timers::new(config.timeout),
         config,
     };
     let mut events = Vec::with_capacity(1024);
@@ -178,25 +243,16 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             accept_paused_until = None;
             epoll.register(listener.as_raw_fd(), READABLE)?;
         }
-        let now = Instant::now();
-        expire(
-            &mut shared.deadlines,
-            now,
-            &epoll,
-            &mut connections,
-            &mut open,
-        )?;
+        expire(&mut shared.timers, &epoll, &mut connections, &mut open)?;
 
-        // The timer: epoll_wait sleeps until a socket is ready or the timeout passes, so the
-        // timeout is the time left until the earliest deadline. Every deadline is "now +
-        // the same timeout", set in the order connections arrive, so the queue is already
-        // sorted: its front is the earliest, no heap needed.
+        // The timer: epoll_wait sleeps until a socket is ready or the timeout passes, so
+        // the timeout is at most the time left until the earliest deadline.
         let mut timeout = match accept_paused_until {
-            Some(until) => until.saturating_duration_since(now),
+            Some(until) => until.saturating_duration_since(Instant::now()),
             None => meter.period(),
         };
-        if let Some(&(deadline, _)) = shared.deadlines.front() {
-            timeout = timeout.min(deadline.saturating_duration_since(now));
+        if let Some(left) = shared.timers.time_left() {
+            timeout = timeout.min(left);
         }
 
         match epoll.wait(&mut events, timeout) {
@@ -290,8 +346,7 @@ fn accept_all(
             connections.resize_with(index + 1, || None);
         }
         // The clock starts now: the whole request head must be in within the timeout.
-        let deadline = Instant::now() + shared.config.timeout;
-        shared.deadlines.push_back((deadline, fd));
+        let deadline = shared.timers.set(fd);
         connections[index] = Some(Slot::Ours(Conn {
             stream,
             state: State::Handshaking {
@@ -329,8 +384,7 @@ fn handle_readable(conn: &mut Conn, fd: RawFd, shared: &mut Shared) -> io::Resul
         State::HandingOver { .. } => unreachable!("bug: handed over as soon as the 101 is out"),
     };
     if flow == Flow::Close {
-        let deadline = Instant::now() + shared.config.timeout;
-        shared.deadlines.push_back((deadline, fd));
+        let deadline = shared.timers.set(fd);
         conn.state = State::Closing { deadline };
     }
 
@@ -391,7 +445,7 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) 
                 }
                 Buffers::PerConn => {
                     conn.state = State::HandingOver {
-                        early: early.to_vec(),
+                        early: Box::new(early.to_vec()),
                     };
                     Flow::Open
                 }
@@ -400,7 +454,7 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) 
     }
 }
 
-fn deadline_of(state: &State) -> Instant {
+fn deadline_of(state: &State) -> Deadline {
     match state {
         State::Handshaking { deadline, .. } | State::Closing { deadline } => *deadline,
         _ => unreachable!("bug: only handshaking and closing connections have a deadline"),
@@ -455,7 +509,7 @@ fn hand_over(slot: &mut Option<Slot>, config: &Config) -> io::Result<Next> {
     // Its default config, but for the message size limit, so both strategies refuse the
     // same messages.
     let ws_config = WebSocketConfig::default().max_message_size(Some(config.max_message));
-    let ws = WebSocket::from_partially_read(stream, early, Role::Server, Some(ws_config));
+    let ws = WebSocket::from_partially_read(stream, *early, Role::Server, Some(ws_config));
     let ws = slot.insert(Slot::Tungstenite(Box::new(ws)));
     let Slot::Tungstenite(ws) = ws else {
         unreachable!("bug: just inserted")
@@ -520,22 +574,13 @@ fn tungstenite_failed(ws: &mut WebSocket<TcpStream>, err: tungstenite::Error) ->
 /// Close the connections whose deadline has passed: clients that never finished their
 /// request head (slowloris), or never hung up after our close.
 fn expire(
-    deadlines: &mut VecDeque<(Instant, RawFd)>,
-    now: Instant,
+    timers: &mut Timers,
     epoll: &Epoll,
     connections: &mut [Option<Slot>],
     open: &mut usize,
 ) -> io::Result<()> {
-    while let Some(&(deadline, fd)) = deadlines.front() {
-        if deadline > now {
-            break;
-        }
-        deadlines.pop_front();
-        // A burst of connections leaves a long queue behind; give its memory back once it
-        // has drained, or it would stay in the resident set for good.
-        if deadlines.len() < deadlines.capacity() / 4 {
-            deadlines.shrink_to(deadlines.len() * 2);
-        }
+    let now = timers.now();
+    while let Some(fd) = timers.pop_due(now) {
         // Most entries are stale: the connection finished its head long ago, or closed and
         // its fd now belongs to a newer connection (whose own deadline is later). Only a
         // connection whose own deadline has passed is closed.
@@ -612,6 +657,6 @@ mod tests {
     #[test]
     fn an_idle_connection_is_a_few_dozen_bytes() {
         let size = size_of::<Option<Slot>>();
-        assert!(size <= 48, "Option<Slot> is {size} bytes");
+        assert!(size <= 32, "Option<Slot> is {size} bytes");
     }
 }
