@@ -1,4 +1,228 @@
-fn main() {
-    eprintln!("report: not built yet");
-    std::process::exit(1);
+//! `cargo run --release -p report`
+//!
+//! The whole lesson in numbers, from a fresh clone with no other setup. For each step it
+//! starts the step's real binary as a child process, holds N connections to it with loadgen
+//! (in this process), and measures what the step costs: connections held and served at
+//! once, resident memory per connection (from /proc, checked against the step's own memory
+//! line), kernel memory per connection (from /proc/slabinfo), threads, CPU time, and the
+//! round trip on one connection as idle connections pile up. It prints a Markdown table,
+//! writes `report.json`, and draws two SVG charts into `--out`.
+//!
+//! A step joins the report by having a line in `steps.rs`; one whose binary is missing or
+//! exits before listening becomes a row that says so.
+
+mod charts;
+mod child;
+mod measure;
+mod output;
+mod procfs;
+mod steps;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use measure::{Plan, StepResult};
+use output::Report;
+
+/// Run every step against N connections and report what each costs.
+#[derive(Parser, Debug)]
+#[command(name = "report")]
+struct Args {
+    /// Connections per step [default: 10000, or what the open-file limit allows; 2000 with --quick].
+    #[arg(long)]
+    conns: Option<usize>,
+
+    /// Only these steps, comma-separated: a name from the table (`step06-ws-epoll/per-conn`)
+    /// or a binary name for all its variants (`step06-ws-epoll`).
+    #[arg(long, value_delimiter = ',', value_name = "STEP,...")]
+    steps: Vec<String>,
+
+    /// Small N and short waits, for CI: under a minute in a debug build.
+    #[arg(long)]
+    quick: bool,
+
+    /// Where report.json and the SVG charts go [default: target/report/ in the workspace].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+
+    /// Run the step binaries found in DIR instead of building them first.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+}
+
+/// The workspace root: this crate's parent directory.
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bug: report/ lives inside the workspace")
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let specs = match steps::select(&args.steps) {
+        Ok(specs) => specs,
+        Err(err) => {
+            eprintln!("report: {err}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let wanted = args
+        .conns
+        .unwrap_or(if args.quick { 2000 } else { 10_000 })
+        .max(1);
+    let conns = match common::raise_fd_limit() {
+        // loadgen's sockets are in this process, each step's in its own: both need N fds.
+        Ok(limit) if wanted > loadgen::max_conns(limit.soft) => {
+            let max = loadgen::max_conns(limit.soft).max(1);
+            eprintln!(
+                "report: {wanted} connections do not fit under this process's {limit}; measuring {max}."
+            );
+            max
+        }
+        Ok(_) => wanted,
+        Err(err) => {
+            eprintln!(
+                "report: cannot read the open-file limit ({err}); trying {wanted} connections"
+            );
+            wanted
+        }
+    };
+
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => match build_steps() {
+            Ok(dir) => dir,
+            Err(err) => {
+                eprintln!("report: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("target").join("report"));
+    if let Err(err) = std::fs::create_dir_all(&out_dir) {
+        eprintln!("report: cannot create {}: {err}", out_dir.display());
+        return ExitCode::FAILURE;
+    }
+
+    let plan = Plan {
+        conns,
+        probes: 1000,
+        warmup: 100,
+        echo_probes: if args.quick { 100 } else { 200 },
+        message_size: 64,
+        served_deadline: Duration::from_secs(if args.quick { 2 } else { 3 }),
+        probe_deadline: Duration::from_secs(2),
+    };
+
+    let started = Instant::now();
+    // One thread, like loadgen's own binary: the client takes one core, the step the other.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("bug: a current-thread runtime builds on any Linux");
+    let mut results: Vec<StepResult> = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let bar = ProgressBar::new(0)
+            .with_style(
+                ProgressStyle::with_template("{prefix:>30} {bar:30} {pos:>5}/{len:<5} {msg}")
+                    .expect("bug: the progress template is valid"),
+            )
+            .with_prefix(format!("[{}/{}] {}", i + 1, specs.len(), spec.name));
+        let result = runtime.block_on(measure::measure(spec, &plan, &bin_dir, &bar));
+        bar.finish_and_clear();
+        eprintln!("{}", one_line(&result));
+        results.push(result);
+    }
+
+    let report = Report {
+        conns,
+        quick: args.quick,
+        profile: bin_dir
+            .file_name()
+            .map_or("?".into(), |n| n.to_string_lossy().into_owned()),
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel_readable: procfs::KernelMemory::read().is_some(),
+        socket_caches: procfs::SOCKET_CACHES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        steps: results,
+    };
+    print!("{}", output::markdown(&report));
+
+    let json = serde_json::to_string_pretty(&report).expect("bug: the report serializes");
+    let written = [
+        std::fs::write(out_dir.join("report.json"), json + "\n").map_err(|e| e.to_string()),
+        charts::memory_per_conn(&report.steps, &out_dir.join("memory-per-conn.svg"))
+            .map_err(|e| e.to_string()),
+        charts::rtt_vs_idle(&report.steps, &out_dir.join("rtt-vs-idle.svg"))
+            .map_err(|e| e.to_string()),
+    ];
+    for err in written.iter().filter_map(|w| w.as_ref().err()) {
+        eprintln!("report: cannot write into {}: {err}", out_dir.display());
+    }
+    eprintln!(
+        "report: wrote report.json, memory-per-conn.svg, rtt-vs-idle.svg into {}",
+        out_dir.display()
+    );
+
+    if report.steps.iter().any(|r| r.error.is_none()) && written.iter().all(Result::is_ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Build every binary in the workspace with the profile this report was built with, so a
+/// fresh clone needs nothing else; returns the directory they land in (this binary's).
+fn build_steps() -> Result<PathBuf, String> {
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .current_dir(workspace_root())
+        .args(["build", "--workspace", "--bins", "--keep-going"]);
+    if !cfg!(debug_assertions) {
+        cargo.arg("--release");
+    }
+    eprintln!("report: building the steps (cargo build --workspace --bins)");
+    match cargo.status() {
+        Ok(status) if status.success() => {}
+        // Some step did not compile (perhaps mid-edit): measure what did build.
+        Ok(status) => eprintln!(
+            "report: cargo build failed ({status}); steps without a binary are reported as such"
+        ),
+        Err(err) => return Err(format!("cannot run cargo ({}): {err}", env!("CARGO"))),
+    }
+    let exe = std::env::current_exe().map_err(|err| format!("cannot find this binary: {err}"))?;
+    Ok(exe
+        .parent()
+        .expect("bug: a binary lives in a directory")
+        .to_path_buf())
+}
+
+/// One line per step on stderr as it finishes: the progress a log shows when there is no
+/// terminal for the bars.
+fn one_line(r: &StepResult) -> String {
+    if let Some(err) = &r.error {
+        return format!("{:>24}: not measured: {err}", r.step);
+    }
+    format!(
+        "{:>24}: {} held, {} served, RSS {}/conn, kernel {}/conn, p50 {} ({:.1} s)",
+        r.step,
+        r.held,
+        r.served,
+        r.rss_per_conn_proc.map_or("–".into(), common::format_bytes),
+        r.kernel_per_conn
+            .map_or("n/a".into(), |k| common::format_bytes(k.max(0) as u64)),
+        r.rtt_p50_us.map_or("–".into(), output::micros),
+        r.wall_seconds
+    )
 }

@@ -1,0 +1,460 @@
+//! One step, measured: start it, connect in stages, time round trips at each stage, read
+//! its memory three ways (its own line, /proc, the kernel's slabs), then end it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+use loadgen::{ConnectOptions, EchoStats, Pace, Pick, Pool, Protocol, Target};
+use serde::Serialize;
+
+use crate::child::StepProcess;
+use crate::procfs::{self, KernelMemory};
+use crate::steps::{self, StepSpec};
+
+/// Fewer connections than this, and the kernel figure per connection is mostly noise.
+const MIN_CONNS_FOR_KERNEL: usize = 100;
+
+/// Chunks the last stretch of connections is opened in, for the kernel's figures.
+const KERNEL_CHUNKS: usize = 5;
+
+/// How hard to push each step; the same for every step, so rows compare like for like.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Connections each step is asked to hold (before its own cap).
+    pub conns: usize,
+    /// Round trips timed at each sweep point, on one connection, after a warm-up.
+    pub probes: usize,
+    /// Round trips sent first and not counted: the first ones pay for cold caches.
+    pub warmup: usize,
+    /// Echo probes on random connections at the end, checked byte for byte.
+    pub echo_probes: usize,
+    /// Bytes per echo message.
+    pub message_size: usize,
+    /// How long the echo on every connection may take before the rest count as not served.
+    pub served_deadline: Duration,
+    /// One probe not back by then is lost.
+    pub probe_deadline: Duration,
+}
+
+/// Round trip with `conns` connections held (one of them the probe).
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepPoint {
+    pub conns: usize,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+/// Outcome counts of the echo probes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EchoCounts {
+    pub ok: usize,
+    pub lost: usize,
+    pub mismatched: usize,
+    pub failed: usize,
+}
+
+/// One row of the report. `None` figures were not measured (the step failed, or the
+/// kernel's figures are unreadable).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StepResult {
+    pub step: String,
+    pub bin: String,
+    pub protocol: String,
+    pub args: Vec<String>,
+    /// Why the step has no figures, if it has none.
+    pub error: Option<String>,
+    /// Problems met along the way, for the notes column.
+    pub notes: Vec<String>,
+    /// Connections the report asked for (after the step's cap).
+    pub asked: usize,
+    /// Connections open from loadgen's side when measured.
+    pub held: usize,
+    /// Connections whose one message came back while all were sent at once.
+    pub served: usize,
+    /// Connections the step says it holds, in its memory line.
+    pub server_conns: Option<usize>,
+    /// (VmRSS − VmRSS just before the first connection) / server_conns, /proc/PID/status.
+    pub rss_per_conn_proc: Option<u64>,
+    /// per_conn_bytes from the step's own memory line.
+    pub rss_per_conn_line: Option<u64>,
+    /// The resident sets from /proc and from the line, read together, within [`agree`]'s tolerance.
+    pub rss_agree: Option<bool>,
+    pub rss_bytes_proc: Option<u64>,
+    pub base_rss_bytes_proc: Option<u64>,
+    pub rss_bytes_line: Option<u64>,
+    pub base_rss_bytes_line: Option<u64>,
+    /// Growth of the socket caches and kernel stacks / held: covers BOTH ends of each
+    /// loopback connection (the step's socket and loadgen's), since both live in this kernel.
+    /// The median of [`StepResult::kernel_chunks_per_conn`].
+    pub kernel_per_conn: Option<i64>,
+    /// Each cache's share of the median chunk's growth, per connection.
+    pub kernel_growth_per_conn: BTreeMap<String, i64>,
+    /// Growth per connection while each chunk of the last stretch opened, sorted.
+    pub kernel_chunks_per_conn: Vec<i64>,
+    pub threads: Option<usize>,
+    pub cpu_seconds: Option<f64>,
+    /// Round trip on one connection with `held` connections open.
+    pub rtt_p50_us: Option<f64>,
+    pub rtt_p99_us: Option<f64>,
+    pub echo: EchoCounts,
+    pub connect_failures: String,
+    pub sweep: Vec<SweepPoint>,
+    pub wall_seconds: f64,
+}
+
+impl StepResult {
+    fn new(spec: &StepSpec) -> StepResult {
+        StepResult {
+            step: spec.name.to_string(),
+            bin: spec.bin.to_string(),
+            protocol: match spec.protocol {
+                Protocol::Tcp => "tcp".into(),
+                Protocol::WebSocket => "ws".into(),
+            },
+            args: spec.args.iter().map(|a| a.to_string()).collect(),
+            ..StepResult::default()
+        }
+    }
+}
+
+/// Run one step through the whole plan. Never fails: a step that cannot be measured
+/// becomes a row with its error.
+pub async fn measure(
+    spec: &StepSpec,
+    plan: &Plan,
+    bin_dir: &Path,
+    bar: &ProgressBar,
+) -> StepResult {
+    let started = Instant::now();
+    let mut result = StepResult::new(spec);
+    let points = steps::points(spec, plan.conns);
+    result.asked = *points.last().expect("bug: there is always a last point");
+    bar.set_length(result.asked as u64);
+
+    let bin = bin_dir.join(spec.bin);
+    if !bin.exists() {
+        result.error = Some(format!("no binary at {}", bin.display()));
+        return result;
+    }
+    bar.set_message("starting");
+    KernelMemory::settle(Duration::from_secs(3));
+    let mut step = match StepProcess::start(&bin, spec.args) {
+        Ok(step) => step,
+        Err(err) => {
+            result.error = Some(err);
+            return result;
+        }
+    };
+    // Blocking: polls the child for up to 15 s. Nothing else runs on this thread meanwhile.
+    let addr = match step.wait_listening(Duration::from_secs(15)) {
+        Ok(addr) => addr,
+        Err(err) => {
+            result.error = Some(err);
+            return result;
+        }
+    };
+    // Our baseline: the step's resident set once it has settled, just before the first
+    // connection. The step's own baseline is taken right after bind, before it allocated
+    // whatever it allocates at start-up (a shared read buffer, a runtime's worker threads);
+    // its per-connection figure spreads that over the connections, ours does not.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = match procfs::status(step.pid()) {
+        Ok(status) => status,
+        Err(err) => {
+            result.error = Some(format!(
+                "cannot read /proc/{}/status: {err}{}",
+                step.pid(),
+                step.last_words()
+            ));
+            return result;
+        }
+    };
+    if let Err(err) = run(
+        spec,
+        plan,
+        &points,
+        &mut step,
+        addr,
+        base.rss_bytes,
+        bar,
+        &mut result,
+    )
+    .await
+    {
+        result.error = Some(err);
+    }
+    drop(step); // killed and reaped
+    result.wall_seconds = started.elapsed().as_secs_f64();
+    result
+}
+
+#[allow(clippy::too_many_arguments)] // one call site; a struct for these would only move the list
+async fn run(
+    spec: &StepSpec,
+    plan: &Plan,
+    points: &[usize],
+    step: &mut StepProcess,
+    addr: std::net::SocketAddr,
+    base_rss_proc: u64,
+    bar: &ProgressBar,
+    result: &mut StepResult,
+) -> Result<(), String> {
+    let url = match spec.protocol {
+        Protocol::Tcp => format!("tcp://{addr}"),
+        Protocol::WebSocket => format!("ws://{addr}/"),
+    };
+    let mut opts = ConnectOptions::new(url.parse::<Target>()?);
+    opts.timeout = Duration::from_secs(5);
+    let mut pool = Pool::new(opts);
+    let mut served = EchoStats::default();
+    let top = *points.last().expect("bug: there is always a last point");
+    // When the last connection was asked for: the memory line for the full count comes after.
+    let mut last_stage_start = Instant::now();
+    // Kernel growth per connection, one figure per chunk of the last stretch.
+    let mut kernel_chunks: Vec<(i64, BTreeMap<String, i64>)> = Vec::new();
+
+    for &point in points {
+        let is_top = point == top;
+        if is_top {
+            // The kernel's figures are machine-wide, and other processes open and close
+            // sockets too. So the last stretch is opened in chunks with a snapshot around
+            // each: a burst from elsewhere spoils a chunk or two, and the median skips them.
+            let from = pool.len();
+            let end = point.saturating_sub(1).max(from);
+            let chunks = if end - from >= MIN_CONNS_FOR_KERNEL {
+                KERNEL_CHUNKS
+            } else {
+                1
+            };
+            let mut before = KernelMemory::read();
+            for k in 1..=chunks {
+                let added = open(
+                    &mut pool,
+                    from + (end - from) * k / chunks,
+                    plan,
+                    bar,
+                    &mut served,
+                )
+                .await;
+                let after = KernelMemory::read();
+                if let (Some(before), Some(after), 1..) = (&before, &after, added) {
+                    let (growth, total) = before.growth(after);
+                    let per_conn = growth
+                        .into_iter()
+                        .map(|(cache, bytes)| (cache, bytes / added as i64))
+                        .collect();
+                    kernel_chunks.push((total / added as i64, per_conn));
+                }
+                before = after;
+            }
+            // The last connection opens after the echoes: the count changes, so the step
+            // prints a memory line that includes what a connection costs after its first
+            // message (a WebSocket step allocates then).
+            last_stage_start = Instant::now();
+            open(&mut pool, point, plan, bar, &mut served).await;
+        } else {
+            open(&mut pool, point, plan, bar, &mut served).await;
+        }
+        if pool.is_empty() {
+            return Err(format!("no connection opened: {}", pool.failures.short()));
+        }
+        if spec.sweep || is_top {
+            bar.set_message(format!("round trips with {} held", pool.len()));
+            let stats = round_trips(&mut pool, plan).await;
+            if let Some(summary) = stats.summary() {
+                let point = SweepPoint {
+                    conns: pool.len(),
+                    p50_us: us(summary.p50),
+                    p99_us: us(summary.p99),
+                };
+                if is_top {
+                    result.rtt_p50_us = Some(point.p50_us);
+                    result.rtt_p99_us = Some(point.p99_us);
+                }
+                result.sweep.push(point);
+            } else {
+                result
+                    .notes
+                    .push(format!("no round trip at {} held ({stats})", pool.len()));
+            }
+        }
+        if is_top {
+            break;
+        }
+    }
+    result.held = pool.len();
+    result.served = served.ok;
+    result.connect_failures = pool.failures.short();
+    if pool.failures.total() > 0 {
+        result.notes.push(format!(
+            "{} connects failed: {}",
+            pool.failures.total(),
+            pool.failures.short()
+        ));
+    }
+
+    bar.set_message("memory");
+    // The memory line for the full count was printed when the last connection arrived,
+    // before the round trips; it is in the samples already, or arrives within a period.
+    match step.memory_line(result.held, last_stage_start, Duration::from_millis(2500)) {
+        Some(sample) => {
+            let line = &sample.line;
+            result.server_conns = Some(line.conns);
+            result.rss_per_conn_line = Some(line.per_conn_bytes);
+            result.rss_bytes_line = Some(line.rss_bytes);
+            result.base_rss_bytes_line = Some(line.base_rss_bytes);
+            result.base_rss_bytes_proc = Some(base_rss_proc);
+            if let Some(proc) = sample.proc {
+                result.rss_bytes_proc = Some(proc.rss_bytes);
+                result.threads = Some(proc.threads);
+                if line.conns > 0 {
+                    result.rss_per_conn_proc =
+                        Some(proc.rss_bytes.saturating_sub(base_rss_proc) / line.conns as u64);
+                }
+                let agreed = agree(proc.rss_bytes, line.rss_bytes);
+                result.rss_agree = Some(agreed);
+                if !agreed {
+                    result.notes.push(format!(
+                        "RSS disagrees: /proc says {}, the step's line {}, read at the same moment",
+                        common::format_bytes(proc.rss_bytes),
+                        common::format_bytes(line.rss_bytes),
+                    ));
+                }
+                if proc.threads != line.threads {
+                    result.notes.push(format!(
+                        "threads: /proc says {}, the line {}",
+                        proc.threads, line.threads
+                    ));
+                }
+            }
+            if line.conns < result.held {
+                result.notes.push(format!(
+                    "the step holds {}: {} more wait in its listen backlog, connected but not accepted",
+                    line.conns,
+                    result.held - line.conns
+                ));
+            } else if line.conns > result.held {
+                result.notes.push(format!(
+                    "the step counts {} connections; loadgen holds {}",
+                    line.conns, result.held
+                ));
+            }
+        }
+        None => result.notes.push("no memory line from the step".into()),
+    }
+    kernel_chunks.sort_by_key(|(per_conn, _)| *per_conn);
+    result.kernel_chunks_per_conn = kernel_chunks
+        .iter()
+        .map(|(per_conn, _)| *per_conn)
+        .collect();
+    match kernel_chunks.get(kernel_chunks.len() / 2) {
+        // A handful of connections is lost in the noise of a whole machine's kernel.
+        Some((median, breakdown)) if kernel_chunks.len() == KERNEL_CHUNKS => {
+            result.kernel_per_conn = Some(*median);
+            result.kernel_growth_per_conn = breakdown.clone();
+        }
+        Some(_) => result.notes.push(format!(
+            "kernel memory not shown: {} connections are too few to measure",
+            result.held
+        )),
+        None => {} // unreadable: n/a
+    }
+
+    bar.set_message("echo probes");
+    let echo = pool
+        .probe(
+            Pick::Random,
+            plan.echo_probes,
+            plan.message_size,
+            plan.probe_deadline,
+        )
+        .await;
+    result.echo = EchoCounts {
+        ok: echo.ok,
+        lost: echo.lost,
+        mismatched: echo.mismatched,
+        failed: echo.failed,
+    };
+
+    result.cpu_seconds = procfs::cpu_seconds(step.pid()).ok();
+    if !step.is_running() {
+        result.notes.push(format!(
+            "the step exited during the run{}",
+            step.last_words()
+        ));
+    }
+    // Reset every connection: no TIME_WAIT left to skew the next step's kernel figures.
+    pool.close();
+    Ok(())
+}
+
+/// Open connections until `stage` are held, then send one message on each new one at once
+/// (adding to `served`). Returns how many were opened.
+async fn open(
+    pool: &mut Pool,
+    stage: usize,
+    plan: &Plan,
+    bar: &ProgressBar,
+    served: &mut EchoStats,
+) -> usize {
+    let from = pool.len();
+    if from >= stage {
+        return 0;
+    }
+    bar.set_message(format!("connecting {stage}"));
+    pool.grow_to(stage, Pace::default(), bar).await;
+    bar.set_message(format!("one message on each of {}", pool.len() - from));
+    served.merge(
+        pool.echo_each(from, plan.message_size, plan.served_deadline)
+            .await,
+    );
+    pool.len() - from
+}
+
+/// Warm-up, then timed round trips on the first connection (the one open longest).
+async fn round_trips(pool: &mut Pool, plan: &Plan) -> EchoStats {
+    pool.probe(
+        Pick::Conn(0),
+        plan.warmup,
+        plan.message_size,
+        plan.probe_deadline,
+    )
+    .await;
+    pool.probe(
+        Pick::Conn(0),
+        plan.probes,
+        plan.message_size,
+        plan.probe_deadline,
+    )
+    .await
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Whether /proc and the step's line tell the same story: the resident set the step
+/// printed, and VmRSS read the moment the line arrived, within 2% or 256 KiB. Both come
+/// from the same kernel counter, so only the few microseconds between them separate them;
+/// a larger gap means the step's meter reads the wrong thing.
+pub fn agree(rss_proc: u64, rss_line: u64) -> bool {
+    rss_proc.abs_diff(rss_line) <= (256 * 1024).max(rss_line / 50)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_figures_agree_within_pages_not_megabytes() {
+        assert!(agree(14_000_000, 14_004_096));
+        assert!(
+            agree(200_000_000, 197_000_000),
+            "2% of a large resident set is timing"
+        );
+        assert!(!agree(14_000_000, 20_000_000));
+        assert!(!agree(200_000_000, 190_000_000));
+    }
+}

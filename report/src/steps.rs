@@ -1,0 +1,160 @@
+//! The steps the report runs, in order. A step joins the report by having a line here:
+//! when its binary is missing or exits before listening, its row says so and the report
+//! goes on.
+
+use loadgen::Protocol;
+
+/// One row of the report: a step binary, maybe with options that make a variant.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSpec {
+    /// The name in the table, e.g. `step06-ws-epoll/per-conn`.
+    pub name: &'static str,
+    /// The binary to run (its name in `target/<profile>/`).
+    pub bin: &'static str,
+    /// What loadgen speaks to it.
+    pub protocol: Protocol,
+    /// Options beyond the ones every step gets (`--addr`, `--json`, `--report-every`).
+    pub args: &'static [&'static str],
+    /// At most this many connections, whatever `--conns` says (`None`: all of them).
+    pub cap: Option<usize>,
+    /// Whether the round-trip sweep over idle connections is measured for this step.
+    pub sweep: bool,
+}
+
+const fn step(name: &'static str, bin: &'static str, protocol: Protocol) -> StepSpec {
+    StepSpec {
+        name,
+        bin,
+        protocol,
+        args: &[],
+        cap: None,
+        sweep: true,
+    }
+}
+
+/// Every step, in the order of the lesson.
+pub const STEPS: &[StepSpec] = &[
+    // One client at a time: a handful show that exactly one is served; the rest wait in the
+    // listen backlog, so more would only show the same.
+    StepSpec {
+        cap: Some(5),
+        sweep: false,
+        ..step("step01-blocking", "step01-blocking", Protocol::Tcp)
+    },
+    // A thread per connection: memory is the point here, not the sweep.
+    StepSpec {
+        sweep: false,
+        ..step("step02-threads", "step02-threads", Protocol::Tcp)
+    },
+    // select's fd_set holds fds 0..1023 (FD_SETSIZE). The step's own fds (stdin, stdout,
+    // stderr, the listener) and a margin for anything else it opens leave 1000.
+    StepSpec {
+        cap: Some(1000),
+        ..step("step03-select", "step03-select", Protocol::Tcp)
+    },
+    step("step04-poll", "step04-poll", Protocol::Tcp),
+    step("step05-epoll", "step05-epoll", Protocol::Tcp),
+    step("step06-ws-epoll", "step06-ws-epoll", Protocol::WebSocket),
+    StepSpec {
+        args: &["--buffers", "per-conn"],
+        ..step(
+            "step06-ws-epoll/per-conn",
+            "step06-ws-epoll",
+            Protocol::WebSocket,
+        )
+    },
+    step("step07-tokio", "step07-tokio", Protocol::WebSocket),
+    StepSpec {
+        args: &["--read-buffer", "4096"],
+        ..step("step07-tokio/4k", "step07-tokio", Protocol::WebSocket)
+    },
+];
+
+/// The steps named in `--steps` (a name from the table, or a binary name for all its
+/// variants), in the table's order; every step when `filter` is empty.
+pub fn select(filter: &[String]) -> Result<Vec<StepSpec>, String> {
+    if let Some(unknown) = filter.iter().find(|f| {
+        !STEPS
+            .iter()
+            .any(|s| s.name == f.as_str() || s.bin == f.as_str())
+    }) {
+        let names: Vec<&str> = STEPS.iter().map(|s| s.name).collect();
+        return Err(format!(
+            "no step named `{unknown}`; the steps are: {}",
+            names.join(", ")
+        ));
+    }
+    Ok(STEPS
+        .iter()
+        .filter(|s| {
+            filter.is_empty()
+                || filter
+                    .iter()
+                    .any(|f| s.name == f.as_str() || s.bin == f.as_str())
+        })
+        .copied()
+        .collect())
+}
+
+/// Connection counts at which a step's round trip is measured: 1 (the probe connection
+/// alone), a tenth and a half of N, and N, each capped by the step. The last one is where
+/// every other figure is measured.
+pub fn points(spec: &StepSpec, conns: usize) -> Vec<usize> {
+    let top = spec.cap.map_or(conns, |cap| cap.min(conns)).max(1);
+    let mut points = vec![1];
+    if spec.sweep {
+        points.extend(
+            [conns / 10, conns / 2]
+                .into_iter()
+                .filter(|&p| p > 1 && p < top),
+        );
+    }
+    points.push(top);
+    points.dedup();
+    points
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_selected_by_name_or_by_binary() {
+        let names = |f: &[&str]| -> Vec<&str> {
+            let filter: Vec<String> = f.iter().map(|s| s.to_string()).collect();
+            select(&filter).unwrap().iter().map(|s| s.name).collect()
+        };
+        assert_eq!(
+            names(&["step05-epoll", "step04-poll"]),
+            ["step04-poll", "step05-epoll"]
+        );
+        assert_eq!(
+            names(&["step06-ws-epoll"]),
+            ["step06-ws-epoll", "step06-ws-epoll/per-conn"]
+        );
+        assert_eq!(
+            names(&["step06-ws-epoll/per-conn"]),
+            ["step06-ws-epoll/per-conn"]
+        );
+        assert_eq!(names(&[]).len(), STEPS.len());
+        assert!(
+            select(&["step99".to_string()])
+                .unwrap_err()
+                .contains("step05-epoll")
+        );
+    }
+
+    #[test]
+    fn sweep_points_stop_at_each_steps_cap() {
+        let by_name = |n: &str| *STEPS.iter().find(|s| s.name == n).unwrap();
+        assert_eq!(
+            points(&by_name("step05-epoll"), 10_000),
+            [1, 1000, 5000, 10_000]
+        );
+        assert_eq!(points(&by_name("step03-select"), 10_000), [1, 1000]);
+        assert_eq!(points(&by_name("step03-select"), 2000), [1, 200, 1000]);
+        assert_eq!(points(&by_name("step01-blocking"), 10_000), [1, 5]);
+        assert_eq!(points(&by_name("step02-threads"), 10_000), [1, 10_000]);
+        assert_eq!(points(&by_name("step05-epoll"), 1), [1]);
+    }
+}
