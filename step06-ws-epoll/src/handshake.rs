@@ -117,7 +117,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Upgrade>, Reject> {
         return Err(Reject::NotWebSocket);
     }
 
-    // Exactly one version header, saying 13 (the RFC's version; earlier drafts were 8 and 0).
+    // Exactly one version header, saying 13: the RFC's version (drafts used 8 and others).
     let mut versions = header_values(headers, "sec-websocket-version").map(trim);
     let (Some(b"13"), None) = (versions.next(), versions.next()) else {
         return Err(Reject::BadVersion);

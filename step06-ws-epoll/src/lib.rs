@@ -404,7 +404,7 @@ fn handle_readable(conn: &mut Conn, fd: RawFd, shared: &mut Shared) -> io::Resul
 /// The request head, or more of it, arrived: answer it once it is whole.
 fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) -> Flow {
     let State::Handshaking { head, .. } = &mut conn.state else {
-        unreachable!("bug: read_head is called while handshaking");
+        unreachable!("bug: read_head is called only while handshaking");
     };
     // Most heads arrive whole, in one read: they are parsed straight from the shared read
     // buffer. Only a head that comes in pieces is copied into the connection.
