@@ -6,7 +6,7 @@
 //! With `--buffers shared` (the default) the loop owns one read buffer and one output
 //! buffer for everybody. A connection gets bytes of its own only while it is in the middle
 //! of something: a request head or a frame cut in two by TCP, a message sent in fragments,
-//! output the kernel would not take yet. An idle connection is one small [`Conn`] in a table.
+//! output the kernel would not take yet. An idle connection is one small `Conn` in a table.
 //!
 //! With `--buffers per-conn` each connection gets a tungstenite `WebSocket` after the
 //! handshake, with its default config: its own read and write buffers, for as long as it

@@ -27,4 +27,9 @@ for_both_strategies! {
     resets_leave_the_server_serving => |extra| ws::resets_leave_the_server_serving(BIN, extra, 50);
     memory_line_counts_connections => |extra| ws::memory_line_counts_connections(BIN, extra, 50);
     survives_running_out_of_fds => |extra| ws::survives_running_out_of_fds(BIN, extra);
+    fragmented_message_echoed_whole => |extra| ws::fragmented_message_echoed_whole(BIN, extra);
+    ping_answered_with_pong => |extra| ws::ping_answered_with_pong(BIN, extra);
+    close_handshake_answered => |extra| ws::close_handshake_answered(BIN, extra);
+    oversized_message_closes_only_that_connection => |extra| ws::oversized_message_closes_only_that_connection(BIN, extra, (1 << 20) + 1);
+    bad_handshake_refused => |extra| ws::bad_handshake_refused(BIN, extra);
 }
