@@ -165,7 +165,7 @@ async fn handle_connection(stream: TcpStream, config: ConnConfig) -> tungstenite
         match message? {
             // `send` waits until the echo is written out. Meanwhile this task reads
             // nothing more, so a client that never reads cannot make it buffer without
-            // end: the same back-pressure step06 gets by turning off EPOLLIN.
+            // end: the rule of steps 03-06, "stop reading while output is pending".
             message @ (Message::Text(_) | Message::Binary(_)) => websocket.send(message).await?,
             // tungstenite answers pings and the closing handshake by itself; after a
             // close, `next()` returns `None`.
