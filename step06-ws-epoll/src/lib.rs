@@ -552,9 +552,12 @@ fn handle_tungstenite(ws: &mut WebSocket<TcpStream>) -> io::Result<Next> {
 /// tungstenite reports the end of a connection as an error: sort out which end.
 fn tungstenite_failed(ws: &mut WebSocket<TcpStream>, err: tungstenite::Error) -> io::Result<Next> {
     use tungstenite::Error;
+    use tungstenite::error::ProtocolError;
     let code = match err {
-        // The close handshake is done.
-        Error::ConnectionClosed | Error::AlreadyClosed => return Ok(Next::Close),
+        // The close handshake is done, or the client hung up without one: nobody to tell.
+        Error::ConnectionClosed
+        | Error::AlreadyClosed
+        | Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return Ok(Next::Close),
         Error::Io(err) => return Err(err),
         Error::Protocol(_) => CloseCode::Protocol,
         Error::Utf8(_) => CloseCode::Invalid,
