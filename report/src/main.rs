@@ -115,11 +115,12 @@ fn main() -> ExitCode {
     let plan = Plan {
         conns,
         probes: 1000,
-        warmup: 100,
+        warmup: 50,
         echo_probes: if args.quick { 100 } else { 200 },
         message_size: 64,
         served_deadline: Duration::from_secs(if args.quick { 2 } else { 3 }),
         probe_deadline: Duration::from_secs(2),
+        probe_time: Duration::from_secs(2),
     };
 
     let started = Instant::now();

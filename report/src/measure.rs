@@ -16,6 +16,9 @@ use crate::steps::{self, StepSpec};
 /// Fewer connections than this, and the kernel figure per connection is mostly noise.
 const MIN_CONNS_FOR_KERNEL: usize = 100;
 
+/// Round trips timed at each sweep point, however slow they are: enough for a steady median.
+const MIN_PROBES: usize = 200;
+
 /// Chunks the last stretch of connections is opened in, for the kernel's figures.
 const KERNEL_CHUNKS: usize = 5;
 
@@ -36,6 +39,8 @@ pub struct Plan {
     pub served_deadline: Duration,
     /// One probe not back by then is lost.
     pub probe_deadline: Duration,
+    /// Stop timing round trips at one sweep point after this long (past [`MIN_PROBES`]).
+    pub probe_time: Duration,
 }
 
 /// Round trip with `conns` connections held (one of them the probe).
@@ -214,6 +219,8 @@ async fn run(
     let mut last_stage_start = Instant::now();
     // Kernel growth per connection, one figure per chunk of the last stretch.
     let mut kernel_chunks: Vec<(i64, BTreeMap<String, i64>)> = Vec::new();
+    // Chunks set aside because another process opened or closed sockets meanwhile.
+    let mut spoiled: Vec<String> = Vec::new();
 
     for &point in points {
         let is_top = point == top;
@@ -240,12 +247,19 @@ async fn run(
                 .await;
                 let after = KernelMemory::read();
                 if let (Some(before), Some(after), 1..) = (&before, &after, added) {
-                    let (growth, total) = before.growth(after);
-                    let per_conn = growth
-                        .into_iter()
-                        .map(|(cache, bytes)| (cache, bytes / added as i64))
-                        .collect();
-                    kernel_chunks.push((total / added as i64, per_conn));
+                    let new_sockets = after.tcp_sockets as i64 - before.tcp_sockets as i64;
+                    if two_sockets_each(new_sockets, added) {
+                        let (growth, total) = before.growth(after);
+                        let per_conn = growth
+                            .into_iter()
+                            .map(|(cache, bytes)| (cache, bytes / added as i64))
+                            .collect();
+                        kernel_chunks.push((total / added as i64, per_conn));
+                    } else {
+                        spoiled.push(format!(
+                            "{new_sockets} new TCP sockets for {added} connections"
+                        ));
+                    }
                 }
                 before = after;
             }
@@ -349,17 +363,26 @@ async fn run(
         .iter()
         .map(|(per_conn, _)| *per_conn)
         .collect();
+    if !spoiled.is_empty() {
+        result.notes.push(format!(
+            "kernel: {} of {} chunks set aside, other processes were opening or closing sockets ({})",
+            spoiled.len(),
+            spoiled.len() + kernel_chunks.len(),
+            spoiled.join(", ")
+        ));
+    }
+    let chunks_measured = kernel_chunks.len() + spoiled.len();
     match kernel_chunks.get(kernel_chunks.len() / 2) {
         // A handful of connections is lost in the noise of a whole machine's kernel.
-        Some((median, breakdown)) if kernel_chunks.len() == KERNEL_CHUNKS => {
-            result.kernel_per_conn = Some(*median);
-            result.kernel_growth_per_conn = breakdown.clone();
-        }
-        Some(_) => result.notes.push(format!(
+        _ if chunks_measured > 0 && chunks_measured < KERNEL_CHUNKS => result.notes.push(format!(
             "kernel memory not shown: {} connections are too few to measure",
             result.held
         )),
-        None => {} // unreadable: n/a
+        Some((median, breakdown)) => {
+            result.kernel_per_conn = Some(*median);
+            result.kernel_growth_per_conn = breakdown.clone();
+        }
+        None => {} // unreadable (n/a), or every chunk set aside (noted above)
     }
 
     bar.set_message("echo probes");
@@ -413,22 +436,33 @@ async fn open(
     pool.len() - from
 }
 
-/// Warm-up, then timed round trips on the first connection (the one open longest).
+/// Whether `new_sockets` TCP sockets are what `conns` new loopback connections make: two
+/// each (loadgen's end and the step's), give or take 5%.
+fn two_sockets_each(new_sockets: i64, conns: usize) -> bool {
+    let expected = 2 * conns as i64;
+    (new_sockets - expected).abs() <= (expected / 20).max(2)
+}
+
+/// Warm-up, then timed round trips on the first connection (the one open longest):
+/// `plan.probes` of them, or fewer when they are slow (poll with 10 000 idle connections
+/// takes milliseconds each): at least [`MIN_PROBES`], then only while within `plan.probe_time`.
 async fn round_trips(pool: &mut Pool, plan: &Plan) -> EchoStats {
-    pool.probe(
-        Pick::Conn(0),
-        plan.warmup,
-        plan.message_size,
-        plan.probe_deadline,
-    )
-    .await;
-    pool.probe(
-        Pick::Conn(0),
-        plan.probes,
-        plan.message_size,
-        plan.probe_deadline,
-    )
-    .await
+    const BATCH: usize = 50;
+    let (size, deadline) = (plan.message_size, plan.probe_deadline);
+    pool.probe(Pick::Conn(0), plan.warmup, size, deadline).await;
+    let started = Instant::now();
+    let mut stats = EchoStats::default();
+    while stats.sent() < plan.probes
+        && (stats.sent() < MIN_PROBES || started.elapsed() < plan.probe_time)
+    {
+        let batch = pool.probe(Pick::Conn(0), BATCH, size, deadline).await;
+        let complete = batch.sent() == BATCH;
+        stats.merge(batch);
+        if !complete {
+            break; // the probe connection lost an echo: it is not probed again
+        }
+    }
+    stats.finish()
 }
 
 fn us(d: Duration) -> f64 {
@@ -446,6 +480,18 @@ pub fn agree(rss_proc: u64, rss_line: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_counts_only_if_it_made_two_sockets_per_connection() {
+        assert!(two_sockets_each(2000, 1000));
+        assert!(two_sockets_each(2040, 1000), "a few strays are within 5%");
+        assert!(
+            !two_sockets_each(2400, 1000),
+            "someone else opened 400 sockets"
+        );
+        assert!(!two_sockets_each(-500, 1000), "someone else closed sockets");
+        assert!(two_sockets_each(9, 5));
+    }
 
     #[test]
     fn rss_figures_agree_within_pages_not_megabytes() {

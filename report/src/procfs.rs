@@ -86,6 +86,9 @@ pub struct KernelMemory {
     pub caches: BTreeMap<String, u64>,
     /// `KernelStack` from /proc/meminfo: 16 KiB per thread on x86-64, outside any slab.
     pub kernel_stacks: u64,
+    /// TCP sockets in use (objects in the `TCP` and `TCPv6` caches): a loopback connection
+    /// adds exactly two, so a different count means another process was at work too.
+    pub tcp_sockets: u64,
 }
 
 impl KernelMemory {
@@ -96,6 +99,7 @@ impl KernelMemory {
         Some(KernelMemory {
             caches: parse_slabinfo(&slabinfo, SOCKET_CACHES),
             kernel_stacks: parse_kernel_stack(&meminfo)?,
+            tcp_sockets: active_objects(&slabinfo, &["TCP", "TCPv6"]),
         })
     }
 
@@ -160,6 +164,18 @@ fn parse_slabinfo(text: &str, wanted: &[&str]) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Objects in use in the named caches.
+fn active_objects(text: &str, wanted: &[&str]) -> u64 {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            wanted
+                .contains(&fields.next()?)
+                .then(|| fields.next()?.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
 fn parse_kernel_stack(meminfo: &str) -> Option<u64> {
     let line = meminfo
         .lines()
@@ -214,10 +230,12 @@ mod tests {
         let before = KernelMemory {
             caches: [("TCP".to_string(), 1000)].into(),
             kernel_stacks: 16384,
+            tcp_sockets: 2,
         };
         let after = KernelMemory {
             caches: [("TCP".to_string(), 600)].into(),
             kernel_stacks: 32768,
+            tcp_sockets: 1,
         };
         let (by_cache, total) = before.growth(&after);
         assert_eq!(by_cache["TCP"], -400);

@@ -97,14 +97,14 @@ pub fn select(filter: &[String]) -> Result<Vec<StepSpec>, String> {
 }
 
 /// Connection counts at which a step's round trip is measured: 1 (the probe connection
-/// alone), a tenth and a half of N, and N, each capped by the step. The last one is where
-/// every other figure is measured.
+/// alone), a tenth and a half of the step's top, and the top: N, or the step's cap. The
+/// last one is where every other figure is measured.
 pub fn points(spec: &StepSpec, conns: usize) -> Vec<usize> {
     let top = spec.cap.map_or(conns, |cap| cap.min(conns)).max(1);
     let mut points = vec![1];
     if spec.sweep {
         points.extend(
-            [conns / 10, conns / 2]
+            [top / 10, top / 2]
                 .into_iter()
                 .filter(|&p| p > 1 && p < top),
         );
@@ -151,8 +151,12 @@ mod tests {
             points(&by_name("step05-epoll"), 10_000),
             [1, 1000, 5000, 10_000]
         );
-        assert_eq!(points(&by_name("step03-select"), 10_000), [1, 1000]);
-        assert_eq!(points(&by_name("step03-select"), 2000), [1, 200, 1000]);
+        assert_eq!(
+            points(&by_name("step03-select"), 10_000),
+            [1, 100, 500, 1000]
+        );
+        assert_eq!(points(&by_name("step03-select"), 2000), [1, 100, 500, 1000]);
+        assert_eq!(points(&by_name("step03-select"), 300), [1, 30, 150, 300]);
         assert_eq!(points(&by_name("step01-blocking"), 10_000), [1, 5]);
         assert_eq!(points(&by_name("step02-threads"), 10_000), [1, 10_000]);
         assert_eq!(points(&by_name("step05-epoll"), 1), [1]);

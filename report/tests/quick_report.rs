@@ -192,16 +192,17 @@ fn quick_report_shows_what_each_step_costs() {
         threads_rss >= 10.0 * epoll_rss,
         "thread per connection {threads_rss} B/conn should be ≥ 10× epoll's {epoll_rss} B/conn"
     );
-    // And in the kernel, where readable: a 16 KiB kernel stack per thread on top of the sockets.
-    if report["kernel_readable"] == true {
-        let (k_threads, k_epoll) = (
-            number(threads, "kernel_per_conn"),
-            number(epoll, "kernel_per_conn"),
-        );
-        assert!(
+    // And in the kernel: a 16 KiB kernel stack per thread on top of the sockets. The figure is
+    // missing without root, or when other processes opened sockets all through the window.
+    match (
+        threads["kernel_per_conn"].as_f64(),
+        epoll["kernel_per_conn"].as_f64(),
+    ) {
+        (Some(k_threads), Some(k_epoll)) => assert!(
             k_threads >= k_epoll + 8192.0,
             "kernel per conn: threads {k_threads} B, epoll {k_epoll} B"
-        );
+        ),
+        missing => eprintln!("kernel figures not compared, one is missing: {missing:?}"),
     }
 
     // poll scans every fd on every wake-up; epoll hands back only the ready ones. So idle
