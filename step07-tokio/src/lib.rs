@@ -5,8 +5,8 @@
 //! event loop. Underneath, nothing new: tokio's reactor is mio, and mio on Linux is the
 //! same epoll_create1 / epoll_ctl / epoll_wait as step05 (`strace -f -e trace=epoll_wait`
 //! shows it). What changes is who holds each connection's state: step06 kept a small
-//! `Conn` in a slab; here every connection is a task, a future the compiler built from
-//! `handle_connection`, plus the buffers the WebSocket library gives it.
+//! `Conn` in a Vec indexed by fd; here every connection is a task, a future the compiler
+//! built from `handle_connection`, plus the buffers the WebSocket library gives it.
 
 use std::io;
 use std::sync::Arc;
@@ -63,8 +63,8 @@ impl Args {
         }
     }
 
-    /// The name in the memory line: the step and its read-buffer size, so two runs with
-    /// different settings cannot be confused in a report.
+    /// What the memory line adds to the step's name (`step07-tokio/read-buffer-4KiB`), so
+    /// two runs with different settings cannot be confused in a report.
     pub fn label(&self) -> String {
         let bytes = self.websocket_config().read_buffer_size;
         match bytes % 1024 {
@@ -205,7 +205,8 @@ async fn report_memory(mut meter: MemoryMeter, connections: Arc<AtomicUsize>) {
     }
 }
 
-/// One open connection in the shared count: up on creation, down on drop.
+/// One open connection in the shared count: up on creation, down on drop. `Relaxed` is
+/// enough: the count is only read for the memory line, and nothing else hangs on it.
 struct Counted(Arc<AtomicUsize>);
 
 impl Counted {
@@ -224,8 +225,11 @@ impl Drop for Counted {
 /// Prints at most one line per period and says how many it held back, so a storm of
 /// identical errors (10 000 accepts failing with EMFILE) cannot flood stderr.
 struct RateLimitedLog {
+    /// At most one line per period.
     period: Duration,
+    /// When the last line was printed.
     last: Option<Instant>,
+    /// Lines not printed since then.
     held_back: u64,
 }
 
