@@ -43,7 +43,7 @@ pub fn memory_per_conn(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn 
     let lo = values.iter().copied().fold(f64::MAX, f64::min).min(10.0) / 2.0;
     let hi = values.iter().copied().fold(1.0, f64::max) * 4.0;
     let n = rows.len();
-    // Step k (from the top) occupies y from n-1-k to n-k.
+    // Step k (from the top) occupies y from n-1-k to n-k; below 0 is room for the legend.
 
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -53,12 +53,12 @@ pub fn memory_per_conn(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn 
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(200)
-        .build_cartesian_2d((lo..hi).log_scale(), 0.0..n as f64)?;
+        .build_cartesian_2d((lo..hi).log_scale(), -0.9..n as f64)?;
     chart
         .configure_mesh()
         .disable_y_mesh()
         .y_labels(0)
-        .x_label_formatter(&|x| common::format_bytes(*x as u64))
+        .x_label_formatter(&|x| plain_bytes(*x))
         .x_desc("bytes per connection")
         .label_style(("sans-serif", 14))
         .draw()?;
@@ -144,12 +144,14 @@ pub fn rtt_vs_idle(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Erro
         .build_cartesian_2d(0.0..max_conns * 1.02, 0.0..max_us * 1.15)?;
     chart
         .configure_mesh()
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .x_desc("connections held")
         .y_desc("round trip p50 (µs)")
         .label_style(("sans-serif", 14))
         .draw()?;
     for (i, r) in swept.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = LINE_COLORS[i % LINE_COLORS.len()];
         let xy: Vec<(f64, f64)> = r.sweep.iter().map(|p| (p.conns as f64, p.p50_us)).collect();
         chart
             .draw_series(LineSeries::new(xy.clone(), color.stroke_width(3)))?
@@ -172,6 +174,23 @@ pub fn rtt_vs_idle(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Erro
     root.present()?;
     Ok(())
 }
+
+/// `10 B`, `1000 B`, `100000 B`: axis ticks at powers of ten read best as plain numbers.
+fn plain_bytes(bytes: f64) -> String {
+    format!("{bytes:.0} B")
+}
+
+/// Strong, distinct colours that survive a projector (no yellow on white).
+const LINE_COLORS: [RGBColor; 8] = [
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0x17, 0xbe, 0xcf),
+    RGBColor(0x7f, 0x7f, 0x7f),
+];
 
 const COLOR_USER: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const COLOR_KERNEL: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
