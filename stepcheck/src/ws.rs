@@ -1,5 +1,7 @@
 //! Checks for the WebSocket echo steps (06–07): the TCP checks of [`crate::tcp`], spoken
-//! in WebSocket messages by a blocking `tungstenite` client.
+//! in WebSocket messages by a blocking `tungstenite` client, then the protocol rules a
+//! hand-made server can get wrong (fragments, ping, close, oversized messages, requests
+//! that are no upgrade).
 //!
 //! Each check takes the step's binary and extra arguments for it (e.g. `&["--buffers",
 //! "per-conn"]`), so one step can be held to every check under each of its settings.
@@ -415,8 +417,7 @@ pub fn close_handshake_answered(bin: &str, extra: &[&str]) {
 }
 
 /// A message of `len` bytes, over the step's limit, closes that connection (with close
-/// code 1009, "message too big", or without a word) and no other: it is never echoed, and
-/// the server does not hold on to it.
+/// code 1009, "message too big", or without a word) and no other: it is never echoed.
 pub fn oversized_message_closes_only_that_connection(bin: &str, extra: &[&str], len: usize) {
     let mut server = Server::start(bin, extra);
     let mut bystander = connect(&server);
