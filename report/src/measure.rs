@@ -221,6 +221,7 @@ async fn run(
     let mut kernel_chunks: Vec<(i64, BTreeMap<String, i64>)> = Vec::new();
     // Chunks set aside because another process opened or closed sockets meanwhile.
     let mut spoiled: Vec<String> = Vec::new();
+    let mut too_few_for_kernel = false;
 
     for &point in points {
         let is_top = point == top;
@@ -230,12 +231,11 @@ async fn run(
             // each: a burst from elsewhere spoils a chunk or two, and the median skips them.
             let from = pool.len();
             let end = point.saturating_sub(1).max(from);
-            let chunks = if end - from >= MIN_CONNS_FOR_KERNEL {
-                KERNEL_CHUNKS
-            } else {
-                1
-            };
-            let mut before = KernelMemory::read();
+            // A handful of connections is lost in the noise of a whole machine's kernel
+            // (and in the slab allocator's per-CPU caches): no kernel figure for so few.
+            too_few_for_kernel = end - from < MIN_CONNS_FOR_KERNEL;
+            let chunks = if too_few_for_kernel { 1 } else { KERNEL_CHUNKS };
+            let mut before = KernelMemory::read().filter(|_| !too_few_for_kernel);
             for k in 1..=chunks {
                 let added = open(
                     &mut pool,
@@ -371,19 +371,16 @@ async fn run(
             spoiled.join(", ")
         ));
     }
-    let chunks_measured = kernel_chunks.len() + spoiled.len();
-    match kernel_chunks.get(kernel_chunks.len() / 2) {
-        // A handful of connections is lost in the noise of a whole machine's kernel.
-        _ if chunks_measured > 0 && chunks_measured < KERNEL_CHUNKS => result.notes.push(format!(
+    if too_few_for_kernel {
+        result.notes.push(format!(
             "kernel memory not shown: {} connections are too few to measure",
             result.held
-        )),
-        Some((median, breakdown)) => {
-            result.kernel_per_conn = Some(*median);
-            result.kernel_growth_per_conn = breakdown.clone();
-        }
-        None => {} // unreadable (n/a), or every chunk set aside (noted above)
+        ));
     }
+    if let Some((median, breakdown)) = kernel_chunks.get(kernel_chunks.len() / 2) {
+        result.kernel_per_conn = Some(*median);
+        result.kernel_growth_per_conn = breakdown.clone();
+    } // else: unreadable (n/a), too few, or every chunk set aside (noted above)
 
     bar.set_message("echo probes");
     let echo = pool

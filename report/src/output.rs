@@ -116,11 +116,14 @@ pub fn markdown(report: &Report) -> String {
          the step allocates at start-up (a shared buffer, worker threads) over the connections; \
          the two meet as N grows. ⚠: the resident sets behind them, read at the same moment, \
          disagree by more than 2%.\n\
-         *kernel / conn*: growth of the socket slab caches ({}) and of kernel stacks while the \
-         connections opened, ÷ connections held. It covers both ends of each loopback connection \
-         (the step's socket and loadgen's); the server's share is about half, plus its thread \
-         stacks. Machine-wide figures: other processes add noise. {}\n\
-         *round trip*: one 64-byte echo on one connection while the others sit idle.\n",
+         *kernel / conn*: growth of the socket slab caches ({}) and of kernel stacks (/proc/meminfo) \
+         per connection opened: the median over 5 chunks of the last stretch, leaving out any chunk \
+         in which the TCP cache did not grow by two sockets per connection (another process was at \
+         work: these figures are machine-wide). It covers both ends of each loopback connection \
+         (the step's socket and loadgen's); the server's share is about half, plus its threads' \
+         kernel stacks. {}\n\
+         *round trip*: a 64-byte echo on one connection while the others sit idle: the median \
+         of up to 1000, one after another (at least 200, then at most 2 s).\n",
         report.conns,
         report.profile,
         report.cores,
