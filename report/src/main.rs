@@ -222,7 +222,7 @@ fn one_line(r: &StepResult) -> String {
         r.served,
         r.rss_per_conn_proc.map_or("–".into(), common::format_bytes),
         r.kernel_per_conn
-            .map_or("n/a".into(), |k| common::format_bytes(k.max(0) as u64)),
+            .map_or("–".into(), |k| common::format_bytes(k.max(0) as u64)),
         r.rtt_p50_us.map_or("–".into(), output::micros),
         r.wall_seconds
     )
