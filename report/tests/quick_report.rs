@@ -210,9 +210,9 @@ fn quick_report_shows_what_each_step_costs() {
     let poll_growth = growth_us(step(&report, "step04-poll"));
     let epoll_growth = growth_us(epoll);
     assert!(
-        poll_growth > 30.0 + 2.0 * epoll_growth.max(0.0),
-        "idle connections should slow poll's round trip (+{poll_growth:.0} µs) far more than \
-         epoll's (+{epoll_growth:.0} µs)"
+        poll_growth > epoll_growth.max(0.0) + 50.0,
+        "idle connections should slow poll's round trip (+{poll_growth:.0} µs) more than \
+         epoll's (+{epoll_growth:.0} µs), by 50 µs at least"
     );
     let _ = std::fs::remove_dir_all(&out);
 }
