@@ -9,7 +9,7 @@ use indicatif::ProgressBar;
 use loadgen::{ConnectOptions, EchoStats, Pace, Pick, Pool, Protocol, Target};
 use serde::Serialize;
 
-use crate::child::StepProcess;
+use crate::child::{Sample, StepProcess};
 use crate::procfs::{self, KernelMemory};
 use crate::steps::{self, StepSpec};
 
@@ -215,59 +215,14 @@ async fn run(
     let mut pool = Pool::new(opts);
     let mut served = EchoStats::default();
     let top = *points.last().expect("bug: there is always a last point");
-    // When the last connection was asked for: the memory line for the full count comes after.
-    let mut last_stage_start = Instant::now();
-    // Kernel growth per connection, one figure per chunk of the last stretch.
-    let mut kernel_chunks: Vec<(i64, BTreeMap<String, i64>)> = Vec::new();
-    // Chunks set aside because another process opened or closed sockets meanwhile.
-    let mut spoiled: Vec<String> = Vec::new();
-    let mut too_few_for_kernel = false;
+    // Filled in when the top is reached.
+    let mut kernel = KernelChunks::default();
+    let mut last_connection_at = Instant::now();
 
     for &point in points {
         let is_top = point == top;
         if is_top {
-            // The kernel's figures are machine-wide, and other processes open and close
-            // sockets too. So the last stretch is opened in chunks with a snapshot around
-            // each: a burst from elsewhere spoils a chunk or two, and the median skips them.
-            let from = pool.len();
-            let end = point.saturating_sub(1).max(from);
-            // A handful of connections is lost in the noise of a whole machine's kernel
-            // (and in the slab allocator's per-CPU caches): no kernel figure for so few.
-            too_few_for_kernel = end - from < MIN_CONNS_FOR_KERNEL;
-            let chunks = if too_few_for_kernel { 1 } else { KERNEL_CHUNKS };
-            let mut before = KernelMemory::read().filter(|_| !too_few_for_kernel);
-            for k in 1..=chunks {
-                let added = open(
-                    &mut pool,
-                    from + (end - from) * k / chunks,
-                    plan,
-                    bar,
-                    &mut served,
-                )
-                .await;
-                let after = KernelMemory::read();
-                if let (Some(before), Some(after), 1..) = (&before, &after, added) {
-                    let new_sockets = after.tcp_sockets as i64 - before.tcp_sockets as i64;
-                    if two_sockets_each(new_sockets, added) {
-                        let (growth, total) = before.growth(after);
-                        let per_conn = growth
-                            .into_iter()
-                            .map(|(cache, bytes)| (cache, bytes / added as i64))
-                            .collect();
-                        kernel_chunks.push((total / added as i64, per_conn));
-                    } else {
-                        spoiled.push(format!(
-                            "{new_sockets} new TCP sockets for {added} connections"
-                        ));
-                    }
-                }
-                before = after;
-            }
-            // The last connection opens after the echoes: the count changes, so the step
-            // prints a memory line that includes what a connection costs after its first
-            // message (a WebSocket step allocates then).
-            last_stage_start = Instant::now();
-            open(&mut pool, point, plan, bar, &mut served).await;
+            (kernel, last_connection_at) = open_top(&mut pool, point, plan, bar, &mut served).await;
         } else {
             open(&mut pool, point, plan, bar, &mut served).await;
         }
@@ -277,25 +232,23 @@ async fn run(
         if spec.sweep || is_top {
             bar.set_message(format!("round trips with {} held", pool.len()));
             let stats = round_trips(&mut pool, plan).await;
-            if let Some(summary) = stats.summary() {
-                let point = SweepPoint {
-                    conns: pool.len(),
-                    p50_us: us(summary.p50),
-                    p99_us: us(summary.p99),
-                };
-                if is_top {
-                    result.rtt_p50_us = Some(point.p50_us);
-                    result.rtt_p99_us = Some(point.p99_us);
+            match stats.summary() {
+                Some(summary) => {
+                    let point = SweepPoint {
+                        conns: pool.len(),
+                        p50_us: us(summary.p50),
+                        p99_us: us(summary.p99),
+                    };
+                    if is_top {
+                        result.rtt_p50_us = Some(point.p50_us);
+                        result.rtt_p99_us = Some(point.p99_us);
+                    }
+                    result.sweep.push(point);
                 }
-                result.sweep.push(point);
-            } else {
-                result
+                None => result
                     .notes
-                    .push(format!("no round trip at {} held ({stats})", pool.len()));
+                    .push(format!("no round trip at {} held ({stats})", pool.len())),
             }
-        }
-        if is_top {
-            break;
         }
     }
     result.held = pool.len();
@@ -312,75 +265,9 @@ async fn run(
     bar.set_message("memory");
     // The memory line for the full count was printed when the last connection arrived,
     // before the round trips; it is in the samples already, or arrives within a period.
-    match step.memory_line(result.held, last_stage_start, Duration::from_millis(2500)) {
-        Some(sample) => {
-            let line = &sample.line;
-            result.server_conns = Some(line.conns);
-            result.rss_per_conn_line = Some(line.per_conn_bytes);
-            result.rss_bytes_line = Some(line.rss_bytes);
-            result.base_rss_bytes_line = Some(line.base_rss_bytes);
-            result.base_rss_bytes_proc = Some(base_rss_proc);
-            if let Some(proc) = sample.proc {
-                result.rss_bytes_proc = Some(proc.rss_bytes);
-                result.threads = Some(proc.threads);
-                if line.conns > 0 {
-                    result.rss_per_conn_proc =
-                        Some(proc.rss_bytes.saturating_sub(base_rss_proc) / line.conns as u64);
-                }
-                let agreed = agree(proc.rss_bytes, line.rss_bytes);
-                result.rss_agree = Some(agreed);
-                if !agreed {
-                    result.notes.push(format!(
-                        "RSS disagrees: /proc says {}, the step's line {}, read at the same moment",
-                        common::format_bytes(proc.rss_bytes),
-                        common::format_bytes(line.rss_bytes),
-                    ));
-                }
-                if proc.threads != line.threads {
-                    result.notes.push(format!(
-                        "threads: /proc says {}, the line {}",
-                        proc.threads, line.threads
-                    ));
-                }
-            }
-            if line.conns < result.held {
-                result.notes.push(format!(
-                    "the step holds {}: {} more wait in its listen backlog, connected but not accepted",
-                    line.conns,
-                    result.held - line.conns
-                ));
-            } else if line.conns > result.held {
-                result.notes.push(format!(
-                    "the step counts {} connections; loadgen holds {}",
-                    line.conns, result.held
-                ));
-            }
-        }
-        None => result.notes.push("no memory line from the step".into()),
-    }
-    kernel_chunks.sort_by_key(|(per_conn, _)| *per_conn);
-    result.kernel_chunks_per_conn = kernel_chunks
-        .iter()
-        .map(|(per_conn, _)| *per_conn)
-        .collect();
-    if !spoiled.is_empty() {
-        result.notes.push(format!(
-            "kernel: {} of {} chunks set aside, other processes were opening or closing sockets ({})",
-            spoiled.len(),
-            spoiled.len() + kernel_chunks.len(),
-            spoiled.join(", ")
-        ));
-    }
-    if too_few_for_kernel {
-        result.notes.push(format!(
-            "kernel memory not shown: {} connections are too few to measure",
-            result.held
-        ));
-    }
-    if let Some((median, breakdown)) = kernel_chunks.get(kernel_chunks.len() / 2) {
-        result.kernel_per_conn = Some(*median);
-        result.kernel_growth_per_conn = breakdown.clone();
-    } // else: unreadable (n/a), too few, or every chunk set aside (noted above)
+    let sample = step.memory_line(result.held, last_connection_at, Duration::from_millis(2500));
+    fill_memory(result, sample, base_rss_proc);
+    kernel.fill(result);
 
     bar.set_message("echo probes");
     let echo = pool
@@ -408,6 +295,149 @@ async fn run(
     // Reset every connection: no TIME_WAIT left to skew the next step's kernel figures.
     pool.close();
     Ok(())
+}
+
+/// Open the last stretch up to `top`, in chunks with a look at the kernel's figures around
+/// each, then the very last connection on its own. Returns the kernel's figures and when
+/// the last connection was asked for.
+///
+/// The kernel's figures are machine-wide, and other processes open and close sockets too:
+/// a burst from elsewhere spoils a chunk or two, and the median skips them. The last
+/// connection opens after the others' echoes, so the count changes once more and the step
+/// prints a memory line that includes what a connection costs after its first message (a
+/// WebSocket step allocates then).
+async fn open_top(
+    pool: &mut Pool,
+    top: usize,
+    plan: &Plan,
+    bar: &ProgressBar,
+    served: &mut EchoStats,
+) -> (KernelChunks, Instant) {
+    let from = pool.len();
+    let end = top.saturating_sub(1).max(from);
+    let mut kernel = KernelChunks {
+        // A handful of connections is lost in the noise of a whole machine's kernel (and in
+        // the slab allocator's per-CPU caches): no kernel figure for so few.
+        too_few: end - from < MIN_CONNS_FOR_KERNEL,
+        ..KernelChunks::default()
+    };
+    let chunks = if kernel.too_few { 1 } else { KERNEL_CHUNKS };
+    let mut before = KernelMemory::read().filter(|_| !kernel.too_few);
+    for k in 1..=chunks {
+        let added = open(pool, from + (end - from) * k / chunks, plan, bar, served).await;
+        let after = KernelMemory::read();
+        if let (Some(before), Some(after), 1..) = (&before, &after, added) {
+            kernel.add(before, after, added);
+        }
+        before = after;
+    }
+    let last_connection_at = Instant::now();
+    open(pool, top, plan, bar, served).await;
+    (kernel, last_connection_at)
+}
+
+/// Kernel memory per connection, one figure per chunk of connections opened.
+#[derive(Debug, Default)]
+struct KernelChunks {
+    /// Growth per connection in total, and by cache.
+    kept: Vec<(i64, BTreeMap<String, i64>)>,
+    /// Chunks set aside because another process opened or closed sockets meanwhile.
+    spoiled: Vec<String>,
+    /// Too few connections to measure at all.
+    too_few: bool,
+}
+
+impl KernelChunks {
+    /// Count the chunk between two readings in which `added` connections opened, unless the
+    /// TCP cache says another process was at work too.
+    fn add(&mut self, before: &KernelMemory, after: &KernelMemory, added: usize) {
+        let new_sockets = after.tcp_sockets as i64 - before.tcp_sockets as i64;
+        if !two_sockets_each(new_sockets, added) {
+            self.spoiled.push(format!(
+                "{new_sockets} new TCP sockets for {added} connections"
+            ));
+            return;
+        }
+        let (growth, total) = before.growth(after);
+        let per_conn = growth
+            .into_iter()
+            .map(|(cache, bytes)| (cache, bytes / added as i64))
+            .collect();
+        self.kept.push((total / added as i64, per_conn));
+    }
+
+    /// The median chunk becomes the step's kernel figure; what was set aside goes in the notes.
+    fn fill(mut self, result: &mut StepResult) {
+        self.kept.sort_by_key(|(per_conn, _)| *per_conn);
+        result.kernel_chunks_per_conn = self.kept.iter().map(|(per_conn, _)| *per_conn).collect();
+        if !self.spoiled.is_empty() {
+            result.notes.push(format!(
+                "kernel: {} of {} chunks set aside, other processes were opening or closing sockets ({})",
+                self.spoiled.len(),
+                self.spoiled.len() + self.kept.len(),
+                self.spoiled.join(", ")
+            ));
+        }
+        if self.too_few {
+            result.notes.push(format!(
+                "kernel memory not shown: {} connections are too few to measure",
+                result.held
+            ));
+        }
+        if let Some((median, breakdown)) = self.kept.get(self.kept.len() / 2) {
+            result.kernel_per_conn = Some(*median);
+            result.kernel_growth_per_conn = breakdown.clone();
+        } // else: unreadable (n/a), too few, or every chunk set aside (noted above)
+    }
+}
+
+/// The step's memory line and /proc's figures read with it, side by side.
+fn fill_memory(result: &mut StepResult, sample: Option<Sample>, base_rss_proc: u64) {
+    let Some(sample) = sample else {
+        result.notes.push("no memory line from the step".into());
+        return;
+    };
+    let line = &sample.line;
+    result.server_conns = Some(line.conns);
+    result.rss_per_conn_line = Some(line.per_conn_bytes);
+    result.rss_bytes_line = Some(line.rss_bytes);
+    result.base_rss_bytes_line = Some(line.base_rss_bytes);
+    result.base_rss_bytes_proc = Some(base_rss_proc);
+    if let Some(proc) = sample.proc {
+        result.rss_bytes_proc = Some(proc.rss_bytes);
+        result.threads = Some(proc.threads);
+        if line.conns > 0 {
+            result.rss_per_conn_proc =
+                Some(proc.rss_bytes.saturating_sub(base_rss_proc) / line.conns as u64);
+        }
+        let agreed = agree(proc.rss_bytes, line.rss_bytes);
+        result.rss_agree = Some(agreed);
+        if !agreed {
+            result.notes.push(format!(
+                "RSS disagrees: /proc says {}, the step's line {}, read at the same moment",
+                common::format_bytes(proc.rss_bytes),
+                common::format_bytes(line.rss_bytes),
+            ));
+        }
+        if proc.threads != line.threads {
+            result.notes.push(format!(
+                "threads: /proc says {}, the line {}",
+                proc.threads, line.threads
+            ));
+        }
+    }
+    if line.conns < result.held {
+        result.notes.push(format!(
+            "the step holds {}: {} more wait in its listen backlog, connected but not accepted",
+            line.conns,
+            result.held - line.conns
+        ));
+    } else if line.conns > result.held {
+        result.notes.push(format!(
+            "the step counts {} connections; loadgen holds {}",
+            line.conns, result.held
+        ));
+    }
 }
 
 /// Open connections until `stage` are held, then send one message on each new one at once
