@@ -372,7 +372,8 @@ impl KernelChunks {
         result.kernel_chunks_per_conn = self.kept.iter().map(|(per_conn, _)| *per_conn).collect();
         if !self.spoiled.is_empty() {
             result.notes.push(format!(
-                "kernel: {} of {} chunks set aside, other processes were opening or closing sockets ({})",
+                "kernel: {} of {} chunks set aside, the TCP cache did not grow by two sockets per \
+                 connection (new sockets for connections: {}): another process was at work too",
                 self.spoiled.len(),
                 self.spoiled.len() + self.kept.len(),
                 self.spoiled.join(", ")
@@ -464,11 +465,16 @@ async fn open(
 }
 
 /// Whether `new_sockets` TCP sockets are what `conns` new loopback connections make: two
-/// each (loadgen's end and the step's), give or take 5%.
+/// each (loadgen's end and the step's), give or take 5% or [`SLAB_SLACK`].
 fn two_sockets_each(new_sockets: i64, conns: usize) -> bool {
     let expected = 2 * conns as i64;
-    (new_sockets - expected).abs() <= (expected / 20).max(2)
+    (new_sockets - expected).abs() <= (expected / 20).max(SLAB_SLACK)
 }
+
+/// How far slabinfo's count of objects in use may be off: it counts the slabs each CPU
+/// keeps at hand as wholly in use (13 TCP sockets a slab, and up to 24 objects in partial
+/// slabs per CPU here: /sys/kernel/slab/TCP/cpu_partial).
+const SLAB_SLACK: i64 = 80;
 
 /// Warm-up, then timed round trips on the first connection (the one open longest):
 /// `plan.probes` of them, or fewer when they are slow (poll with 10 000 idle connections
@@ -518,6 +524,10 @@ mod tests {
         );
         assert!(!two_sockets_each(-500, 1000), "someone else closed sockets");
         assert!(two_sockets_each(9, 5));
+        assert!(
+            two_sockets_each(338, 199),
+            "slabinfo's count is off by a few slabs"
+        );
     }
 
     #[test]
