@@ -216,13 +216,15 @@ fn one_line(r: &StepResult) -> String {
         return format!("{:>24}: not measured: {err}", r.step);
     }
     format!(
-        "{:>24}: {} held, {} served, RSS {}/conn, kernel {}/conn, p50 {} ({:.1} s)",
+        "{:>24}: {} held, {} served, RSS {} per conn, kernel {} per conn, p50 {} ({:.1} s)",
         r.step,
         r.held,
         r.served,
         r.rss_per_conn_proc.map_or("–".into(), common::format_bytes),
-        r.kernel_per_conn
-            .map_or("–".into(), |k| common::format_bytes(k.max(0) as u64)),
+        r.kernel_per_conn.map_or("–".into(), |k| match k {
+            0.. => common::format_bytes(k as u64),
+            _ => format!("−{}", common::format_bytes(k.unsigned_abs())),
+        }),
         r.rtt_p50_us.map_or("–".into(), output::micros),
         r.wall_seconds
     )
