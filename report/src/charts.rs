@@ -112,7 +112,8 @@ pub fn memory_per_conn(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn 
 }
 
 /// One line per step that was swept: round-trip p50 against connections held. select and
-/// poll climb (every wake-up scans every fd); epoll stays flat (it hands back only the ready).
+/// poll climb (every wake-up scans every fd); epoll stays flat (it hands back only the
+/// ready). Log scale: poll at 10 000 is hundreds of times epoll, and both must be seen.
 pub fn rtt_vs_idle(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
     let swept: Vec<&StepResult> = steps
         .iter()
@@ -131,23 +132,27 @@ pub fn rtt_vs_idle(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Erro
     }
     let points = swept.iter().flat_map(|r| r.sweep.iter());
     let max_conns = points.clone().map(|p| p.conns).max().unwrap_or(1) as f64;
-    let max_us = points.map(|p| p.p50_us).fold(1.0, f64::max);
+    let max_us = points.clone().map(|p| p.p50_us).fold(1.0, f64::max);
+    let min_us = points.map(|p| p.p50_us).fold(f64::MAX, f64::min).max(1.0);
 
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Round trip (p50) on one connection while the others sit idle",
+            "Round trip (p50) on one connection while the others sit idle (log scale)",
             ("sans-serif", 22),
         )
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..max_conns * 1.02, 0.0..max_us * 1.15)?;
+        .build_cartesian_2d(
+            0.0..max_conns * 1.02,
+            (min_us / 1.5..max_us * 1.5).log_scale(),
+        )?;
     chart
         .configure_mesh()
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.0}"))
+        .y_label_formatter(&|y| crate::output::micros(*y))
         .x_desc("connections held")
-        .y_desc("round trip p50 (µs)")
+        .y_desc("round trip p50")
         .label_style(("sans-serif", 14))
         .draw()?;
     for (i, r) in swept.iter().enumerate() {
