@@ -11,6 +11,7 @@ pub use options::Options;
 
 use std::io;
 use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 
 /// What every step's `main` does before it serves: raise the open-file limit, bind the
 /// listener, print `listening on ADDR` as the first line on stdout, and measure the baseline
@@ -26,6 +27,7 @@ pub fn bind(
     let addr = opts.addr_or(default_port);
     let listener = TcpListener::bind(addr)
         .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))?;
+    widen_backlog(&listener)?;
     let local = listener.local_addr()?;
     if opts.json {
         println!(r#"{{"event":"listening","addr":"{local}"}}"#);
@@ -35,4 +37,47 @@ pub fn bind(
 
     let meter = MemoryMeter::new(step, opts);
     Ok((listener, meter))
+}
+
+/// Let the kernel queue as many not-yet-accepted connections as it allows.
+///
+/// std listens with a backlog of 128. When 10 000 clients connect at once and the server
+/// accepts slowly (spawning threads, or an O(n) poll per wake-up), the queue overflows, the
+/// kernel drops the clients' handshakes and they retry a second later. Calling `listen`
+/// again on a listening socket only changes its backlog; the kernel caps the value at
+/// `net.core.somaxconn` (4096 on current kernels).
+fn widen_backlog(listener: &TcpListener) -> io::Result<()> {
+    // SAFETY: the fd is a bound, listening socket owned by `listener`; listen takes no pointers.
+    if unsafe { libc::listen(listener.as_raw_fd(), libc::c_int::MAX) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Connections past std's backlog of 128 are queued by the kernel, not dropped, even
+    /// when nobody accepts them.
+    #[test]
+    fn backlog_holds_more_than_stds_128() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        widen_backlog(&listener).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096);
+        let clients = somaxconn.min(1000);
+        // A dropped handshake is retried after a second: a short timeout catches it.
+        let queued: Vec<_> = (0..clients)
+            .map(|i| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                    .unwrap_or_else(|err| panic!("connection {i} was not queued: {err}"))
+            })
+            .collect();
+        assert_eq!(queued.len(), clients);
+    }
 }
