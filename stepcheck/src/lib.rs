@@ -202,6 +202,57 @@ impl Drop for Server {
     }
 }
 
+/// How many descriptors a step gets in the fd-exhaustion checks, and how many clients
+/// are sent at it: more than it can accept.
+const FD_LIMIT: u64 = 64;
+const CLIENTS_PAST_THE_LIMIT: usize = 100;
+
+/// Run out of file descriptors: start the step with a low fd limit, queue more clients
+/// than it can accept, and check it neither dies nor spins at 100% CPU while the listen
+/// queue holds connections it cannot accept. Then close them all and check that
+/// `serve_one` (one client's full exchange) succeeds again within [`PATIENCE`].
+pub fn check_fd_exhaustion(
+    bin: &str,
+    extra: &[&str],
+    mut serve_one: impl FnMut(&Server) -> Result<(), String>,
+) {
+    let mut server = Server::start_with_fd_limit(bin, extra, FD_LIMIT);
+
+    // connect() still succeeds past the limit: the kernel completes the TCP handshake and
+    // queues the connection until the server accepts it. The clients stay silent.
+    let clients: Vec<TcpStream> = (0..CLIENTS_PAST_THE_LIMIT)
+        .map(|_| server.connect())
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+
+    let cpu_before = server.cpu_seconds();
+    thread::sleep(Duration::from_secs(2));
+    let cpu_used = server.cpu_seconds() - cpu_before;
+    assert!(
+        server.is_running(),
+        "the server died at the fd limit:\n{}",
+        server.stderr()
+    );
+    assert!(
+        cpu_used < 0.5,
+        "the server used {cpu_used:.2} s of CPU in 2 s at the fd limit: it is spinning on accept"
+    );
+
+    drop(clients);
+    // Served again once descriptors are free: retry for a while, the server may be backing off.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match serve_one(&server) {
+            Ok(()) => return,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
+            Err(err) => panic!(
+                "not served after the old clients closed: {err}; stderr:\n{}",
+                server.stderr()
+            ),
+        }
+    }
+}
+
 /// utime + stime of a process, in seconds.
 pub fn proc_cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");

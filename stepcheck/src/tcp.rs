@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{PATIENCE, Server, assert_echo};
+use crate::{PATIENCE, Server, assert_echo, check_fd_exhaustion};
 
 /// One client, one message, the same bytes back.
 pub fn echo_round_trip(bin: &str) {
@@ -188,52 +188,19 @@ pub fn memory_line_counts_connections(bin: &str, clients: usize) {
 /// the listen queue holds connections it cannot accept, and must serve again once
 /// descriptors free up.
 pub fn survives_running_out_of_fds(bin: &str) {
-    const MAX_FDS: u64 = 64;
-    let mut server = Server::start_with_fd_limit(bin, &[], MAX_FDS);
-
-    // More clients than the server has descriptors. connect() still succeeds: the kernel
-    // completes the handshake and queues the connection until the server accepts it.
-    let clients: Vec<TcpStream> = (0..100).map(|_| server.connect()).collect();
-    thread::sleep(Duration::from_millis(500));
-
-    let cpu_before = server.cpu_seconds();
-    thread::sleep(Duration::from_secs(2));
-    let cpu_used = server.cpu_seconds() - cpu_before;
-    assert!(
-        server.is_running(),
-        "the server died at the fd limit:\n{}",
-        server.stderr()
-    );
-    assert!(
-        cpu_used < 0.5,
-        "the server used {cpu_used:.2} s of CPU in 2 s at the fd limit: it is spinning on accept"
-    );
-
-    drop(clients);
-    // Served again once descriptors are free: retry for a while, the server may be backing off.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let attempt = (|| -> std::io::Result<()> {
-            let mut client = server.connect();
+    check_fd_exhaustion(bin, &[], |server| {
+        let mut client = server.connect();
+        let mut exchange = || -> std::io::Result<[u8; 12]> {
             client.set_read_timeout(Some(Duration::from_secs(2)))?;
             client.write_all(b"room again?\n")?;
             let mut echoed = [0u8; 12];
             client.read_exact(&mut echoed)?;
-            assert_eq!(&echoed, b"room again?\n");
-            Ok(())
-        })();
-        match attempt {
-            Ok(()) => break,
-            Err(err) if Instant::now() < deadline => {
-                let _ = err;
-                thread::sleep(Duration::from_millis(100));
-            }
-            Err(err) => panic!(
-                "not served after the old clients closed: {err}; stderr:\n{}",
-                server.stderr()
-            ),
-        }
-    }
+            Ok(echoed)
+        };
+        let echoed = exchange().map_err(|err| err.to_string())?;
+        assert_eq!(&echoed, b"room again?\n");
+        Ok(())
+    });
 }
 
 /// A blocking server serves one client at a time: a second client's bytes wait in the

@@ -15,7 +15,7 @@ use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::{Message, WebSocket};
 
-use crate::{PATIENCE, Server, tcp};
+use crate::{Server, check_fd_exhaustion, tcp};
 
 /// A client's end of a WebSocket connection over a plain blocking TCP stream.
 pub type Client = WebSocket<TcpStream>;
@@ -284,54 +284,19 @@ pub fn memory_line_counts_connections(bin: &str, extra: &[&str], clients: usize)
 /// the listen queue holds connections it cannot accept, and must serve WebSocket clients
 /// again once descriptors free up.
 pub fn survives_running_out_of_fds(bin: &str, extra: &[&str]) {
-    const MAX_FDS: u64 = 64;
-    let mut server = Server::start_with_fd_limit(bin, extra, MAX_FDS);
-
-    // More clients than the server has descriptors. connect() still succeeds: the kernel
-    // completes the TCP handshake and queues the connection until the server accepts it.
-    // They stay silent: one the server cannot accept could not finish a WebSocket handshake.
-    let clients: Vec<TcpStream> = (0..100).map(|_| server.connect()).collect();
-    thread::sleep(Duration::from_millis(500));
-
-    let cpu_before = server.cpu_seconds();
-    thread::sleep(Duration::from_secs(2));
-    let cpu_used = server.cpu_seconds() - cpu_before;
-    assert!(
-        server.is_running(),
-        "the server died at the fd limit:\n{}",
-        server.stderr()
-    );
-    assert!(
-        cpu_used < 0.5,
-        "the server used {cpu_used:.2} s of CPU in 2 s at the fd limit: it is spinning on accept"
-    );
-
-    drop(clients);
-    // Served again once descriptors are free: retry for a while, the server may be backing off.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let attempt = (|| -> Result<(), String> {
-            let stream = server.connect();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(2)))
-                .map_err(|e| e.to_string())?;
-            let mut client = handshake(stream, &server)?;
-            client
-                .send(Message::text("room again?"))
-                .map_err(|e| e.to_string())?;
-            let echoed = read_data(&mut client).map_err(|e| e.to_string())?;
-            assert_eq!(echoed, Message::text("room again?"));
-            Ok(())
-        })();
-        match attempt {
-            Ok(()) => break,
-            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
-            Err(err) => panic!(
-                "not served after the old clients closed: {err}; stderr:\n{}",
-                server.stderr()
-            ),
-        }
-    }
+    check_fd_exhaustion(bin, extra, |server| {
+        let stream = server.connect();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        let mut client = handshake(stream, server)?;
+        client
+            .send(Message::text("room again?"))
+            .map_err(|e| e.to_string())?;
+        let echoed = read_data(&mut client).map_err(|e| e.to_string())?;
+        assert_eq!(echoed, Message::text("room again?"));
+        Ok(())
+    });
 }
 
 /// A message split into fragments (a first frame without FIN, continuation frames, a
