@@ -1,8 +1,11 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-/// The options every step takes. A step with options of its own flattens this struct into
-/// its own (`#[command(flatten)]`).
+// The options every step takes. A step with options of its own flattens this struct into
+// its own (`#[command(flatten)]`). The doc comment below is what `--help` shows.
+
+/// An echo server of the epoll workshop. It prints `listening on ADDR`, then a memory line
+/// whenever its number of connections changes: resident memory per connection.
 #[derive(clap::Parser, Debug, Clone)]
 pub struct Options {
     /// Address to listen on [default: 127.0.0.1:90NN for step NN]; port 0 picks a free port.
@@ -36,10 +39,11 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if secs.is_finite() && (0.0..=3600.0).contains(&secs) {
+    // The event loops sleep at most this long between reports: 0 would make them spin.
+    if secs.is_finite() && (0.01..=3600.0).contains(&secs) {
         Ok(secs)
     } else {
-        Err(format!("`{s}` must be between 0 and 3600 seconds"))
+        Err(format!("`{s}` must be between 0.01 and 3600 seconds"))
     }
 }
 
@@ -62,6 +66,7 @@ mod tests {
         assert_eq!(opts.report_every(), Duration::from_millis(250));
         assert_eq!(opts.addr_or(9005).port(), 0);
         assert!(Options::try_parse_from(["s", "--report-every", "-1"]).is_err());
+        assert!(Options::try_parse_from(["s", "--report-every", "0"]).is_err());
         assert!(Options::try_parse_from(["s", "--report-every", "soon"]).is_err());
     }
 }

@@ -31,7 +31,9 @@ pub fn serve(listener: TcpListener, meter: MemoryMeter) -> io::Result<()> {
         open.store(1, Ordering::Relaxed);
         // While we are in here, nobody else is served.
         if let Err(err) = handle_connection(stream) {
-            eprintln!("step01-blocking: connection: {err}; closing it");
+            if !is_disconnect(&err) {
+                eprintln!("step01-blocking: connection: {err}; closing it");
+            }
         }
         open.store(0, Ordering::Relaxed);
     }
@@ -50,4 +52,12 @@ fn handle_connection(mut stream: TcpStream) -> io::Result<()> {
         // Blocks until the kernel has taken every byte.
         stream.write_all(&buf[..n])?;
     }
+}
+
+/// The peer went away: the ordinary end of a connection, not worth a log line.
+fn is_disconnect(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
 }

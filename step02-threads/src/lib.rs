@@ -31,9 +31,10 @@ pub fn serve(
         let stream = match listener.accept() {
             Ok((stream, _peer)) => stream,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            // The client gave up while it waited in the queue: skip it.
-            Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
-            Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+            // That one client is gone (it gave up while queued, or the network failed
+            // under it): skip it.
+            Err(err) if client_gone(&err) => continue,
+            Err(err) if out_of_resources(&err) => {
                 // Out of file descriptors. Retrying at once would fail at once, in a busy
                 // loop; the clients can wait in the listen queue while threads finish.
                 eprintln!("step02-threads: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}");
@@ -76,6 +77,35 @@ fn handle_connection(mut stream: TcpStream) -> io::Result<()> {
         }
         stream.write_all(&buf[..n])?;
     }
+}
+
+/// Out of file descriptors (for this process, or the whole system), or of kernel memory
+/// for a new socket: retrying at once would fail at once.
+fn out_of_resources(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// accept(2) reports errors of the connection it was about to return (the client reset
+/// it while it was queued, or the network under it failed): they end that one
+/// connection, never the server.
+fn client_gone(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::ConnectionAborted
+        || matches!(
+            err.raw_os_error(),
+            Some(
+                libc::EPROTO
+                    | libc::ENOPROTOOPT
+                    | libc::ENETDOWN
+                    | libc::ENONET
+                    | libc::EHOSTDOWN
+                    | libc::EHOSTUNREACH
+                    | libc::EOPNOTSUPP
+                    | libc::ENETUNREACH
+            )
+        )
 }
 
 /// The peer went away: the ordinary end of a connection, not worth a log line.

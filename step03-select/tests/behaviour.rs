@@ -4,41 +4,49 @@ use stepcheck::tcp;
 
 const BIN: &str = env!("CARGO_BIN_EXE_step03-select");
 
+/// One client's bytes come back unchanged.
 #[test]
 fn echoes_a_round_trip() {
     tcp::echo_round_trip(BIN);
 }
 
+/// 200 clients connected at once are all echoed.
 #[test]
 fn echoes_200_concurrent_clients() {
     tcp::concurrent_clients_all_echoed(BIN, 200);
 }
 
+/// A 4 MiB message comes back intact, through partial writes.
 #[test]
 fn echoes_4_mib_intact_through_partial_writes() {
     tcp::large_message_echoed_intact(BIN, 4 << 20);
 }
 
+/// A client that sends without reading neither stalls the others nor grows the server.
 #[test]
 fn a_client_that_never_reads_stalls_nobody() {
     tcp::non_reading_client_does_not_stall_others(BIN);
 }
 
+/// Clients that vanish with a reset leave the server up and serving.
 #[test]
 fn resets_leave_the_server_serving() {
     tcp::resets_leave_the_server_serving(BIN, 50);
 }
 
+/// The memory line reports how many connections are open.
 #[test]
 fn memory_line_counts_connections() {
     tcp::memory_line_counts_connections(BIN, 50);
 }
 
+/// At the fd limit the server neither dies nor spins, and serves again after.
 #[test]
 fn survives_running_out_of_fds() {
     tcp::survives_running_out_of_fds(BIN);
 }
 
+/// Clients whose fd would be past FD_SETSIZE are closed; the rest keep their echo.
 #[test]
 fn clients_past_fd_setsize_are_closed_and_the_rest_served() {
     tcp::clients_past_fd_setsize_are_closed(BIN, 1100);

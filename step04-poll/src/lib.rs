@@ -109,7 +109,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
         if pollfds[0].revents != 0 {
             match accept_all(&listener, &mut pollfds, &mut connections) {
                 Ok(()) => {}
-                Err(err) if out_of_fds(&err) => {
+                Err(err) if out_of_resources(&err) => {
                     // The listener stays readable while connections wait in its queue, so
                     // the next poll would return at once, fail again and spin. Stop
                     // watching it for a moment; the clients wait in the kernel.
@@ -134,11 +134,15 @@ fn accept_all(
             Ok((stream, _peer)) => stream,
             Err(err) if would_block(&err) => return Ok(()),
             Err(err) if interrupted(&err) => continue,
-            // The client gave up while it waited in the queue: skip it.
-            Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
+            // That one client is gone (it gave up while queued, or the network failed
+            // under it): skip it.
+            Err(err) if client_gone(&err) => continue,
             Err(err) => return Err(err),
         };
-        stream.set_nonblocking(true)?;
+        if let Err(err) = stream.set_nonblocking(true) {
+            eprintln!("step04-poll: cannot set up a connection: {err}; closing it");
+            continue;
+        }
         pollfds.push(pollfd(stream.as_raw_fd(), READABLE));
         connections.push(Conn {
             stream,
@@ -211,8 +215,33 @@ fn interrupted(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::Interrupted
 }
 
-fn out_of_fds(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+/// Out of file descriptors (for this process, or the whole system), or of kernel memory
+/// for a new socket: retrying at once would fail at once.
+fn out_of_resources(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// accept(2) reports errors of the connection it was about to return (the client reset
+/// it while it was queued, or the network under it failed): they end that one
+/// connection, never the server.
+fn client_gone(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::ConnectionAborted
+        || matches!(
+            err.raw_os_error(),
+            Some(
+                libc::EPROTO
+                    | libc::ENOPROTOOPT
+                    | libc::ENETDOWN
+                    | libc::ENONET
+                    | libc::EHOSTDOWN
+                    | libc::EHOSTUNREACH
+                    | libc::EOPNOTSUPP
+                    | libc::ENETUNREACH
+            )
+        )
 }
 
 /// The peer went away: the ordinary end of a connection, not worth a log line.

@@ -67,7 +67,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
         };
 
         match epoll.wait(&mut events, timeout) {
-            Ok(()) => {}
+            Ok(_ready) => {}
             // A signal arrived while we slept: not an error, just wait again.
             Err(err) if interrupted(&err) => continue,
             Err(err) => return Err(err),
@@ -82,7 +82,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
             if fd == listener.as_raw_fd() {
                 match accept_all(&listener, &epoll, &mut connections, &mut open) {
                     Ok(()) => {}
-                    Err(err) if out_of_fds(&err) => {
+                    Err(err) if out_of_resources(&err) => {
                         // The listener stays readable while connections wait in its queue,
                         // so a level-triggered loop would wake at once, fail again and spin.
                         // Stop watching it for a moment; the clients wait in the kernel.
@@ -139,13 +139,21 @@ fn accept_all(
             Ok((stream, _peer)) => stream,
             Err(err) if would_block(&err) => return Ok(()),
             Err(err) if interrupted(&err) => continue,
-            // The client gave up while it waited in the queue: skip it.
-            Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
+            // That one client is gone (it gave up while queued, or the network failed
+            // under it): skip it.
+            Err(err) if client_gone(&err) => continue,
             Err(err) => return Err(err),
         };
-        stream.set_nonblocking(true)?;
         let fd = stream.as_raw_fd();
-        epoll.register(fd, READABLE)?;
+        // Setting up one connection can fail on its own (epoll_ctl says ENOSPC past
+        // fs.epoll.max_user_watches): close that one, keep serving the others.
+        if let Err(err) = stream
+            .set_nonblocking(true)
+            .and_then(|()| epoll.register(fd, READABLE))
+        {
+            eprintln!("step05-epoll: cannot set up connection fd {fd}: {err}; closing it");
+            continue;
+        }
 
         let index = fd as usize;
         if connections.len() <= index {
@@ -229,8 +237,33 @@ fn interrupted(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::Interrupted
 }
 
-fn out_of_fds(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+/// Out of file descriptors (for this process, or the whole system), or of kernel memory
+/// for a new socket: retrying at once would fail at once.
+fn out_of_resources(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// accept(2) reports errors of the connection it was about to return (the client reset
+/// it while it was queued, or the network under it failed): they end that one
+/// connection, never the server.
+fn client_gone(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::ConnectionAborted
+        || matches!(
+            err.raw_os_error(),
+            Some(
+                libc::EPROTO
+                    | libc::ENOPROTOOPT
+                    | libc::ENETDOWN
+                    | libc::ENONET
+                    | libc::EHOSTDOWN
+                    | libc::EHOSTUNREACH
+                    | libc::EOPNOTSUPP
+                    | libc::ENETUNREACH
+            )
+        )
 }
 
 /// The peer went away: the ordinary end of a connection, not worth a log line.
@@ -293,8 +326,8 @@ impl Epoll {
     }
 
     /// Wait up to `timeout` for ready fds and put their events in `events` (up to its
-    /// capacity; any others are reported on the next call).
-    fn wait(&self, events: &mut Vec<libc::epoll_event>, timeout: Duration) -> io::Result<()> {
+    /// capacity; any others are reported on the next call). Returns how many.
+    fn wait(&self, events: &mut Vec<libc::epoll_event>, timeout: Duration) -> io::Result<usize> {
         events.clear();
         let max = events.capacity().min(libc::c_int::MAX as usize) as libc::c_int;
         // Round up, so a 0.4 ms timeout sleeps 1 ms instead of spinning at 0.
@@ -309,7 +342,7 @@ impl Epoll {
         })?;
         // SAFETY: the kernel initialised the first `n` events (n <= max <= capacity).
         unsafe { events.set_len(n as usize) };
-        Ok(())
+        Ok(n as usize)
     }
 }
 

@@ -53,12 +53,12 @@ impl Epoll {
     }
 
     /// Wait up to `timeout` for ready fds and put their events in `events` (up to its
-    /// capacity; any others are reported on the next call).
+    /// capacity; any others are reported on the next call). Returns how many.
     pub(crate) fn wait(
         &self,
         events: &mut Vec<libc::epoll_event>,
         timeout: Duration,
-    ) -> io::Result<()> {
+    ) -> io::Result<usize> {
         events.clear();
         let max = events.capacity().min(libc::c_int::MAX as usize) as libc::c_int;
         // Round up, so a 0.4 ms timeout sleeps 1 ms instead of spinning at 0.
@@ -73,7 +73,7 @@ impl Epoll {
         })?;
         // SAFETY: the kernel initialised the first `n` events (n <= max <= capacity).
         unsafe { events.set_len(n as usize) };
-        Ok(())
+        Ok(n as usize)
     }
 }
 

@@ -256,7 +256,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
         }
 
         match epoll.wait(&mut events, timeout) {
-            Ok(()) => {}
+            Ok(_ready) => {}
             // A signal arrived while we slept: not an error, just wait again.
             Err(err) if interrupted(&err) => continue,
             Err(err) => return Err(err),
@@ -271,7 +271,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             if fd == listener.as_raw_fd() {
                 match accept_all(&listener, &epoll, &mut connections, &mut open, &mut shared) {
                     Ok(()) => {}
-                    Err(err) if out_of_fds(&err) => {
+                    Err(err) if out_of_resources(&err) => {
                         // The listener stays readable while connections wait in its queue,
                         // so a level-triggered loop would wake at once, fail again and spin.
                         // Stop watching it for a moment; the clients wait in the kernel.
@@ -333,13 +333,21 @@ fn accept_all(
             Ok((stream, _peer)) => stream,
             Err(err) if would_block(&err) => return Ok(()),
             Err(err) if interrupted(&err) => continue,
-            // The client gave up while it waited in the queue: skip it.
-            Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
+            // That one client is gone (it gave up while queued, or the network failed
+            // under it): skip it.
+            Err(err) if client_gone(&err) => continue,
             Err(err) => return Err(err),
         };
-        stream.set_nonblocking(true)?;
         let fd = stream.as_raw_fd();
-        epoll.register(fd, READABLE)?;
+        // Setting up one connection can fail on its own (epoll_ctl says ENOSPC past
+        // fs.epoll.max_user_watches): close that one, keep serving the others.
+        if let Err(err) = stream
+            .set_nonblocking(true)
+            .and_then(|()| epoll.register(fd, READABLE))
+        {
+            eprintln!("step06-ws-epoll: cannot set up connection fd {fd}: {err}; closing it");
+            continue;
+        }
 
         let index = fd as usize;
         if connections.len() <= index {
@@ -542,7 +550,16 @@ fn handle_tungstenite(ws: &mut WebSocket<TcpStream>) -> io::Result<Next> {
             },
             // Pings are answered and closes replied to by tungstenite itself.
             Ok(_) => {}
-            Err(Error::Io(err)) if would_block(&err) => return Ok(Next::WaitReadable),
+            // Nothing more to read. But `read` also flushes the replies tungstenite queued
+            // (pongs, a close reply); if the kernel would not take all of them, wait for
+            // writability, or a client waiting for our reply would wait forever.
+            Err(Error::Io(err)) if would_block(&err) => {
+                return match ws.flush() {
+                    Ok(()) => Ok(Next::WaitReadable),
+                    Err(Error::Io(err)) if would_block(&err) => Ok(Next::WaitWritable),
+                    Err(err) => tungstenite_failed(ws, err),
+                };
+            }
             Err(Error::Io(err)) if interrupted(&err) => {}
             Err(err) => return tungstenite_failed(ws, err),
         }
@@ -639,8 +656,33 @@ fn interrupted(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::Interrupted
 }
 
-fn out_of_fds(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+/// Out of file descriptors (for this process, or the whole system), or of kernel memory
+/// for a new socket: retrying at once would fail at once.
+fn out_of_resources(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// accept(2) reports errors of the connection it was about to return (the client reset
+/// it while it was queued, or the network under it failed): they end that one
+/// connection, never the server.
+fn client_gone(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::ConnectionAborted
+        || matches!(
+            err.raw_os_error(),
+            Some(
+                libc::EPROTO
+                    | libc::ENOPROTOOPT
+                    | libc::ENETDOWN
+                    | libc::ENONET
+                    | libc::EHOSTDOWN
+                    | libc::EHOSTUNREACH
+                    | libc::EOPNOTSUPP
+                    | libc::ENETUNREACH
+            )
+        )
 }
 
 /// The peer went away: the ordinary end of a connection, not worth a log line.

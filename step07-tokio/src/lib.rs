@@ -119,20 +119,20 @@ async fn accept_loop(
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
 
-    let connections = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
     // The memory line from a task on this runtime, not from a thread of its own: the
     // `threads` figure then counts only the runtime's threads.
-    tokio::spawn(report_memory(meter, Arc::clone(&connections)));
+    tokio::spawn(report_memory(meter, Arc::clone(&open)));
 
     let mut accept_errors = RateLimitedLog::new(Duration::from_secs(1));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                // Counted from accept on: the connection holds memory from here, even
+                // Counted as open from accept on: the connection holds memory from here, even
                 // before its handshake is done.
-                let counted = Counted::new(&connections);
+                let guard = OpenGuard::new(&open);
                 tokio::spawn(async move {
-                    let _counted = counted; // counts down when the task ends, however it ends
+                    let _guard = guard; // counts down when the task ends, however it ends
                     if let Err(err) = handle_connection(stream, config).await {
                         if !peer_went_away(&err) {
                             eprintln!("step07-tokio: {peer}: {err}");
@@ -195,28 +195,28 @@ fn peer_went_away(err: &tungstenite::Error) -> bool {
 
 /// Every `meter.period()`, hand the connection count to the meter, which prints the
 /// memory line if the count changed.
-async fn report_memory(mut meter: MemoryMeter, connections: Arc<AtomicUsize>) {
+async fn report_memory(mut meter: MemoryMeter, open: Arc<AtomicUsize>) {
     let mut interval = tokio::time::interval(meter.period().max(Duration::from_millis(10)));
     // After a stall, one tick is enough: no burst of catch-up ticks.
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        meter.tick(connections.load(Ordering::Relaxed));
+        meter.tick(open.load(Ordering::Relaxed));
     }
 }
 
 /// One open connection in the shared count: up on creation, down on drop. `Relaxed` is
 /// enough: the count is only read for the memory line, and nothing else hangs on it.
-struct Counted(Arc<AtomicUsize>);
+struct OpenGuard(Arc<AtomicUsize>);
 
-impl Counted {
-    fn new(connections: &Arc<AtomicUsize>) -> Counted {
-        connections.fetch_add(1, Ordering::Relaxed);
-        Counted(Arc::clone(connections))
+impl OpenGuard {
+    fn new(open: &Arc<AtomicUsize>) -> OpenGuard {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(Arc::clone(open))
     }
 }
 
-impl Drop for Counted {
+impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
