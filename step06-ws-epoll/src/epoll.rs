@@ -1,4 +1,5 @@
-//! A small safe wrapper around the three epoll syscalls, as in step05 (unchanged).
+//! A small safe wrapper around the three epoll syscalls: step05's, moved to a module of its
+//! own (hence `pub(crate)`), otherwise unchanged.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
