@@ -15,7 +15,8 @@ use std::os::fd::AsRawFd;
 
 /// What every step's `main` does before it serves: raise the open-file limit, bind the
 /// listener, print `listening on ADDR` as the first line on stdout, and measure the baseline
-/// resident set (after the bind, before the first accept).
+/// resident set (after the bind, before the first accept). Exits with a one-line message
+/// when the address cannot be bound (say, another server already listens there).
 pub fn bind(
     step: &str,
     default_port: u16,
@@ -25,8 +26,15 @@ pub fn bind(
     eprintln!("{step}: {limit}");
 
     let addr = opts.addr_or(default_port);
-    let listener = TcpListener::bind(addr)
-        .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))?;
+    let listener = match TcpListener::bind(addr) {
+        Ok(listener) => listener,
+        Err(err) => {
+            // Nothing to serve without the socket: say why in one line (not as a Debug
+            // dump of the error, which is what returning it from main would print), and stop.
+            eprintln!("{step}: cannot listen on {addr}: {err}");
+            std::process::exit(1);
+        }
+    };
     widen_backlog(&listener)?;
     let local = listener.local_addr()?;
     if opts.json {

@@ -117,6 +117,37 @@ impl Conn {
         })
     }
 
+    /// True when the server has already closed or reset this connection. A server that
+    /// accepts and closes at once (select past FD_SETSIZE, no thread to spawn, no fd left)
+    /// leaves the client a connected socket with a FIN or RST waiting in it: only a look
+    /// at the socket tells. The look is a peek, so nothing is taken from the stream.
+    pub fn closed_by_peer(&self) -> bool {
+        let fd = match &self.stream {
+            Stream::Tcp(stream) => stream.as_raw_fd(),
+            Stream::Ws(ws) => ws.get_ref().as_raw_fd(),
+        };
+        let mut byte = 0u8;
+        // SAFETY: the fd is open (owned by this connection's stream), and the buffer is one
+        // writable byte, the length we pass. MSG_PEEK leaves the byte in the socket;
+        // MSG_DONTWAIT makes the call return at once.
+        let ret = unsafe {
+            libc::recv(
+                fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match ret {
+            0 => true,
+            -1 => !matches!(
+                std::io::Error::last_os_error().kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ),
+            _ => false,
+        }
+    }
+
     /// Send `payload` and wait until the same bytes come back; returns the round-trip time.
     /// Unbounded in time: callers wrap it in a timeout.
     pub async fn echo(&mut self, payload: &[u8]) -> Result<Duration, EchoError> {

@@ -127,6 +127,17 @@ async fn main() -> ExitCode {
         start.elapsed().as_secs_f64()
     );
     let mut all_well = pool.len() == conns;
+    // A server that closes what it accepts (select past FD_SETSIZE, a failed thread
+    // spawn) does so at once; give those closes a moment to arrive, then count them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let closed = pool.closed_by_server();
+    if closed > 0 {
+        println!(
+            "{closed} of them already closed by the server: read its log (fd limit, \
+             select's FD_SETSIZE, no thread to spawn)"
+        );
+        all_well = false;
+    }
     if pool.failures.total() > 0 {
         println!(
             "{} failed:\n{}",

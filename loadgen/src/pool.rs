@@ -65,6 +65,11 @@ impl Pool {
         self.conns.is_empty()
     }
 
+    /// Connections held on our side that the server has already closed or reset.
+    pub fn closed_by_server(&self) -> usize {
+        self.conns.iter().filter(|c| c.closed_by_peer()).count()
+    }
+
     /// Connections held that may still be probed (none of their echoes went missing).
     pub fn usable(&self) -> usize {
         self.conns.iter().filter(|c| c.usable).count()

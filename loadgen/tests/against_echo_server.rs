@@ -20,6 +20,9 @@ enum Behaviour {
     Corrupt,
     /// Read and never answer: the client must count the echo as lost.
     Silent,
+    /// Close every other connection as soon as it is accepted, as select does past
+    /// FD_SETSIZE: the client must not count those as alive.
+    CloseEveryOther,
 }
 
 /// A raw TCP server on a free loopback port; returns its address and the peers it saw.
@@ -29,13 +32,19 @@ async fn tcp_server(behaviour: Behaviour) -> (SocketAddr, Arc<Mutex<HashSet<IpAd
     let peers = Arc::new(Mutex::new(HashSet::new()));
     let seen = peers.clone();
     tokio::spawn(async move {
+        let mut accepted = 0;
         while let Ok((mut stream, peer)) = listener.accept().await {
             seen.lock().unwrap().insert(peer.ip());
+            accepted += 1;
+            if matches!(behaviour, Behaviour::CloseEveryOther) && accepted % 2 == 0 {
+                drop(stream);
+                continue;
+            }
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 while let Ok(n @ 1..) = stream.read(&mut buf).await {
                     let reply: Vec<u8> = match behaviour {
-                        Behaviour::Echo => buf[..n].to_vec(),
+                        Behaviour::Echo | Behaviour::CloseEveryOther => buf[..n].to_vec(),
                         Behaviour::Corrupt => buf[..n].iter().map(|b| !b).collect(),
                         Behaviour::Silent => continue,
                     };
@@ -104,6 +113,30 @@ async fn tcp_connections_are_held_served_and_echo() {
 
     let one = pool.probe(Pick::Conn(0), 50, 8, DEADLINE).await;
     assert_eq!(one.ok, 50, "{one}");
+    pool.close();
+}
+
+/// Connections the server closed right after accepting are told apart from live ones.
+#[tokio::test]
+async fn connections_the_server_closed_are_counted() {
+    let (addr, _) = tcp_server(Behaviour::CloseEveryOther).await;
+    let mut pool = pool(&format!("tcp://{addr}"));
+    pool.grow_to(20, Pace::default(), &ProgressBar::hidden())
+        .await;
+    assert_eq!(pool.len(), 20, "the TCP handshakes all complete");
+    // The server's FINs arrive within a moment; wait for them, boundedly.
+    let mut closed = 0;
+    for _ in 0..50 {
+        closed = pool.closed_by_server();
+        if closed == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        closed, 10,
+        "half of the connections were closed by the server"
+    );
     pool.close();
 }
 

@@ -51,6 +51,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
 
     loop {
         meter.tick(connections.len());
+        refusals.log_if_due();
 
         if accept_paused_until.is_some_and(|until| Instant::now() >= until) {
             accept_paused_until = None;
@@ -157,7 +158,7 @@ fn accept_all(
         if fd as usize >= libc::FD_SETSIZE {
             // An fd_set has no bit for this fd: FD_SET would write past the end of the
             // bitmap. All we can do is close the connection at once.
-            refusals.record(fd);
+            refusals.record();
             continue; // `stream` is dropped here, which closes it.
         }
         if let Err(err) = stream.set_nonblocking(true) {
@@ -277,23 +278,33 @@ fn is_disconnect(err: &io::Error) -> bool {
 struct Refusals {
     /// Refused since the last log line.
     unlogged: u64,
+    /// Refused since the server started.
+    total: u64,
     /// When the last log line was written.
     last_log: Option<Instant>,
 }
 
 impl Refusals {
-    fn record(&mut self, fd: RawFd) {
+    fn record(&mut self) {
         self.unlogged += 1;
-        if self
+        self.total += 1;
+        self.log_if_due();
+    }
+
+    /// Log what was refused since the last line, if that line is a second old. Called on
+    /// every pass of the loop too, so the end of a burst is reported, not just its start.
+    fn log_if_due(&mut self) {
+        let recent = self
             .last_log
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
-        {
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+        if self.unlogged == 0 || recent {
             return;
         }
         eprintln!(
-            "step03-select: closed {} connection(s) whose fd (latest {fd}) is past FD_SETSIZE = {}",
+            "step03-select: closed {} connection(s) whose fd was past FD_SETSIZE = {} ({} in all)",
             self.unlogged,
-            libc::FD_SETSIZE
+            libc::FD_SETSIZE,
+            self.total
         );
         self.unlogged = 0;
         self.last_log = Some(Instant::now());
