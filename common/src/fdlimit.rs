@@ -77,6 +77,7 @@ impl fmt::Display for FdLimit {
 mod tests {
     use super::*;
 
+    /// Raising the fd limit keeps soft within hard, and raising it twice changes nothing.
     #[test]
     fn soft_limit_ends_at_the_hard_limit() {
         let limit = raise_fd_limit().expect("getrlimit/setrlimit on our own process");
@@ -86,6 +87,7 @@ mod tests {
         assert_eq!(raise_fd_limit().unwrap(), limit);
     }
 
+    /// The message names the hard limit and how to raise it: ulimit, or sysctl once at fs.nr_open.
     #[test]
     fn message_names_the_hard_limit_and_how_to_raise_it() {
         let limit = FdLimit {

@@ -195,6 +195,7 @@ pub fn thread_count() -> usize {
 mod tests {
     use super::*;
 
+    /// Per-connection cost is RSS growth over the baseline per connection; 0 if none or no growth.
     #[test]
     fn per_conn_is_growth_over_base_divided_by_connections() {
         let line = MemoryLine::new("step05-epoll", 10_000, 14_000_000, 13_000_000, 1);
@@ -211,6 +212,7 @@ mod tests {
         );
     }
 
+    /// The memory line reads exactly as the READMEs show it, sizes in KiB and MiB.
     #[test]
     fn human_line_matches_the_documented_form() {
         let line = MemoryLine::new("step05-epoll", 10_000, 14_889_779, 13_946_060, 1);
@@ -220,6 +222,7 @@ mod tests {
         );
     }
 
+    /// With --json, the memory line is one JSON object carrying every figure.
     #[test]
     fn json_line_carries_every_figure() {
         let line = MemoryLine::new("step02-threads", 3, 1_300, 1_000, 4);
@@ -229,6 +232,7 @@ mod tests {
         );
     }
 
+    /// Byte counts print as B below 1 KiB, then in KiB, MiB or GiB with one decimal.
     #[test]
     fn bytes_read_at_a_glance() {
         assert_eq!(format_bytes(0), "0 B");
@@ -238,6 +242,7 @@ mod tests {
         assert_eq!(format_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
     }
 
+    /// The meter can read this process's own resident set and thread count.
     #[test]
     fn reads_its_own_process() {
         assert!(rss_bytes() > 0, "statm reading failed");

@@ -52,6 +52,7 @@ mod tests {
     use super::*;
     use clap::Parser;
 
+    /// With no flags a step listens on 127.0.0.1 at its own port and reports every second, as text.
     #[test]
     fn defaults_to_the_steps_own_port_on_loopback() {
         let opts = Options::parse_from(["step05-epoll"]);
@@ -60,6 +61,7 @@ mod tests {
         assert!(!opts.json);
     }
 
+    /// --report-every takes fractions of a second and refuses zero, negatives and words.
     #[test]
     fn takes_fractional_report_periods_and_refuses_nonsense() {
         let opts = Options::parse_from(["s", "--report-every", "0.25", "--addr", "127.0.0.1:0"]);

@@ -131,6 +131,7 @@ impl Failures {
 mod tests {
     use super::*;
 
+    /// Each OS error is named by its cause: out of fds, out of ports, refused, reset or timed out.
     #[test]
     fn os_errors_are_named_by_what_ran_out() {
         let os = io::Error::from_raw_os_error;
@@ -149,6 +150,7 @@ mod tests {
         );
     }
 
+    /// Failures are counted by reason, most frequent first, each with a hint at the fix.
     #[test]
     fn counts_by_reason_most_frequent_first_with_fixes() {
         let mut failures = Failures::default();

@@ -68,6 +68,7 @@ impl FromStr for SourceAddrs {
 mod tests {
     use super::*;
 
+    /// Source addresses are taken from the range in turn, starting again after the last.
     #[test]
     fn a_range_is_used_round_robin() {
         let range: SourceAddrs = "127.0.0.2-127.0.0.4".parse().unwrap();
@@ -85,6 +86,7 @@ mod tests {
         );
     }
 
+    /// A range may cross an octet boundary, and a single address is a range of one.
     #[test]
     fn a_range_may_cross_an_octet_and_a_single_address_is_a_range_of_one() {
         let range: SourceAddrs = "127.0.0.255-127.0.1.1".parse().unwrap();
@@ -94,6 +96,7 @@ mod tests {
         assert_eq!((one.len(), one.nth(5)), (1, Ipv4Addr::new(127, 0, 0, 9)));
     }
 
+    /// Reversed, non-loopback and malformed ranges are refused.
     #[test]
     fn refuses_reversed_non_loopback_and_malformed_ranges() {
         for bad in [

@@ -111,6 +111,7 @@ mod tests {
         v.iter().map(|&m| Duration::from_millis(m)).collect()
     }
 
+    /// Percentiles are nearest-rank, so always a measured sample: p99 of 100 samples is the 99th.
     #[test]
     fn nearest_rank_percentiles_are_measured_samples() {
         let samples = ms(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
@@ -124,6 +125,7 @@ mod tests {
         assert_eq!(percentile(&hundred, 99.0), Some(Duration::from_micros(99)));
     }
 
+    /// A percentile of no samples, or at a rank outside (0, 100], is None.
     #[test]
     fn percentile_of_nothing_or_nonsense_is_none() {
         assert_eq!(percentile(&[], 50.0), None);
@@ -134,6 +136,7 @@ mod tests {
         assert_eq!(percentile(&one, f64::NAN), None);
     }
 
+    /// Merged stats add their counts and pool their round trips; no round trips means no summary.
     #[test]
     fn stats_merge_and_summarise() {
         let mut a = EchoStats {
@@ -158,6 +161,7 @@ mod tests {
         assert_eq!(EchoStats::default().summary(), None);
     }
 
+    /// Round trips print in µs below a millisecond and in ms above.
     #[test]
     fn round_trips_print_in_the_unit_that_reads_best() {
         assert_eq!(micros(Duration::from_nanos(87_400)), "87 µs");

@@ -106,6 +106,7 @@ impl fmt::Display for Target {
 mod tests {
     use super::*;
 
+    /// A tcp:// or ws:// URL gives the protocol and the address to connect to.
     #[test]
     fn tcp_and_ws_urls_name_protocol_and_address() {
         let tcp: Target = "tcp://127.0.0.1:9005".parse().unwrap();
@@ -118,6 +119,7 @@ mod tests {
         assert_eq!(ws.url, "ws://127.0.0.1:9006/");
     }
 
+    /// A ws:// URL without a path gets `/`; localhost, [::1] and any 127.x address are loopback.
     #[test]
     fn ws_without_path_gets_a_slash_and_localhost_is_loopback() {
         let ws: Target = "ws://localhost:9007".parse().unwrap();
@@ -132,6 +134,7 @@ mod tests {
         );
     }
 
+    /// URLs for another machine or scheme, without a port, or with a path on tcp:// are refused.
     #[test]
     fn refuses_other_machines_and_malformed_urls() {
         for bad in [

@@ -514,6 +514,7 @@ pub fn agree(rss_proc: u64, rss_line: u64) -> bool {
 mod tests {
     use super::*;
 
+    /// A measurement counts only if the kernel gained about two TCP sockets per new connection.
     #[test]
     fn a_chunk_counts_only_if_it_made_two_sockets_per_connection() {
         assert!(two_sockets_each(2000, 1000));
@@ -530,6 +531,7 @@ mod tests {
         );
     }
 
+    /// The RSS from /proc and the step's own line agree within a few pages or 2%, not megabytes.
     #[test]
     fn rss_figures_agree_within_pages_not_megabytes() {
         assert!(agree(14_000_000, 14_004_096));

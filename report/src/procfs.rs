@@ -187,6 +187,7 @@ fn parse_kernel_stack(meminfo: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// /proc/PID/status yields the resident set in bytes and the thread count.
     #[test]
     fn status_gives_rss_in_bytes_and_threads() {
         let text = "Name:\tstep05-epoll\nVmPeak:\t  20000 kB\nVmRSS:\t    2048 kB\nThreads:\t1\n";
@@ -202,6 +203,7 @@ mod tests {
         assert!(own.rss_bytes > 0 && own.threads >= 1);
     }
 
+    /// CPU ticks in /proc/PID/stat are found even when the process name contains `) `.
     #[test]
     fn cpu_ticks_are_counted_after_the_parenthesised_name() {
         let stat = "42 (odd name) 9) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 1 1 1";
@@ -209,6 +211,7 @@ mod tests {
         assert!(cpu_seconds(std::process::id()).unwrap() >= 0.0);
     }
 
+    /// A socket cache's bytes are its active objects times their size; kmalloc caches are left out.
     #[test]
     fn slabinfo_bytes_are_active_objects_times_size() {
         let text = "slabinfo - version: 2.1\n\
@@ -225,6 +228,7 @@ mod tests {
         );
     }
 
+    /// Kernel memory growth may be negative, and includes kernel stacks.
     #[test]
     fn growth_is_signed_and_counts_kernel_stacks() {
         let before = KernelMemory {

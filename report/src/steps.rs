@@ -118,6 +118,7 @@ pub fn points(spec: &StepSpec, conns: usize) -> Vec<usize> {
 mod tests {
     use super::*;
 
+    /// Steps are picked by name, or by binary for all its variants; unknown names are refused.
     #[test]
     fn steps_are_selected_by_name_or_by_binary() {
         let names = |f: &[&str]| -> Vec<&str> {
@@ -144,6 +145,7 @@ mod tests {
         );
     }
 
+    /// Round trips are measured at 1, a tenth, a half and the top, stopping at each step's cap.
     #[test]
     fn sweep_points_stop_at_each_steps_cap() {
         let by_name = |n: &str| *STEPS.iter().find(|s| s.name == n).unwrap();

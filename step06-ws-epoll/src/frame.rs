@@ -453,6 +453,7 @@ pub(crate) mod tests {
         (8, code.to_be_bytes().to_vec())
     }
 
+    /// A text and a binary frame are echoed as sent, and the idle connection keeps no buffer.
     #[test]
     fn echoes_text_and_binary_and_keeps_nothing() {
         let mut input = client_frame(true, 1, b"hello");
@@ -467,6 +468,7 @@ pub(crate) mod tests {
         assert!(partial.is_none(), "an idle connection holds no buffer");
     }
 
+    /// Payloads at the edges of the 7-, 16- and 64-bit length encodings are echoed intact.
     #[test]
     fn all_three_length_encodings_round_trip() {
         for len in [0, 125, 126, 65_535, 65_536, 200_000] {
@@ -479,6 +481,7 @@ pub(crate) mod tests {
         }
     }
 
+    /// Fragments are joined into one message; a ping between them is answered, a pong ignored.
     #[test]
     fn fragments_are_reassembled_with_a_ping_between_them() {
         let mut input = client_frame(false, 1, b"Hel");
@@ -498,6 +501,7 @@ pub(crate) mod tests {
         );
     }
 
+    /// A fragmented message is buffered, and nothing echoed, until its last frame arrives.
     #[test]
     fn a_fragmented_message_is_held_until_its_last_frame() {
         let mut partial = None;
@@ -510,6 +514,7 @@ pub(crate) mod tests {
         assert!(partial.is_none());
     }
 
+    /// A close gets its own code back (an empty close an empty one); frames after it are ignored.
     #[test]
     fn close_is_answered_with_the_same_code() {
         let mut payload = 1000u16.to_be_bytes().to_vec();
@@ -529,6 +534,7 @@ pub(crate) mod tests {
         }
     }
 
+    /// A 1-byte close payload or a reserved code gets 1002; a reason that is not UTF-8 gets 1007.
     #[test]
     fn bad_close_payloads_are_protocol_errors() {
         assert_eq!(
@@ -548,6 +554,7 @@ pub(crate) mod tests {
         );
     }
 
+    /// Each broken framing rule (no mask, RSV bit, bad opcode, bad fragments, big ping) gets 1002.
     #[test]
     fn protocol_errors_close_with_1002() {
         let mut unmasked = client_frame(true, 1, b"hi");
@@ -572,6 +579,7 @@ pub(crate) mod tests {
         }
     }
 
+    /// Text that is not UTF-8 gets 1007; a character split across fragments is fine.
     #[test]
     fn invalid_utf8_closes_with_1007() {
         assert_eq!(
@@ -609,6 +617,7 @@ pub(crate) mod tests {
         );
     }
 
+    /// A message over the limit, in one frame or many, gets 1009 before it is buffered.
     #[test]
     fn messages_over_the_limit_close_with_1009_before_buffering() {
         let mut partial = None;
@@ -645,6 +654,7 @@ pub(crate) mod tests {
         input
     }
 
+    /// A conversation cut in two at any byte gets the same replies as when sent in one piece.
     #[test]
     fn a_conversation_split_at_every_byte_boundary_decodes_the_same() {
         let input = conversation();
@@ -672,6 +682,7 @@ pub(crate) mod tests {
         }
     }
 
+    /// A conversation fed one byte at a time gets the same replies as when sent in one piece.
     #[test]
     fn a_conversation_fed_one_byte_at_a_time_decodes_the_same() {
         let input = conversation();

@@ -235,11 +235,13 @@ mod tests {
         )
     }
 
+    /// The accept key computed for RFC 6455's example key is the one the RFC gives.
     #[test]
     fn accept_key_matches_rfc_6455_example() {
         assert_eq!(accept_key(RFC_KEY.as_bytes()), RFC_ACCEPT);
     }
 
+    /// RFC 6455's example request is upgraded with a 101 response carrying the right accept key.
     #[test]
     fn rfc_example_request_upgrades() {
         let head = request("");
@@ -260,6 +262,7 @@ mod tests {
         );
     }
 
+    /// A frame that arrives right behind the request head is not counted as part of the head.
     #[test]
     fn bytes_after_the_head_are_not_part_of_it() {
         let head = request("");
@@ -269,6 +272,7 @@ mod tests {
         assert_eq!(upgrade.head_len, head.len());
     }
 
+    /// A head that has not fully arrived yet is answered "not yet", never refused.
     #[test]
     fn every_prefix_of_a_head_is_partial() {
         let head = request("");
@@ -281,6 +285,7 @@ mod tests {
         }
     }
 
+    /// Header names and tokens match whatever their case, and spaces around the key are ignored.
     #[test]
     fn header_names_and_tokens_are_case_insensitive() {
         let head = "GET / HTTP/1.1\r\nhost: x\r\nUPGRADE: WebSocket\r\nconnection: keep-alive, upgrade\r\n\
@@ -289,6 +294,7 @@ mod tests {
         assert_eq!(upgrade.accept, RFC_ACCEPT);
     }
 
+    /// Each bad request (not GET, not HTTP/1.1, no upgrade, bad version, bad key) has its reason.
     #[test]
     fn refusals_map_to_their_status() {
         let cases: [(&str, Reject); 9] = [
@@ -329,6 +335,7 @@ mod tests {
         }
     }
 
+    /// A head over 8 KiB is refused even before it has all arrived; exactly 8 KiB is accepted.
     #[test]
     fn head_over_8_kib_is_refused_complete_or_not() {
         let long = format!("X-Filler: {}\r\n", "a".repeat(MAX_HEAD));
@@ -348,6 +355,7 @@ mod tests {
         assert!(parse_request(fits.as_bytes()).unwrap().is_some());
     }
 
+    /// A refusal carries what its status needs: 426 our version, 405 `Allow`, a sized body.
     #[test]
     fn responses_carry_the_headers_their_status_needs() {
         let version = Reject::BadVersion.response();

@@ -9,75 +9,88 @@ const DEFAULT: &[&str] = &[];
 /// A small read buffer, the setting that brings memory per connection down.
 const SMALL: &[&str] = &["--read-buffer", "4096"];
 
+/// Text and binary messages come back unchanged, with both read-buffer sizes.
 #[test]
-fn echo_round_trip() {
+fn echoes_a_round_trip() {
     ws::echo_round_trip(BIN, DEFAULT);
     ws::echo_round_trip(BIN, SMALL);
 }
 
+/// The same round trip works on tokio's single-threaded runtime.
 #[test]
 fn echo_round_trip_on_one_thread() {
     ws::echo_round_trip(BIN, &["--runtime", "current-thread"]);
 }
 
+/// 200 clients connected at once are all echoed, with both read-buffer sizes.
 #[test]
-fn concurrent_clients_all_echoed() {
+fn echoes_200_concurrent_clients() {
     ws::concurrent_clients_all_echoed(BIN, DEFAULT, 200);
     ws::concurrent_clients_all_echoed(BIN, SMALL, 200);
 }
 
+/// A 4 MiB message comes back intact, through partial writes, with both read-buffer sizes.
 #[test]
-fn large_message_echoed_intact() {
+fn echoes_4_mib_intact_through_partial_writes() {
     // Under tungstenite's own limits (64 MiB a message, 16 MiB a frame), no flag needed.
     ws::large_message_echoed_intact(BIN, DEFAULT, 4 << 20);
     ws::large_message_echoed_intact(BIN, SMALL, 4 << 20);
 }
 
+/// A client that sends without reading neither stalls the others nor grows the server.
 #[test]
-fn non_reading_client_does_not_stall_others() {
+fn a_client_that_never_reads_stalls_nobody() {
     ws::non_reading_client_does_not_stall_others(BIN, DEFAULT);
     ws::non_reading_client_does_not_stall_others(BIN, SMALL);
 }
 
+/// Clients that vanish with a reset leave the server up and serving.
 #[test]
 fn resets_leave_the_server_serving() {
     ws::resets_leave_the_server_serving(BIN, DEFAULT, 50);
     ws::resets_leave_the_server_serving(BIN, SMALL, 50);
 }
 
+/// The memory line reports how many WebSocket connections are open.
 #[test]
 fn memory_line_counts_connections() {
     ws::memory_line_counts_connections(BIN, DEFAULT, 20);
     ws::memory_line_counts_connections(BIN, SMALL, 20);
 }
 
+/// At the fd limit the server neither dies nor spins, on either runtime, and serves again after.
 #[test]
 fn survives_running_out_of_fds() {
     ws::survives_running_out_of_fds(BIN, DEFAULT);
     ws::survives_running_out_of_fds(BIN, &["--runtime", "current-thread"]);
 }
 
+/// A message sent in fragments comes back whole, as one message.
 #[test]
 fn fragmented_message_echoed_whole() {
     ws::fragmented_message_echoed_whole(BIN, DEFAULT);
 }
 
+/// A ping is answered with a pong carrying the same payload.
 #[test]
 fn ping_answered_with_pong() {
     ws::ping_answered_with_pong(BIN, DEFAULT);
 }
 
+/// A client's close is answered with a close, then the server hangs up.
 #[test]
 fn close_handshake_answered() {
     ws::close_handshake_answered(BIN, DEFAULT);
 }
 
+/// A frame over tungstenite's 16 MiB limit closes that connection only, and is never echoed.
 #[test]
 fn oversized_message_closes_only_that_connection() {
     // tungstenite refuses a frame over 16 MiB as soon as it has read its header.
     ws::oversized_message_closes_only_that_connection(BIN, DEFAULT, (16 << 20) + 1);
 }
 
+/// A request that is not a WebSocket upgrade is refused, and the server keeps serving.
 #[test]
 fn bad_handshake_refused() {
     ws::bad_handshake_refused(BIN, DEFAULT);

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const MARKER: &str = "<!-- excerpt: ";
 const ELISION: &str = "// ...";
 
+/// Every code block marked as an excerpt in a README or slide still appears in the file it names.
 #[test]
 fn every_marked_code_block_is_an_excerpt_of_its_file() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -44,6 +45,7 @@ fn every_marked_code_block_is_an_excerpt_of_its_file() {
     );
 }
 
+/// The excerpt check catches a changed line and lines out of order, and skips over `// ...`.
 #[test]
 fn a_changed_line_is_caught() {
     let source = "fn a() {\n    one();\n    two();\n}\n";
