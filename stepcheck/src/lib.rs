@@ -162,6 +162,20 @@ impl Server {
         );
     }
 
+    /// Wait for a memory line reporting `conns` connections and check its figures: a
+    /// resident set, a thread, and per-conn = (rss − base) / conns.
+    pub fn assert_memory_line_counts(&self, conns: u64) {
+        let line = self.wait_for_memory_line(conns);
+        assert!(line["rss_bytes"].as_u64() > Some(0), "{line}");
+        assert!(line["threads"].as_u64() >= Some(1), "{line}");
+        let per_conn = line["per_conn_bytes"].as_u64().expect("per_conn_bytes");
+        let (rss, base) = (
+            line["rss_bytes"].as_u64().expect("rss_bytes"),
+            line["base_rss_bytes"].as_u64().expect("base_rss_bytes"),
+        );
+        assert_eq!(per_conn, rss.saturating_sub(base) / conns, "{line}");
+    }
+
     /// Open a client connection with read and write timeouts, so no check can hang.
     pub fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(self.addr)

@@ -166,19 +166,7 @@ pub fn memory_line_counts_connections(bin: &str, clients: usize) {
     for stream in &mut streams {
         assert_echo(stream, b"counted?");
     }
-    let line = server.wait_for_memory_line(clients as u64);
-    assert!(line["rss_bytes"].as_u64() > Some(0), "{line}");
-    assert!(line["threads"].as_u64() >= Some(1), "{line}");
-    let per_conn = line["per_conn_bytes"].as_u64().expect("per_conn_bytes");
-    let (rss, base) = (
-        line["rss_bytes"].as_u64().unwrap(),
-        line["base_rss_bytes"].as_u64().unwrap(),
-    );
-    assert_eq!(
-        per_conn,
-        rss.saturating_sub(base) / clients as u64,
-        "{line}"
-    );
+    server.assert_memory_line_counts(clients as u64);
 
     drop(streams);
     server.wait_for_memory_line(0);
