@@ -45,6 +45,11 @@ impl MemoryMeter {
         self
     }
 
+    /// The resident set taken as the baseline, in bytes.
+    pub fn base_rss(&self) -> u64 {
+        self.base_rss
+    }
+
     /// How long an event loop may sleep before it should call `tick` again.
     pub fn period(&self) -> Duration {
         self.period

@@ -15,10 +15,14 @@
 //! - `handshake.rs`: the HTTP upgrade, as pure functions.
 //! - `frame.rs`: the frame decoder and the lazy per-connection state, as pure functions.
 //! - `epoll.rs`: the epoll wrapper, unchanged from step05.
+//! - `options.rs`: this step's command-line options (step08 takes the same).
 
 mod epoll;
 pub mod frame;
 pub mod handshake;
+mod options;
+
+pub use options::WsOptions;
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};

@@ -1,9 +1,7 @@
 //! `cargo run --release -p step06-ws-epoll`
 
-use std::time::Duration;
-
 use clap::Parser;
-use step06_ws_epoll::{Buffers, Config};
+use step06_ws_epoll::WsOptions;
 
 /// WebSocket echo on one epoll loop, with a hand-made upgrade and lazy buffers.
 #[derive(Parser)]
@@ -11,26 +9,16 @@ struct Args {
     #[command(flatten)]
     common: common::Options,
 
-    /// Where a connection's bytes live: one buffer for the loop, or tungstenite's per connection.
-    #[arg(long, value_enum, default_value_t = Buffers::Shared)]
-    buffers: Buffers,
-
-    /// The largest message accepted, in bytes; a bigger one closes the connection with 1009.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
-    max_message: usize,
-
-    /// Seconds a client has to send its whole request head (and to hang up after our close).
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    handshake_timeout: u64,
+    #[command(flatten)]
+    ws: WsOptions,
 }
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let (listener, meter) = common::bind("step06-ws-epoll", 9006, &args.common)?;
-    let config = Config {
-        buffers: args.buffers,
-        max_message: args.max_message,
-        timeout: Duration::from_secs(args.handshake_timeout),
-    };
-    step06_ws_epoll::serve(listener, meter.label(args.buffers.label()), config)
+    step06_ws_epoll::serve(
+        listener,
+        meter.label(args.ws.buffers.label()),
+        args.ws.config(),
+    )
 }

@@ -1,0 +1,35 @@
+//! step06's own options, as a group that `main.rs` flattens into its arguments. step08 runs
+//! this loop in every worker and flattens the same group, so the two take the same options
+//! and a new one here reaches step08 without a change there.
+
+use std::time::Duration;
+
+use crate::{Buffers, Config};
+
+/// The loop's settings on the command line (the options every step takes are in
+/// `common::Options`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct WsOptions {
+    /// Where a connection's bytes live: one buffer for the loop, or tungstenite's per connection.
+    #[arg(long, value_enum, default_value_t = Buffers::Shared)]
+    pub buffers: Buffers,
+
+    /// The largest message accepted, in bytes; a bigger one closes the connection with 1009.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub max_message: usize,
+
+    /// Seconds a client has to send its whole request head (and to hang up after our close).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub handshake_timeout: u64,
+}
+
+impl WsOptions {
+    /// The options as the loop's [`Config`].
+    pub fn config(&self) -> Config {
+        Config {
+            buffers: self.buffers,
+            max_message: self.max_message,
+            timeout: Duration::from_secs(self.handshake_timeout),
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! `cargo run --release -p step08-reuseport -- --workers 2`
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use step06_ws_epoll::WsOptions;
+
+/// WebSocket echo on N worker processes, each running step06's epoll loop on its own
+/// SO_REUSEPORT socket; the kernel spreads connections over them.
+#[derive(Parser)]
+// Workers get the supervisor's own arguments followed by `--addr` and `--json`: the
+// later value wins.
+#[command(args_override_self = true)]
+struct Args {
+    #[command(flatten)]
+    common: common::Options,
+
+    /// Worker processes [default: one per CPU].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
+
+    #[command(flatten)]
+    ws: WsOptions,
+
+    /// Run as one worker (the supervisor starts them with this).
+    #[arg(long, hide = true)]
+    worker: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let addr = args.common.addr_or(9008);
+    let result = if args.worker {
+        step08_reuseport::work(addr, &args.common, &args.ws)
+    } else {
+        let workers = args.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            usize::from,
+        );
+        step08_reuseport::supervise(step08_reuseport::Plan {
+            workers,
+            addr,
+            opts: args.common.clone(),
+            args: std::env::args_os().skip(1).collect(),
+        })
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{}: {err}", step08_reuseport::STEP);
+            ExitCode::FAILURE
+        }
+    }
+}
