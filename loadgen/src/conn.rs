@@ -1,14 +1,16 @@
 //! One client connection: open it (TCP, or TCP then the WebSocket upgrade) and echo through it.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::SockRef;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::{Failure, Protocol, SourceAddrs, Target};
@@ -41,9 +43,18 @@ impl ConnectOptions {
 }
 
 /// The stream under a connection.
+///
+/// A held connection is idle almost all its life, so it is kept as a plain socket: an
+/// fd, unknown to tokio, with no buffers. Only a connection that is probed becomes a tokio
+/// stream (and, for WebSocket, a tungstenite stream with its buffers), and stays one. This
+/// is what lets one client process hold tens of thousands of connections at a few
+/// hundred bytes each: a tokio-tungstenite stream costs ~6 KiB.
 enum Stream {
-    Tcp(TcpStream),
-    // Boxed: a WebSocketStream is a few hundred bytes, a TcpStream a few dozen.
+    /// Open and idle; for WebSocket, upgraded already.
+    Idle(std::net::TcpStream),
+    // Boxed: a tokio stream is a few dozen bytes, a WebSocketStream a few hundred; a
+    // Box keeps every `Conn` at 16 bytes.
+    Tcp(Box<TcpStream>),
     Ws(Box<WebSocketStream<TcpStream>>),
 }
 
@@ -98,23 +109,66 @@ impl Conn {
         stream.set_nodelay(true).map_err(io_failure)?;
 
         let stream = match opts.target.protocol {
-            Protocol::Tcp => Stream::Tcp(stream),
+            Protocol::Tcp => stream,
             Protocol::WebSocket => {
-                let config = WebSocketConfig::default().read_buffer_size(opts.ws_read_buffer);
                 let (ws, _response) = tokio_tungstenite::client_async_with_config(
                     opts.target.url.as_str(),
                     stream,
-                    Some(config),
+                    Some(ws_config(opts)),
                 )
                 .await
                 .map_err(|err| ws_failure(&err))?;
-                Stream::Ws(Box::new(ws))
+                // The server sends nothing until we do, so tungstenite holds no bytes of
+                // ours in its buffers: the socket alone is the whole connection now.
+                ws.into_inner()
             }
         };
+        // Out of tokio's hands (deregistered from its epoll set), still non-blocking.
+        let stream = stream.into_std().map_err(io_failure)?;
         Ok(Conn {
-            stream,
+            stream: Stream::Idle(stream),
             usable: true,
         })
+    }
+
+    /// The socket, whatever holds it.
+    fn fd(&self) -> RawFd {
+        match &self.stream {
+            Stream::Idle(stream) => stream.as_raw_fd(),
+            Stream::Tcp(stream) => stream.as_raw_fd(),
+            Stream::Ws(ws) => ws.get_ref().as_raw_fd(),
+        }
+    }
+
+    /// True while no probe has woken it (see [`Stream`]).
+    pub fn is_idle(&self) -> bool {
+        matches!(self.stream, Stream::Idle(_))
+    }
+
+    /// The idle socket, for a burst written straight to it; `None` once tokio holds it.
+    pub(crate) fn idle_socket(&mut self) -> Option<&mut std::net::TcpStream> {
+        match &mut self.stream {
+            Stream::Idle(stream) => Some(stream),
+            _ => None,
+        }
+    }
+
+    /// Hand an idle connection to tokio (and tungstenite) so it can be awaited on. It
+    /// stays that way: a connection probed once is usually probed again.
+    async fn wake(&mut self, opts: &ConnectOptions) -> std::io::Result<()> {
+        let Stream::Idle(idle) = &self.stream else {
+            return Ok(());
+        };
+        // A duplicate of the fd goes to tokio; the original closes as the idle variant is
+        // replaced below. (Moving it out would need a placeholder in its place.)
+        let stream = TcpStream::from_std(idle.try_clone()?)?;
+        self.stream = match opts.target.protocol {
+            Protocol::Tcp => Stream::Tcp(Box::new(stream)),
+            Protocol::WebSocket => Stream::Ws(Box::new(
+                WebSocketStream::from_raw_socket(stream, Role::Client, Some(ws_config(opts))).await,
+            )),
+        };
+        Ok(())
     }
 
     /// True when the server has already closed or reset this connection. A server that
@@ -122,10 +176,7 @@ impl Conn {
     /// leaves the client a connected socket with a FIN or RST waiting in it: only a look
     /// at the socket tells. The look is a peek, so nothing is taken from the stream.
     pub fn closed_by_peer(&self) -> bool {
-        let fd = match &self.stream {
-            Stream::Tcp(stream) => stream.as_raw_fd(),
-            Stream::Ws(ws) => ws.get_ref().as_raw_fd(),
-        };
+        let fd = self.fd();
         let mut byte = 0u8;
         // SAFETY: the fd is open (owned by this connection's stream), and the buffer is one
         // writable byte, the length we pass. MSG_PEEK leaves the byte in the socket;
@@ -150,9 +201,15 @@ impl Conn {
 
     /// Send `payload` and wait until the same bytes come back; returns the round-trip time.
     /// Unbounded in time: callers wrap it in a timeout.
-    pub async fn echo(&mut self, payload: &[u8]) -> Result<Duration, EchoError> {
+    pub async fn echo(
+        &mut self,
+        opts: &ConnectOptions,
+        payload: &[u8],
+    ) -> Result<Duration, EchoError> {
         let failed = |err: std::io::Error| EchoError::Failed(Failure::classify(&err));
+        self.wake(opts).await.map_err(failed)?;
         match &mut self.stream {
+            Stream::Idle(_) => unreachable!("bug: woken above"),
             Stream::Tcp(stream) => {
                 let mut back = vec![0; payload.len()];
                 let start = Instant::now();
@@ -200,13 +257,20 @@ impl Conn {
     /// leaves each connection in TIME_WAIT for a minute, holding its source port and kernel
     /// memory; 10 000 of those would skew the next measurement and use up ports.
     pub fn abort(self) {
-        let tcp = match &self.stream {
-            Stream::Tcp(stream) => stream,
-            Stream::Ws(ws) => ws.get_ref(),
+        let socket = match &self.stream {
+            Stream::Idle(stream) => SockRef::from(stream),
+            Stream::Tcp(stream) => SockRef::from(&**stream),
+            Stream::Ws(ws) => SockRef::from(ws.get_ref()),
         };
         // Nothing to do if it fails: the socket then closes the ordinary way on drop.
-        let _ = tcp.set_zero_linger();
+        let _ = socket.set_linger(Some(Duration::ZERO));
     }
+}
+
+/// The WebSocket settings of every connection: a small read buffer (see
+/// [`ConnectOptions::ws_read_buffer`]).
+fn ws_config(opts: &ConnectOptions) -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(opts.ws_read_buffer)
 }
 
 /// A tungstenite error, named like an I/O failure where it is one.

@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 
 /// One reason a connection attempt failed.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Failure {
     /// `ECONNREFUSED`: nothing listening, or the listen backlog overflowed.
     Refused,
@@ -89,12 +89,37 @@ impl fmt::Display for Failure {
 }
 
 /// Failures counted by reason.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "Vec<(Failure, usize)>", into = "Vec<(Failure, usize)>")]
 pub struct Failures(BTreeMap<Failure, usize>);
+
+// As a list of (reason, count): JSON map keys must be strings, and a reason is not one.
+impl From<Vec<(Failure, usize)>> for Failures {
+    fn from(list: Vec<(Failure, usize)>) -> Failures {
+        let mut failures = Failures::default();
+        for (failure, n) in list {
+            *failures.0.entry(failure).or_default() += n;
+        }
+        failures
+    }
+}
+
+impl From<Failures> for Vec<(Failure, usize)> {
+    fn from(failures: Failures) -> Vec<(Failure, usize)> {
+        failures.0.into_iter().collect()
+    }
+}
 
 impl Failures {
     pub fn add(&mut self, failure: Failure) {
         *self.0.entry(failure).or_default() += 1;
+    }
+
+    /// Add another count of failures (from another process) to these.
+    pub fn merge(&mut self, other: &Failures) {
+        for (failure, n) in &other.0 {
+            *self.0.entry(failure.clone()).or_default() += n;
+        }
     }
 
     pub fn total(&self) -> usize {

@@ -7,17 +7,20 @@
 //!
 //! Everything here is ordinary tokio: the lesson is in the servers, not in the client.
 
+pub mod cli;
 mod conn;
 mod failure;
+pub mod fleet;
 mod pool;
 mod srcaddr;
 mod stats;
+mod sweep;
 mod target;
 
 pub use conn::{Conn, ConnectOptions, EchoError};
 pub use failure::{Failure, Failures};
 pub use pool::{Pace, Pick, Pool, payload};
-pub use srcaddr::SourceAddrs;
+pub use srcaddr::{PER_SOURCE, SourceAddrs};
 pub use stats::{EchoStats, RttSummary, micros, percentile};
 pub use target::{Protocol, Target};
 

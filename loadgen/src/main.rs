@@ -1,40 +1,44 @@
 //! `cargo run --release -p loadgen -- tcp://127.0.0.1:9005 --conns 10000 --hold 30 --echo 1000`
 //!
 //! Open N connections to a step, hold them while you watch the step's memory line, check
-//! echoes through random ones, then close them all.
+//! echoes through random connections, then close them all. Past one process's open-file
+//! limit, the connections are shared among child processes (see `fleet.rs`).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use loadgen::{ConnectOptions, Pace, Pick, Pool, Protocol, SourceAddrs, Target};
+use loadgen::fleet::{ChildReport, Fleet, Opened, Order};
+use loadgen::{ConnectOptions, EchoStats, Pace, Pick, Pool, Protocol, SourceAddrs, Target, cli};
+use tokio::io::AsyncBufReadExt;
 
 /// Open many connections to one server on this machine, hold them, and check echoes.
 #[derive(Parser, Debug)]
 #[command(name = "loadgen")]
 struct Args {
-    /// tcp://127.0.0.1:9005 (steps 01–05) or ws://127.0.0.1:9006/ (steps 06–07); loopback only.
+    /// tcp://127.0.0.1:9005 (steps 01–05) or ws://127.0.0.1:9006/ (steps 06–08); loopback only.
     url: Target,
 
-    /// Connections to open and hold.
-    #[arg(long, default_value_t = 1000)]
-    conns: usize,
+    /// Connections to open and hold; past this process's open-file limit, child processes
+    /// share them.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    conns: u64,
 
-    /// Connection attempts in flight at once.
-    #[arg(long, default_value_t = 128)]
-    concurrency: usize,
+    /// Connection attempts in flight at once (in all processes together).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    concurrency: u64,
 
-    /// At most this many new connections per second (default: as fast as --concurrency allows).
-    #[arg(long, value_name = "PER_SEC")]
+    /// At most this many new connections per second, in all (default: as fast as --concurrency allows).
+    #[arg(long, value_name = "PER_SEC", value_parser = cli::rate)]
     rate: Option<f64>,
 
     /// Give up on one connection attempt (and its WebSocket upgrade) after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = cli::timeout)]
     connect_timeout: f64,
 
     /// Hold the connections this many seconds before closing them (Ctrl-C ends it early).
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = cli::hold)]
     hold: f64,
 
     /// Echo probes to send, each on a random connection, one after another.
@@ -48,157 +52,433 @@ struct Args {
     echo_each: bool,
 
     /// Bytes per echo message.
-    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = cli::message_size)]
     message_size: usize,
 
     /// An echo not back after this many seconds counts as lost.
-    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = cli::timeout)]
     echo_timeout: f64,
 
-    /// Spread connections over these loopback source addresses (e.g. 127.0.0.2-127.0.0.60):
-    /// each one gives another ~28 000 source ports.
+    /// Spread connections over these loopback source addresses (e.g. 127.0.0.2-127.0.0.60)
+    /// [default: by itself past 14 000 connections, under 14 000 per address].
     #[arg(long, value_name = "FIRST-LAST")]
     src_addrs: Option<SourceAddrs>,
 
-    /// WebSocket client read buffer in bytes (tungstenite's default, 128 KiB, would cost the
-    /// client 1.3 GB at 10 000 connections).
-    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
-    read_buffer: usize,
+    /// WebSocket client read buffer in bytes, for probed connections (idle ones have none).
+    #[arg(long, value_name = "BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(64..=1 << 24))]
+    read_buffer: u64,
+
+    /// Print the summary as one JSON object on stdout, after the text.
+    #[arg(long)]
+    json: bool,
+
+    /// Run as a child holding one share (the parent starts children with this).
+    #[arg(long, hide = true)]
+    child: bool,
+
+    /// The number of this process's first connection among all processes' (picks its
+    /// source addresses).
+    #[arg(long, hide = true, default_value_t = 0)]
+    first_index: usize,
+}
+
+impl Args {
+    fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            target: self.url.clone(),
+            src_addrs: self.src_addrs,
+            timeout: Duration::from_secs_f64(self.connect_timeout),
+            ws_read_buffer: self.read_buffer as usize,
+        }
+    }
+
+    fn echo_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.echo_timeout)
+    }
+}
+
+/// Everything a run found, printed as text and (with `--json`) as one object.
+#[derive(Debug, Default, serde::Serialize)]
+struct Summary {
+    conns: usize,
+    /// Processes that held connections (1 without children).
+    processes: usize,
+    opened: Opened,
+    open_seconds: f64,
+    /// Held connections whose echo came back in the burst, and how.
+    burst: Option<EchoStats>,
+    probes: Option<EchoStats>,
 }
 
 // One thread: the client takes one core and leaves the other to the server under test,
 // and echo round trips are not lengthened by hand-offs between worker threads.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if args.src_addrs.is_some() && args.url.addr.is_ipv6() {
         eprintln!("loadgen: --src-addrs takes IPv4 loopback addresses; the target is IPv6");
         return ExitCode::FAILURE;
     }
-
-    let mut conns = args.conns;
-    match common::raise_fd_limit() {
-        Ok(limit) => {
-            let max = loadgen::max_conns(limit.soft);
-            if conns > max {
-                eprintln!(
-                    "loadgen: {conns} connections need {conns} file descriptors, but this process \
-                     may open only {} ({} kept for itself): holding {max} instead.\nloadgen: {limit}",
-                    limit.soft,
-                    loadgen::SPARE_FDS
-                );
-                conns = max;
-            }
+    let share = match common::raise_fd_limit() {
+        Ok(limit) => loadgen::max_conns(limit.soft).max(1),
+        Err(err) => {
+            eprintln!("loadgen: could not read or raise the open-file limit: {err}");
+            1024
         }
-        Err(err) => eprintln!("loadgen: could not read or raise the open-file limit: {err}"),
-    }
-    if args.src_addrs.is_none() {
-        warn_if_ports_run_out(conns);
+    };
+    if args.child {
+        return child(&args).await;
     }
 
-    let opts = ConnectOptions {
-        target: args.url.clone(),
-        src_addrs: args.src_addrs,
-        timeout: Duration::from_secs_f64(args.connect_timeout),
-        ws_read_buffer: args.read_buffer,
-    };
-    let pace = Pace {
-        concurrency: args.concurrency,
-        rate: args.rate,
-    };
-    let echo_timeout = Duration::from_secs_f64(args.echo_timeout);
-    let mut pool = Pool::new(opts);
-
+    let conns = args.conns as usize;
+    if args.src_addrs.is_none() && args.url.addr.is_ipv4() {
+        args.src_addrs = SourceAddrs::spread(conns);
+        if let Some(spread) = args.src_addrs {
+            eprintln!(
+                "loadgen: {conns} connections to one address: spreading them over source \
+                 addresses {spread}, under {} each",
+                loadgen::PER_SOURCE
+            );
+        }
+    }
     let bar = ProgressBar::new(conns as u64).with_style(
-        ProgressStyle::with_template("connecting {bar:40} {pos}/{len} ({per_sec}) {msg}")
-            .expect("bug: the progress template is valid"),
+        ProgressStyle::with_template(
+            "connecting {bar:40} {pos}/{len} ({per_sec}, {elapsed}) {msg}",
+        )
+        .expect("bug: the progress template is valid"),
     );
     let start = Instant::now();
-    pool.grow_to(conns, pace, &bar).await;
+    let result = if conns <= share {
+        alone(&args, &bar, start).await
+    } else {
+        eprintln!(
+            "loadgen: one process may hold {share} connections (its open-file limit): \
+             {} child processes share the {conns}",
+            conns.div_ceil(share)
+        );
+        with_children(&args, share, &bar, start).await
+    };
+    match result {
+        Ok(all_well) if all_well => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(err) => {
+            bar.abandon();
+            eprintln!("loadgen: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every connection in this process.
+async fn alone(args: &Args, bar: &ProgressBar, start: Instant) -> Result<bool, String> {
+    let base_rss_bytes = common::rss_bytes();
+    let mut pool = Pool::new(args.connect_options());
+    pool.grow_to(args.conns as usize, pace(args, 1), bar).await;
     bar.finish_and_clear();
+    let mut summary = Summary {
+        conns: args.conns as usize,
+        processes: 1,
+        open_seconds: start.elapsed().as_secs_f64(),
+        ..Summary::default()
+    };
+    // A server that closes what it accepts (select past FD_SETSIZE, a failed thread
+    // spawn) does so at once; give those closes a moment to arrive, then count them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    summary.opened = opened(&pool, base_rss_bytes);
+    print_opened(args, &summary);
+    if args.echo_each && !pool.is_empty() {
+        let stats = pool
+            .echo_each(0, args.message_size, args.echo_timeout())
+            .await;
+        print_burst(&stats);
+        summary.burst = Some(stats);
+    }
+    if args.echo > 0 && pool.usable() > 0 {
+        let stats = pool
+            .probe(
+                Pick::Random,
+                args.echo,
+                args.message_size,
+                args.echo_timeout(),
+            )
+            .await;
+        println!("echo probes on random connections: {stats}");
+        summary.probes = Some(stats);
+    }
+    let all_well = finish(args, &summary);
+    hold(args, pool.len()).await;
+    pool.close();
+    Ok(all_well)
+}
+
+/// The connections shared among child processes, `share` each at most.
+async fn with_children(
+    args: &Args,
+    share: usize,
+    bar: &ProgressBar,
+    start: Instant,
+) -> Result<bool, String> {
+    let conns = args.conns as usize;
+    let children = conns.div_ceil(share);
+    let shares: Vec<usize> = (0..children)
+        .map(|i| conns / children + usize::from(i < conns % children))
+        .collect();
+    let mut command_lines = Vec::new();
+    let mut first = 0;
+    for &n in &shares {
+        let mut line = vec![
+            args.url.to_string(),
+            format!("--conns={n}"),
+            format!("--first-index={first}"),
+            format!(
+                "--concurrency={}",
+                (args.concurrency as usize).div_ceil(children)
+            ),
+            format!("--connect-timeout={}", args.connect_timeout),
+            format!("--message-size={}", args.message_size),
+            format!("--echo-timeout={}", args.echo_timeout),
+            format!("--read-buffer={}", args.read_buffer),
+        ];
+        if let Some(rate) = args.rate {
+            line.push(format!("--rate={}", rate / children as f64));
+        }
+        if let Some(src) = args.src_addrs {
+            line.push(format!("--src-addrs={src}"));
+        }
+        command_lines.push(line);
+        first += n;
+    }
+    let mut fleet =
+        Fleet::start(command_lines).map_err(|err| format!("cannot start a child: {err}"))?;
+
+    // Opening: the bar shows every child's progress summed.
+    let mut progress = vec![(0, 0); children];
+    let mut opened: Vec<Option<Opened>> = vec![None; children];
+    let patience = Duration::from_secs_f64(args.connect_timeout) + Duration::from_secs(30);
+    let mut last_news = Instant::now();
+    while opened.iter().any(Option::is_none) {
+        match fleet.next(Duration::from_millis(200))? {
+            Some((
+                i,
+                ChildReport::Progress {
+                    opened: held,
+                    failed,
+                },
+            )) => progress[i] = (held, failed),
+            Some((i, ChildReport::Opened(share))) => {
+                progress[i] = (share.held, share.failures.total());
+                opened[i] = Some(share);
+            }
+            Some((i, ChildReport::Echoes(_))) => return Err(format!("child {i} echoed unasked")),
+            None if last_news.elapsed() > patience => {
+                return Err("the children stopped reporting progress".into());
+            }
+            None => continue,
+        }
+        last_news = Instant::now();
+        let (held, failed): (usize, usize) = progress
+            .iter()
+            .fold((0, 0), |(h, f), &(ph, pf)| (h + ph, f + pf));
+        bar.set_position((held + failed) as u64);
+        bar.set_message(format!("held {held}, failed {failed}"));
+    }
+    bar.finish_and_clear();
+    let mut summary = Summary {
+        conns,
+        processes: children,
+        open_seconds: start.elapsed().as_secs_f64(),
+        ..Summary::default()
+    };
+    for share in opened.iter().flatten() {
+        summary.opened.merge(share);
+    }
+    print_opened(args, &summary);
+
+    let echo_patience = args.echo_timeout() * 2 + Duration::from_secs(60);
+    if args.echo_each && summary.opened.held > 0 {
+        for i in 0..children {
+            fleet.tell(i, "burst")?;
+        }
+        let stats = fleet.collect_echoes(echo_patience)?;
+        print_burst(&stats);
+        summary.burst = Some(stats);
+    }
+    if args.echo > 0 && summary.opened.held > 0 {
+        for i in 0..children {
+            let n = args.echo / children + usize::from(i < args.echo % children);
+            fleet.tell(i, &format!("probe {n}"))?;
+        }
+        let stats = fleet.collect_echoes(echo_patience)?;
+        println!("echo probes on random connections: {stats}");
+        summary.probes = Some(stats);
+    }
+    let all_well = finish(args, &summary);
+    hold(args, summary.opened.held).await;
+    fleet.close();
+    Ok(all_well)
+}
+
+/// A child: open this process's share, report, then do what the parent says until its
+/// stdin closes.
+async fn child(args: &Args) -> ExitCode {
+    let base_rss_bytes = common::rss_bytes();
+    let mut pool = Pool::new(args.connect_options()).starting_at(args.first_index);
+    let mut last_report = Instant::now();
+    pool.grow_to_with(args.conns as usize, pace(args, 1), |held, failures| {
+        if last_report.elapsed() >= Duration::from_millis(250) || failures.is_some() && held == 0 {
+            last_report = Instant::now();
+            let failed = failures.map_or(0, |f| f.total());
+            ChildReport::Progress {
+                opened: held,
+                failed,
+            }
+            .send();
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ChildReport::Opened(opened(&pool, base_rss_bytes)).send();
+
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let stats = match Order::parse(&line) {
+            Some(Order::Burst) => {
+                pool.echo_each(0, args.message_size, args.echo_timeout())
+                    .await
+            }
+            Some(Order::Probe(n)) if n > 0 && pool.usable() > 0 => {
+                pool.probe(Pick::Random, n, args.message_size, args.echo_timeout())
+                    .await
+            }
+            Some(Order::Probe(_)) => EchoStats::default(),
+            None => {
+                eprintln!("loadgen child: unknown order `{line}`");
+                continue;
+            }
+        };
+        ChildReport::Echoes(stats).send();
+    }
+    pool.close();
+    ExitCode::SUCCESS
+}
+
+/// Each of `processes` processes opens at this pace: the totals shared out.
+fn pace(args: &Args, processes: usize) -> Pace {
+    Pace {
+        concurrency: (args.concurrency as usize).div_ceil(processes),
+        rate: args.rate.map(|rate| rate / processes as f64),
+    }
+}
+
+/// What this process holds now, and what it costs.
+fn opened(pool: &Pool, base_rss_bytes: u64) -> Opened {
+    Opened {
+        held: pool.len(),
+        failures: pool.failures.clone(),
+        closed_by_server: pool.closed_by_server(),
+        rss_bytes: common::rss_bytes(),
+        base_rss_bytes,
+    }
+}
+
+fn print_opened(args: &Args, summary: &Summary) {
     let protocol = match args.url.protocol {
         Protocol::Tcp => "TCP",
         Protocol::WebSocket => "WebSocket",
     };
+    let o = &summary.opened;
     println!(
-        "held {} of {conns} {protocol} connections to {} (opened in {:.1} s)",
-        pool.len(),
+        "held {} of {} {protocol} connections to {} (opened in {:.1} s, {:.0} per second{})",
+        o.held,
+        summary.conns,
         args.url,
-        start.elapsed().as_secs_f64()
+        summary.open_seconds,
+        o.held as f64 / summary.open_seconds.max(1e-3),
+        match summary.processes {
+            1 => String::new(),
+            n => format!(", by {n} processes"),
+        }
     );
-    let mut all_well = pool.len() == conns;
-    // A server that closes what it accepts (select past FD_SETSIZE, a failed thread
-    // spawn) does so at once; give those closes a moment to arrive, then count them.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let closed = pool.closed_by_server();
-    if closed > 0 {
+    if let Some(per_conn) = o.rss_per_conn() {
         println!(
-            "{closed} of them already closed by the server: read its log (fd limit, \
-             select's FD_SETSIZE, no thread to spawn)"
+            "loadgen memory: {} per held connection (rss {} over a base of {}{})",
+            common::format_bytes(per_conn),
+            common::format_bytes(o.rss_bytes),
+            common::format_bytes(o.base_rss_bytes),
+            if summary.processes > 1 {
+                ", all children"
+            } else {
+                ""
+            }
         );
-        all_well = false;
     }
-    if pool.failures.total() > 0 {
+    if o.closed_by_server > 0 {
+        println!(
+            "{} of them already closed by the server: read its log (fd limit, \
+             select's FD_SETSIZE, no thread to spawn)",
+            o.closed_by_server
+        );
+    }
+    if o.failures.total() > 0 {
         println!(
             "{} failed:\n{}",
-            pool.failures.total(),
-            pool.failures.explained().trim_end()
+            o.failures.total(),
+            o.failures.explained().trim_end()
         );
-    }
-
-    if args.echo_each && !pool.is_empty() {
-        let stats = pool.echo_each(0, args.message_size, echo_timeout).await;
-        println!(
-            "one message on every connection at once: {} served; {stats}",
-            stats.ok
-        );
-        all_well &= stats.ok == stats.sent();
-    }
-    if args.echo > 0 && pool.usable() > 0 {
-        let stats = pool
-            .probe(Pick::Random, args.echo, args.message_size, echo_timeout)
-            .await;
-        println!("echo probes on random connections: {stats}");
-        all_well &= stats.ok == args.echo;
-    }
-
-    let hold = Duration::from_secs_f64(args.hold);
-    if !hold.is_zero() && !pool.is_empty() {
-        println!(
-            "holding {} connections for {:.0} s (Ctrl-C to stop sooner)",
-            pool.len(),
-            hold.as_secs_f64()
-        );
-        tokio::select! {
-            () = tokio::time::sleep(hold) => {}
-            _ = tokio::signal::ctrl_c() => println!("interrupted"),
-        }
-    }
-    pool.close();
-    if all_well {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     }
 }
 
-/// One source address gets one source port per connection to the same server, from
-/// net.ipv4.ip_local_port_range; say so before the kernel does with EADDRNOTAVAIL.
-fn warn_if_ports_run_out(conns: usize) {
-    let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
-        return;
-    };
-    let ends: Vec<usize> = range
-        .split_whitespace()
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    if let [low, high] = ends[..] {
-        let ports = high + 1 - low;
-        if conns > ports {
-            eprintln!(
-                "loadgen: {conns} connections from one source address need {conns} source ports, \
-                 but net.ipv4.ip_local_port_range gives {ports}: add --src-addrs 127.0.0.2-127.0.0.60"
-            );
+fn print_burst(stats: &EchoStats) {
+    println!(
+        "one message on every connection at once: {} served; {stats}",
+        stats.ok
+    );
+}
+
+/// Print the JSON summary if asked; true when every connection was held and every echo
+/// came back.
+fn finish(args: &Args, summary: &Summary) -> bool {
+    if args.json {
+        let mut json = serde_json::to_value(summary).expect("bug: the summary serializes");
+        // The round trips themselves are many; their percentiles are what a reader wants.
+        for (key, stats) in [("burst", &summary.burst), ("probes", &summary.probes)] {
+            let Some(stats) = stats else { continue };
+            if let Some(object) = json[key].as_object_mut() {
+                object.remove("rtts");
+            }
+            if let Some(s) = stats.summary() {
+                json[key]["p50_us"] = (s.p50.as_secs_f64() * 1e6).into();
+                json[key]["p99_us"] = (s.p99.as_secs_f64() * 1e6).into();
+                json[key]["max_us"] = (s.max.as_secs_f64() * 1e6).into();
+            }
         }
+        println!("{json}");
+    }
+    let o = &summary.opened;
+    o.held == summary.conns
+        && o.closed_by_server == 0
+        && summary
+            .burst
+            .as_ref()
+            .is_none_or(|b| b.ok == b.sent() && b.ok == o.held)
+        && summary
+            .probes
+            .as_ref()
+            .is_none_or(|p| p.ok == p.sent() && p.ok == args.echo)
+}
+
+/// Hold the connections for `--hold` seconds, or until Ctrl-C.
+async fn hold(args: &Args, held: usize) {
+    let hold = Duration::from_secs_f64(args.hold);
+    if hold.is_zero() || held == 0 {
+        return;
+    }
+    println!(
+        "holding {held} connections for {:.0} s (Ctrl-C to stop sooner)",
+        hold.as_secs_f64()
+    );
+    tokio::select! {
+        () = tokio::time::sleep(hold) => {}
+        _ = tokio::signal::ctrl_c() => println!("interrupted"),
     }
 }

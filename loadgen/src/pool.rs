@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use indicatif::ProgressBar;
 
-use crate::{Conn, ConnectOptions, EchoError, EchoStats, Failures};
+use crate::{Conn, ConnectOptions, EchoError, EchoStats, Failures, sweep};
 
 /// How fast new connections are opened.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +56,13 @@ impl Pool {
         }
     }
 
+    /// Number this pool's attempts from `first` on: a process holding one share of many
+    /// picks its source addresses where the previous share stopped.
+    pub fn starting_at(mut self, first: usize) -> Pool {
+        self.attempts = first;
+        self
+    }
+
     /// Connections held.
     pub fn len(&self) -> usize {
         self.conns.len()
@@ -79,6 +86,23 @@ impl Pool {
     /// ends after at most `n - len()` attempts, each bounded by the connect timeout.
     /// Returns how many were opened; the rest are counted in [`Pool::failures`].
     pub async fn grow_to(&mut self, n: usize, pace: Pace, bar: &ProgressBar) -> usize {
+        self.grow_to_with(n, pace, |_held, failures| {
+            bar.inc(1);
+            if let Some(failures) = failures {
+                bar.set_message(format!("failed: {}", failures.short()));
+            }
+        })
+        .await
+    }
+
+    /// [`Pool::grow_to`], calling `progress(held, failures)` after each attempt; the
+    /// failures are passed only when that attempt failed.
+    pub async fn grow_to_with(
+        &mut self,
+        n: usize,
+        pace: Pace,
+        mut progress: impl FnMut(usize, Option<&Failures>),
+    ) -> usize {
         let Pool {
             opts,
             conns,
@@ -90,8 +114,7 @@ impl Pool {
         let mut opened = 0;
         let mut in_flight = FuturesUnordered::new();
         let mut ticker = pace.rate.map(|per_sec| {
-            let mut ticker =
-                tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec.max(0.001)));
+            let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticker
         });
@@ -109,13 +132,13 @@ impl Pool {
                         Ok(conn) => {
                             conns.push(conn);
                             opened += 1;
+                            progress(conns.len(), None);
                         }
                         Err(failure) => {
                             failures.add(failure);
-                            bar.set_message(format!("failed: {}", failures.short()));
+                            progress(conns.len(), Some(failures));
                         }
                     }
-                    bar.inc(1);
                 }
             }
         }
@@ -126,18 +149,28 @@ impl Pool {
     /// count the echoes back within `deadline`. "Served concurrently" is the `ok` count: a
     /// server that handles one client at a time answers one and leaves the rest waiting.
     /// A connection whose echo did not come back is marked unusable.
+    ///
+    /// Idle connections are served by [`sweep::echo_all`] and stay idle; the few already
+    /// woken by a probe echo through tokio right after.
     pub async fn echo_each(&mut self, from: usize, size: usize, deadline: Duration) -> EchoStats {
         let start = from.min(self.conns.len());
-        let probes = self.conns[start..]
+        let sent = payload(size);
+        let mut stats = sweep::echo_all(
+            &mut self.conns[start..],
+            self.opts.target.protocol,
+            &sent,
+            deadline,
+        )
+        .await;
+        let opts = &self.opts;
+        let woken = self.conns[start..]
             .iter_mut()
-            .filter(|conn| conn.usable)
-            .map(|conn| async move {
-                let sent = payload(size);
-                let outcome = tokio::time::timeout(deadline, conn.echo(&sent)).await;
+            .filter(|conn| conn.usable && !conn.is_idle())
+            .map(|conn| async {
+                let outcome = tokio::time::timeout(deadline, conn.echo(opts, &sent)).await;
                 record(conn, outcome)
             });
-        let mut stats = EchoStats::default();
-        for one in futures_util::future::join_all(probes).await {
+        for one in futures_util::future::join_all(woken).await {
             stats.merge(one);
         }
         stats.finish()
@@ -169,7 +202,7 @@ impl Pool {
                 continue; // it lost an echo earlier in this batch
             }
             let sent = payload(size);
-            let outcome = tokio::time::timeout(deadline, conn.echo(&sent)).await;
+            let outcome = tokio::time::timeout(deadline, conn.echo(&self.opts, &sent)).await;
             stats.merge(record(conn, outcome));
         }
         stats.finish()

@@ -6,8 +6,16 @@
 //! `net.ipv4.ip_local_port_range` (32768–60999 by default: ~28 000). Every address in
 //! 127.0.0.0/8 is this machine, so each extra source address brings another ~28 000.
 
+use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
+
+/// Connections per source address (to one server address) that loadgen stays under when
+/// it spreads by itself. `connect()` looks for a free port among those of one parity first
+/// (leaving the others to `bind`); past about half the ephemeral range per (source,
+/// destination) pair, every new connection scans the occupied half, and opening slows to
+/// a crawl. 14 000 is half of the default range, 32768–60999.
+pub const PER_SOURCE: usize = 14_000;
 
 /// An inclusive range of IPv4 loopback addresses, used round-robin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +40,25 @@ impl SourceAddrs {
     /// Never true: a range holds at least one address. (For clippy's `len_without_is_empty`.)
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+impl SourceAddrs {
+    /// Enough addresses from 127.0.0.2 on for `conns` connections, under [`PER_SOURCE`]
+    /// each; `None` when 127.0.0.1 alone will do.
+    pub fn spread(conns: usize) -> Option<SourceAddrs> {
+        (conns > PER_SOURCE).then(|| SourceAddrs {
+            first: u32::from(Ipv4Addr::new(127, 0, 0, 2)),
+            len: conns.div_ceil(PER_SOURCE) as u32,
+        })
+    }
+}
+
+/// `127.0.0.2-127.0.0.73`: the form `--src-addrs` takes.
+impl fmt::Display for SourceAddrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let last = Ipv4Addr::from(self.first + self.len - 1);
+        write!(f, "{}-{last}", Ipv4Addr::from(self.first))
     }
 }
 
@@ -94,6 +121,17 @@ mod tests {
         assert_eq!(range.nth(1), Ipv4Addr::new(127, 0, 1, 0));
         let one: SourceAddrs = "127.0.0.9".parse().unwrap();
         assert_eq!((one.len(), one.nth(5)), (1, Ipv4Addr::new(127, 0, 0, 9)));
+    }
+
+    /// A million connections are spread over 72 addresses, under 14 000 each; 14 000 need none.
+    #[test]
+    fn spreading_keeps_each_address_under_its_share() {
+        assert_eq!(SourceAddrs::spread(PER_SOURCE), None);
+        let million = SourceAddrs::spread(1_000_000).unwrap();
+        assert_eq!(million.len(), 72);
+        assert!(1_000_000usize.div_ceil(million.len()) <= PER_SOURCE);
+        assert_eq!(million.to_string(), "127.0.0.2-127.0.0.73");
+        assert_eq!(million.to_string().parse::<SourceAddrs>(), Ok(million));
     }
 
     /// Reversed, non-loopback and malformed ranges are refused.

@@ -15,7 +15,7 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
 }
 
 /// What became of a batch of echo probes.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EchoStats {
     /// The echo came back, byte for byte.
     pub ok: usize,
@@ -26,6 +26,7 @@ pub struct EchoStats {
     /// The connection failed while echoing (reset, closed by the server).
     pub failed: usize,
     /// Round-trip times of the `ok` probes, sorted once [`EchoStats::finish`] ran.
+    #[serde(with = "nanos")]
     pub rtts: Vec<Duration>,
 }
 
@@ -90,6 +91,24 @@ impl fmt::Display for EchoStats {
             )?;
         }
         Ok(())
+    }
+}
+
+/// Round trips between processes as whole nanoseconds, not serde's `{secs, nanos}`
+/// objects: a child process reports tens of thousands of them.
+mod nanos {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(rtts: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        let nanos: Vec<u64> = rtts.iter().map(|d| d.as_nanos() as u64).collect();
+        nanos.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let nanos = Vec::<u64>::deserialize(d)?;
+        Ok(nanos.into_iter().map(Duration::from_nanos).collect())
     }
 }
 

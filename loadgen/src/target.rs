@@ -54,6 +54,11 @@ impl FromStr for Target {
         }
 
         let addr = parse_authority(authority).map_err(|why| format!("`{url}`: {why}"))?;
+        if addr.port() == 0 {
+            return Err(format!(
+                "`{url}`: port 0 is no server's port (it means \"any free port\" to bind)"
+            ));
+        }
         if !addr.ip().is_loopback() {
             return Err(format!(
                 "`{url}`: {} is not a loopback address; loadgen only connects to this machine \
@@ -147,6 +152,7 @@ mod tests {
             "tcp://127.0.0.1:9005/chat",
             "tcp://example.com:9005",
             "127.0.0.1:9005",
+            "ws://127.0.0.1:0/",
         ] {
             assert!(bad.parse::<Target>().is_err(), "{bad} should be refused");
         }

@@ -46,20 +46,7 @@ impl Server {
     /// `max_fds` before exec, so the step cannot raise it back.
     pub fn start_with_fd_limit(bin: &str, extra: &[&str], max_fds: u64) -> Server {
         let mut command = Server::command(bin, extra);
-        let limit = libc::rlimit {
-            rlim_cur: max_fds,
-            rlim_max: max_fds,
-        };
-        // SAFETY: the closure runs in the forked child before exec and calls only
-        // setrlimit, which is async-signal-safe; `limit` is a plain value copied in.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        limit_fds(&mut command, max_fds);
         Server::spawn(command)
     }
 
@@ -213,6 +200,25 @@ impl Drop for Server {
         // Ends only the process this Server started, by its pid.
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Set the open-file limit (soft and hard) of the process `command` starts to `max_fds`,
+/// before exec, so that it cannot raise it back.
+pub fn limit_fds(command: &mut Command, max_fds: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: max_fds,
+        rlim_max: max_fds,
+    };
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // setrlimit, which is async-signal-safe; `limit` is a plain value copied in.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
