@@ -14,6 +14,7 @@
 mod charts;
 mod child;
 mod measure;
+mod million;
 mod output;
 mod procfs;
 mod steps;
@@ -52,6 +53,11 @@ struct Args {
     /// Run the step binaries found in DIR instead of building them first.
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+
+    /// Instead of every step: one million WebSocket connections (or --conns) on
+    /// step08-reuseport, measured; writes million.json.
+    #[arg(long)]
+    million: bool,
 }
 
 /// The workspace root: this crate's parent directory.
@@ -77,7 +83,7 @@ fn main() -> ExitCode {
         .max(1);
     let conns = match common::raise_fd_limit() {
         // loadgen's sockets are in this process, each step's in its own: both need N fds.
-        Ok(limit) if wanted > loadgen::max_conns(limit.soft) => {
+        Ok(limit) if !args.million && wanted > loadgen::max_conns(limit.soft) => {
             let max = loadgen::max_conns(limit.soft).max(1);
             eprintln!(
                 "report: {wanted} connections do not fit under this process's {limit}; measuring {max}."
@@ -110,6 +116,10 @@ fn main() -> ExitCode {
     if let Err(err) = std::fs::create_dir_all(&out_dir) {
         eprintln!("report: cannot create {}: {err}", out_dir.display());
         return ExitCode::FAILURE;
+    }
+
+    if args.million {
+        return million::run(args.conns, &out_dir, &bin_dir);
     }
 
     let plan = Plan {
