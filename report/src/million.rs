@@ -265,10 +265,10 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
     let mut server = StepProcess::start(&server_bin, &["--workers", &workers])?;
     let addr = server.wait_listening(Duration::from_secs(30))?;
     std::thread::sleep(Duration::from_millis(500));
-    let worker_pids = children_of(server.pid());
+    let worker_pids = procfs::children_of(server.pid());
     let bases: u64 = worker_pids
         .iter()
-        .filter_map(|&p| procfs::status(p).ok())
+        .filter_map(|&p| procfs::own_status(p).ok())
         .map(|s| s.rss_bytes)
         .sum();
     m.worker_bases_bytes = Some(bases);
@@ -305,7 +305,7 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
     }
     let rss: u64 = worker_pids
         .iter()
-        .filter_map(|&p| procfs::status(p).ok())
+        .filter_map(|&p| procfs::own_status(p).ok())
         .map(|s| s.rss_bytes)
         .sum();
     m.server_user_bytes = Some(rss.saturating_sub(bases));
@@ -313,7 +313,7 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
     if let Some(line) = server.memory_line(m.held, since, Duration::from_secs(10)) {
         m.server_line_per_conn = Some(line.line.per_conn_bytes);
     }
-    m.supervisor_rss_bytes = procfs::status(server.pid()).ok().map(|s| s.rss_bytes);
+    m.supervisor_rss_bytes = procfs::own_status(server.pid()).ok().map(|s| s.rss_bytes);
 
     eprintln!("report: measured; closing the connections");
     loadgen.stop();
@@ -421,23 +421,6 @@ fn wait_or_kill(child: &mut Child, patience: Duration) {
 fn signal(pid: u32, signal: libc::c_int) {
     // SAFETY: kill takes no pointers; the pid is our own child, not yet reaped.
     unsafe { libc::kill(pid as libc::pid_t, signal) };
-}
-
-/// The pids whose parent is `parent`, from /proc/*/stat.
-fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let after_name = &stat[stat.rfind(')').unwrap_or(0) + 1..];
-                after_name.split_whitespace().nth(1) == Some(&parent.to_string())
-            })
-        })
-        .collect()
 }
 
 /// Packets the kernel dropped because a CPU's input queue was full: the second column of

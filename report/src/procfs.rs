@@ -12,7 +12,47 @@ pub struct ProcStatus {
     pub threads: usize,
 }
 
+/// The step's resident set and threads: its own, or, for a supervisor of worker processes
+/// (step08), the sums over its workers, which hold the connections; the same processes
+/// its memory line counts.
 pub fn status(pid: u32) -> io::Result<ProcStatus> {
+    let workers = children_of(pid);
+    if workers.is_empty() {
+        return own_status(pid);
+    }
+    let mut sum = ProcStatus {
+        rss_bytes: 0,
+        threads: 0,
+    };
+    for worker in workers {
+        // A worker that exits between the listing and the read is simply not counted.
+        if let Ok(status) = own_status(worker) {
+            sum.rss_bytes += status.rss_bytes;
+            sum.threads += status.threads;
+        }
+    }
+    Ok(sum)
+}
+
+/// The pids whose parent is `parent` (field 4 of /proc/PID/stat).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let after_name = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+                after_name.split_whitespace().nth(1) == Some(parent.to_string().as_str())
+            })
+        })
+        .collect()
+}
+
+/// One process's own resident set and threads.
+pub fn own_status(pid: u32) -> io::Result<ProcStatus> {
     parse_status(&std::fs::read_to_string(format!("/proc/{pid}/status"))?).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -32,8 +72,18 @@ fn parse_status(text: &str) -> Option<ProcStatus> {
     })
 }
 
-/// User plus system CPU time the process has used, in seconds (`/proc/PID/stat`).
+/// User plus system CPU time the process and its workers (step08's) have used, in seconds.
 pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
+    let own = own_cpu_seconds(pid)?;
+    Ok(own
+        + children_of(pid)
+            .into_iter()
+            .filter_map(|w| own_cpu_seconds(w).ok())
+            .sum::<f64>())
+}
+
+/// User plus system CPU time one process has used, in seconds (`/proc/PID/stat`).
+fn own_cpu_seconds(pid: u32) -> io::Result<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // SAFETY: sysconf only reads a configuration value; no pointers involved.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -187,6 +237,21 @@ fn parse_kernel_stack(meminfo: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// A process with children is counted by them (a supervisor by its workers), not itself.
+    #[test]
+    fn a_supervisor_is_counted_by_its_workers() {
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let ours = status(std::process::id()).unwrap();
+        let its = own_status(sleeper.id()).unwrap();
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        assert_eq!(ours, its, "this test process's only child is the sleeper");
+    }
+
     /// /proc/PID/status yields the resident set in bytes and the thread count.
     #[test]
     fn status_gives_rss_in_bytes_and_threads() {
@@ -199,7 +264,7 @@ mod tests {
             })
         );
         assert_eq!(parse_status("Name:\tx\n"), None);
-        let own = status(std::process::id()).unwrap();
+        let own = own_status(std::process::id()).unwrap();
         assert!(own.rss_bytes > 0 && own.threads >= 1);
     }
 

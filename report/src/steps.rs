@@ -68,6 +68,11 @@ pub const STEPS: &[StepSpec] = &[
         args: &["--read-buffer", "4096"],
         ..step("step07-tokio/4k", "step07-tokio", Protocol::WebSocket)
     },
+    // step06's loop in two worker processes: RSS and CPU are summed over the workers.
+    StepSpec {
+        args: &["--workers", "2"],
+        ..step("step08-reuseport", "step08-reuseport", Protocol::WebSocket)
+    },
 ];
 
 /// The steps named in `--steps` (a name from the table, or a binary name for all its

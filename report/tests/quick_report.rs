@@ -18,6 +18,7 @@ const ROWS: &[&str] = &[
     "step06-ws-epoll/per-conn",
     "step07-tokio",
     "step07-tokio/4k",
+    "step08-reuseport",
 ];
 
 /// Runs the report binary with `args`, writing into a fresh directory; returns its output
