@@ -321,6 +321,11 @@ async fn with_children(
 /// A child: open this process's share, report, then do what the parent says until its
 /// stdin closes.
 async fn child(args: &Args) -> ExitCode {
+    // Ctrl-C in a terminal reaches every process of the group. A child killed by it would
+    // close its sockets the ordinary way, leaving each in TIME_WAIT for a minute; instead
+    // it ignores the signal (a handler is installed and never awaited) and closes with
+    // resets when the parent, which handles it, closes our stdin.
+    let _sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
     let base_rss_bytes = common::rss_bytes();
     let mut pool = Pool::new(args.connect_options()).starting_at(args.first_index);
     let mut last_report = Instant::now();
