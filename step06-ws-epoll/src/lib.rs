@@ -43,8 +43,8 @@ pub struct Config {
     pub timeout: Duration,
 }
 
-/// One connection our own code speaks on. Kept small on purpose: this struct, times
-/// 10 000, is most of what an idle connection costs us.
+/// One connection. Kept small on purpose: this struct, times 10 000, is most of what an
+/// idle connection costs us.
 #[expect(
     clippy::box_collection,
     reason = "Option<Box<Vec>> is 8 bytes when idle, a Vec 24: the extra allocation happens only while bytes are pending"
@@ -105,6 +105,7 @@ struct Shared {
     /// Connections that must do something by a deadline: finish their request head, or
     /// hang up after our close.
     timers: Timers,
+    /// The step's settings: the largest message, the timeout.
     config: Config,
 }
 
