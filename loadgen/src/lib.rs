@@ -7,6 +7,7 @@
 //!
 //! Everything here is ordinary tokio: the lesson is in the servers, not in the client.
 
+mod burst;
 pub mod cli;
 mod conn;
 mod failure;
@@ -14,14 +15,17 @@ pub mod fleet;
 mod pool;
 mod srcaddr;
 mod stats;
+mod storm;
 mod sweep;
 mod target;
 
+pub use burst::Burst;
 pub use conn::{Conn, ConnectOptions, EchoError};
 pub use failure::{Failure, Failures};
 pub use pool::{Pace, Pick, Pool, payload};
 pub use srcaddr::{PER_SOURCE, SourceAddrs};
 pub use stats::{EchoStats, RttSummary, micros, percentile};
+pub use storm::Storm;
 pub use target::{Protocol, Target};
 
 /// File descriptors kept aside for everything that is not a connection (stdin/out/err,

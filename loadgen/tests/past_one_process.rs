@@ -16,7 +16,6 @@ fn ws_server() -> String {
     let opts = common::Options::parse_from(["server", "--report-every", "3600"]);
     let meter = common::MemoryMeter::new("server", &opts);
     let config = step06_ws_epoll::Config {
-        buffers: step06_ws_epoll::Buffers::Shared,
         max_message: 1 << 20,
         timeout: std::time::Duration::from_secs(10),
     };

@@ -16,9 +16,5 @@ struct Args {
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let (listener, meter) = common::bind("step06-ws-epoll", 9006, &args.common)?;
-    step06_ws_epoll::serve(
-        listener,
-        meter.label(args.ws.buffers.label()),
-        args.ws.config(),
-    )
+    step06_ws_epoll::serve(listener, meter, args.ws.config())
 }

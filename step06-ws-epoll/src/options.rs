@@ -4,16 +4,12 @@
 
 use std::time::Duration;
 
-use crate::{Buffers, Config};
+use crate::Config;
 
 /// The loop's settings on the command line (the options every step takes are in
 /// `common::Options`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct WsOptions {
-    /// Where a connection's bytes live: one buffer for the loop, or tungstenite's per connection.
-    #[arg(long, value_enum, default_value_t = Buffers::Shared)]
-    pub buffers: Buffers,
-
     /// The largest message accepted, in bytes; a bigger one closes the connection with 1009.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub max_message: usize,
@@ -27,7 +23,6 @@ impl WsOptions {
     /// The options as the loop's [`Config`].
     pub fn config(&self) -> Config {
         Config {
-            buffers: self.buffers,
             max_message: self.max_message,
             timeout: Duration::from_secs(self.handshake_timeout),
         }
