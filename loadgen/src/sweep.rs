@@ -1,17 +1,21 @@
 //! One message on every idle connection at once, without waking any of them: the message
-//! is written straight to each plain socket, and the echoes are read back by sweeping the
-//! sockets with non-blocking reads until all are in or time is up.
+//! is written straight to each plain socket, and the echoes are read back, as they arrive,
+//! from the sockets an epoll set reports ready, until all are in or time is up.
 //!
 //! Waking a million connections (a tokio registration and tungstenite buffers each) would
-//! cost gigabytes; this costs one shared buffer. A WebSocket message is one frame built
+//! cost gigabytes; this costs one shared buffer (and an epoll entry per socket in the
+//! kernel while the burst lasts). A WebSocket message is one frame built
 //! once: the same masked frame goes to every connection, and the server's unmasked echo
 //! is known in advance, so every reply is checked byte for byte as it arrives.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+use common::sys::cvt;
 
 use crate::{Conn, EchoStats, Protocol};
 
@@ -78,54 +82,144 @@ pub async fn echo_all(
     }
 
     let give_up = Instant::now() + deadline;
+    let ready = match Readiness::watch(conns, &pending) {
+        Ok(ready) => ready,
+        Err(err) => {
+            eprintln!("loadgen: cannot watch the burst's sockets ({err}); counting them as lost");
+            Readiness::none()
+        }
+    };
+    let mut remaining = pending.len();
+    let mut pending: Vec<Option<Pending>> = pending.into_iter().map(Some).collect();
     let mut buf = vec![0u8; back.len().max(1)];
-    while !pending.is_empty() && Instant::now() < give_up {
-        let before = pending.len();
-        pending.retain_mut(|p| {
+    let mut events = Vec::with_capacity(1024);
+    while remaining > 0 && Instant::now() < give_up {
+        // Never block here: a server in this same runtime (as in tests) must get to run.
+        if ready.poll(&mut events) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        for &slot in &events {
+            let Some(p) = pending[slot].as_mut() else {
+                continue; // done already; a stale readiness
+            };
             let conn = &mut conns[p.index];
             let socket = conn
                 .idle_socket()
                 .expect("bug: only idle sockets are pending");
+            let fd = socket.as_raw_fd();
             let want = back.len() - p.got;
-            match socket.read(&mut buf[..want]) {
+            let done = match socket.read(&mut buf[..want]) {
                 Err(err)
                     if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) =>
                 {
-                    true
+                    false
                 }
                 Ok(n) if n > 0 && buf[..n] == back[p.got..p.got + n] => {
                     p.got += n;
-                    if p.got < back.len() {
-                        return true;
+                    if p.got == back.len() {
+                        stats.ok += 1;
+                        stats.rtts.push(p.sent_at.elapsed());
                     }
-                    stats.ok += 1;
-                    stats.rtts.push(p.sent_at.elapsed());
-                    false
+                    p.got == back.len()
                 }
                 Ok(0) | Err(_) => {
                     stats.failed += 1;
                     conn.usable = false;
-                    false
+                    true
                 }
                 Ok(_) => {
                     stats.mismatched += 1;
                     conn.usable = false;
-                    false
+                    true
                 }
+            };
+            if done {
+                // Out of the set, or a closed socket would be reported ready again and again.
+                ready.forget(fd);
+                pending[slot] = None;
+                remaining -= 1;
             }
-        });
-        // Each sweep costs one read per pending socket. When few echoes arrived in one,
-        // the server is behind: leave it the CPU for a moment rather than sweep again.
-        let arrived = before - pending.len();
-        if arrived * 10 < before {
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    for p in pending {
+    for p in pending.into_iter().flatten() {
         stats.lost += 1;
         conns[p.index].usable = false;
     }
     stats.finish()
+}
+
+/// The pending sockets in one epoll set (level-triggered), so that each pass reads only
+/// the sockets an echo has reached, rather than every pending one: with tens of thousands
+/// pending, sweeping them all costs the CPU the server needs to answer.
+struct Readiness {
+    /// `None` when the set could not be made: nothing is ever ready.
+    epoll: Option<OwnedFd>,
+}
+
+impl Readiness {
+    fn none() -> Readiness {
+        Readiness { epoll: None }
+    }
+
+    /// An epoll set holding each pending socket, its token the socket's slot in `pending`.
+    fn watch(conns: &mut [Conn], pending: &[Pending]) -> io::Result<Readiness> {
+        // SAFETY: epoll_create1 takes no pointers; on success it returns a new fd we own.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `fd` was just returned by epoll_create1 and is owned by nothing else.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        for (slot, p) in pending.iter().enumerate() {
+            let socket = conns[p.index]
+                .idle_socket()
+                .expect("bug: only idle sockets are pending");
+            let mut event = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: slot as u64,
+            };
+            // SAFETY: both fds are open, and `event` is a valid epoll_event for the call.
+            cvt(unsafe {
+                libc::epoll_ctl(
+                    epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    socket.as_raw_fd(),
+                    &mut event,
+                )
+            })?;
+        }
+        Ok(Readiness { epoll: Some(epoll) })
+    }
+
+    /// The slots ready now, into `slots` (at most its capacity); returns how many.
+    fn poll(&self, slots: &mut Vec<usize>) -> usize {
+        slots.clear();
+        let Some(epoll) = &self.epoll else { return 0 };
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 1024];
+        // SAFETY: the epoll fd is open; `events` is writable for the length we pass; a
+        // timeout of 0 returns at once.
+        let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), 1024, 0) };
+        // epoll_event is packed: copy the token out, never borrow it.
+        slots.extend(
+            events[..n.max(0) as usize]
+                .iter()
+                .map(|e| { e.u64 } as usize),
+        );
+        slots.len()
+    }
+
+    /// Take `fd` out of the set.
+    fn forget(&self, fd: RawFd) {
+        if let Some(epoll) = &self.epoll {
+            // SAFETY: both fds are open; EPOLL_CTL_DEL ignores the event argument.
+            unsafe {
+                libc::epoll_ctl(
+                    epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    fd,
+                    std::ptr::null_mut(),
+                )
+            };
+        }
+    }
 }
 
 #[cfg(test)]
