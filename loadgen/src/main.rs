@@ -187,9 +187,14 @@ async fn alone(args: &Args, bar: &ProgressBar, start: Instant) -> Result<bool, S
     summary.opened = opened(&pool, base_rss_bytes);
     print_opened(args, &summary);
     if args.echo_each && !pool.is_empty() {
+        let spinner = waiting(format!(
+            "one message on each of {} connections at once: waiting for the echoes",
+            pool.len()
+        ));
         let stats = pool
             .echo_each(0, args.message_size, args.echo_timeout())
             .await;
+        spinner.finish_and_clear();
         print_burst(&stats);
         summary.burst = Some(stats);
     }
@@ -299,7 +304,13 @@ async fn with_children(
         for i in 0..children {
             fleet.tell(i, "burst")?;
         }
-        let stats = fleet.collect_echoes(echo_patience)?;
+        let spinner = waiting(format!(
+            "one message on each of {} connections at once: waiting for the echoes",
+            summary.opened.held
+        ));
+        let stats = fleet.collect_echoes(echo_patience);
+        spinner.finish_and_clear();
+        let stats = stats?;
         print_burst(&stats);
         summary.burst = Some(stats);
     }
@@ -431,6 +442,17 @@ fn print_opened(args: &Args, summary: &Summary) {
             o.failures.explained().trim_end()
         );
     }
+}
+
+/// A spinner on stderr with the time elapsed, for a wait a speaker watches live.
+fn waiting(what: String) -> ProgressBar {
+    let spinner = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .expect("bug: the spinner template is valid"),
+    );
+    spinner.set_message(what);
+    spinner.enable_steady_tick(Duration::from_millis(200));
+    spinner
 }
 
 fn print_burst(stats: &EchoStats) {
