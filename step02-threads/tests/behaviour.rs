@@ -40,6 +40,14 @@ fn memory_line_counts_connections() {
     tcp::memory_line_counts_connections(BIN, 50);
 }
 
+/// A thread per connection costs over 8 KiB each, held to /proc: the touched pages of its
+/// stack and glibc's per-thread state. Breaks if connections stop getting threads, or the
+/// memory line stops measuring them.
+#[test]
+fn an_idle_connection_costs_over_8_kib() {
+    tcp::idle_connection_cost_within(BIN, 1000, 8 << 10..);
+}
+
 /// At the fd limit the server neither dies nor spins, and serves again after.
 #[test]
 fn survives_running_out_of_fds() {

@@ -45,3 +45,11 @@ for_both_strategies! {
     /// A request that is not a WebSocket upgrade is refused, and the server keeps serving.
     bad_handshake_refused => |extra| ws::bad_handshake_refused(BIN, extra);
 }
+
+/// One shared read buffer, per-connection buffers only while a frame is partial: an idle
+/// WebSocket connection costs under 128 B, held to /proc. Breaks if each connection keeps
+/// buffers of its own, or the memory line stops measuring.
+#[test]
+fn an_idle_connection_costs_under_128_bytes() {
+    ws::idle_connection_cost_within(BIN, &[], 2000, ..128);
+}

@@ -58,6 +58,21 @@ fn memory_line_counts_connections() {
     ws::memory_line_counts_connections(BIN, SMALL, 20);
 }
 
+/// tungstenite's 128 KiB read buffer, allocated up front: an idle connection costs over
+/// 64 KiB, held to /proc. Breaks if the default buffer shrinks, or the memory line stops
+/// measuring.
+#[test]
+fn an_idle_connection_costs_over_64_kib_by_default() {
+    ws::idle_connection_cost_within(BIN, DEFAULT, 300, 64 << 10..);
+}
+
+/// `--read-buffer 4096` brings an idle connection under 16 KiB, held to /proc. Breaks if
+/// the option is ignored (the default 128 KiB buffer comes back).
+#[test]
+fn read_buffer_4096_brings_a_connection_under_16_kib() {
+    ws::idle_connection_cost_within(BIN, SMALL, 1000, ..16 << 10);
+}
+
 /// At the fd limit the server neither dies nor spins, on either runtime, and serves again after.
 #[test]
 fn survives_running_out_of_fds() {

@@ -3,8 +3,10 @@
 //! Each step's `tests/behaviour.rs` calls these functions with
 //! `env!("CARGO_BIN_EXE_stepNN-name")`, so all steps are held to the same checks, like for
 //! like. [`Server`] starts a step on a free port and reads its `--json` lines; [`tcp`] holds
-//! the checks for the raw-TCP echo steps (01–05).
+//! the checks for the raw-TCP echo steps (01–05), [`ws`] those for the WebSocket steps
+//! (06–07), and [`memory`] holds every step's memory line to `/proc`.
 
+pub mod memory;
 pub mod tcp;
 pub mod ws;
 
@@ -33,6 +35,9 @@ pub struct Server {
     lines: Receiver<Value>,
     /// Everything the step wrote to stderr so far, for failure messages.
     stderr: Arc<Mutex<String>>,
+    /// The step's `VmRSS` read by the test when its `listening` line arrived, before any
+    /// connection: what the memory line's `base` is held to.
+    rss_at_start: u64,
 }
 
 impl Server {
@@ -110,6 +115,7 @@ impl Server {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             lines,
             stderr,
+            rss_at_start: 0,
         };
         let first = server.next_line(PATIENCE).unwrap_or_else(|| {
             panic!(
@@ -125,7 +131,13 @@ impl Server {
             .as_str()
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("`listening` line without a socket address: {first}"));
+        server.rss_at_start = server.rss_bytes();
         server
+    }
+
+    /// The step's `VmRSS` when it started listening, read by the test.
+    pub fn rss_at_start(&self) -> u64 {
+        self.rss_at_start
     }
 
     /// The child's pid.
@@ -174,6 +186,7 @@ impl Server {
             line["base_rss_bytes"].as_u64().expect("base_rss_bytes"),
         );
         assert_eq!(per_conn, rss.saturating_sub(base) / conns, "{line}");
+        memory::assert_line_agrees_with_proc(self, &line);
     }
 
     /// Open a client connection with read and write timeouts, so no check can hang.

@@ -2,10 +2,11 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::ops::RangeBounds;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{PATIENCE, Server, assert_echo, check_fd_exhaustion};
+use crate::{PATIENCE, Server, assert_echo, check_fd_exhaustion, memory};
 
 /// One client, one message, the same bytes back.
 pub fn echo_round_trip(bin: &str) {
@@ -170,6 +171,17 @@ pub fn memory_line_counts_connections(bin: &str, clients: usize) {
 
     drop(streams);
     server.wait_for_memory_line(0);
+}
+
+/// `conns` idle connections (each echoed once) cost what the memory line says, held to
+/// `/proc`, and the line's per-conn figure lies in `band` (bytes).
+pub fn idle_connection_cost_within(bin: &str, conns: usize, band: impl RangeBounds<u64>) {
+    let server = Server::start(bin, &[]);
+    memory::assert_per_conn_within(&server, conns, band, |server| {
+        let mut stream = server.connect();
+        assert_echo(&mut stream, b"idle from now on");
+        stream
+    });
 }
 
 /// Run out of file descriptors: the server must neither die nor spin at 100% CPU while

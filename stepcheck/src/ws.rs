@@ -8,6 +8,7 @@
 
 use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
+use std::ops::RangeBounds;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::{Message, WebSocket};
 
-use crate::{Server, check_fd_exhaustion, tcp};
+use crate::{Server, check_fd_exhaustion, memory, tcp};
 
 /// A client's end of a WebSocket connection over a plain blocking TCP stream.
 pub type Client = WebSocket<TcpStream>;
@@ -266,6 +267,22 @@ pub fn memory_line_counts_connections(bin: &str, extra: &[&str], clients: usize)
 
     drop(all);
     server.wait_for_memory_line(0);
+}
+
+/// `conns` idle WebSocket connections (each echoed once) cost what the memory line says,
+/// held to `/proc`, and the line's per-conn figure lies in `band` (bytes).
+pub fn idle_connection_cost_within(
+    bin: &str,
+    extra: &[&str],
+    conns: usize,
+    band: impl RangeBounds<u64>,
+) {
+    let server = Server::start(bin, extra);
+    memory::assert_per_conn_within(&server, conns, band, |server| {
+        let mut client = connect(server);
+        assert_echo(&mut client, Message::text("idle from now on"));
+        client
+    });
 }
 
 /// Run out of file descriptors: the server must neither die nor spin at 100% CPU while
