@@ -40,8 +40,12 @@ for_both_strategies! {
     ping_answered_with_pong => |extra| ws::ping_answered_with_pong(BIN, extra);
     /// A client's close is answered with a close, then the server hangs up.
     close_handshake_answered => |extra| ws::close_handshake_answered(BIN, extra);
-    /// A message over the 1 MiB limit closes that connection only, and is never echoed.
-    oversized_message_closes_only_that_connection => |extra| ws::oversized_message_closes_only_that_connection(BIN, extra, (1 << 20) + 1);
+    /// A message over the 1 MiB limit, in one frame or in fragments, is closed with 1009 and
+    /// never echoed; the others are served. Breaks if the limit is removed.
+    oversized_message_closed_with_1009 => |extra| {
+        ws::oversized_message_closed_with_1009(BIN, extra, (1 << 20) + 1, 1);
+        ws::oversized_message_closed_with_1009(BIN, extra, (1 << 20) + 1, 3);
+    };
     /// A request that is not a WebSocket upgrade is refused, and the server keeps serving.
     bad_handshake_refused => |extra| ws::bad_handshake_refused(BIN, extra);
 }

@@ -98,11 +98,22 @@ fn close_handshake_answered() {
     ws::close_handshake_answered(BIN, DEFAULT);
 }
 
-/// A frame over tungstenite's 16 MiB limit closes that connection only, and is never echoed.
+/// A frame over tungstenite's 16 MiB frame limit, or a message over its 64 MiB message limit
+/// in frames under 16 MiB, ends that connection and is never echoed; the others are served.
+/// Breaks if either limit is removed (the echo comes back to a client that accepts it).
 #[test]
-fn oversized_message_closes_only_that_connection() {
-    // tungstenite refuses a frame over 16 MiB as soon as it has read its header.
-    ws::oversized_message_closes_only_that_connection(BIN, DEFAULT, (16 << 20) + 1);
+fn oversized_frame_or_message_never_echoed() {
+    ws::oversized_message_never_echoed(BIN, DEFAULT, (16 << 20) + 1, 1);
+    ws::oversized_message_never_echoed(BIN, DEFAULT, (64 << 20) + 1, 5);
+}
+
+/// The same, answered with close code 1009 ("message too big") as RFC 6455 asks.
+#[test]
+#[ignore = "step07 hangs up on an oversized message without a close frame; remove this line \
+            when it sends 1009"]
+fn oversized_frame_or_message_closed_with_1009() {
+    ws::oversized_message_closed_with_1009(BIN, DEFAULT, (16 << 20) + 1, 1);
+    ws::oversized_message_closed_with_1009(BIN, DEFAULT, (64 << 20) + 1, 5);
 }
 
 /// A request that is not a WebSocket upgrade is refused, and the server keeps serving.

@@ -12,8 +12,9 @@ use std::ops::RangeBounds;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::Frame;
-use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::{Message, WebSocket};
 
 use crate::{Server, check_fd_exhaustion, memory, tcp};
@@ -24,13 +25,18 @@ pub type Client = WebSocket<TcpStream>;
 /// Connect to the step and do the opening handshake (an HTTP `GET` with `Upgrade:
 /// websocket`, answered by `101 Switching Protocols`).
 pub fn connect(server: &Server) -> Client {
-    handshake(server.connect(), server).unwrap_or_else(|err| panic!("{err}"))
+    handshake(server.connect(), server, None).unwrap_or_else(|err| panic!("{err}"))
 }
 
-/// The opening handshake over an already connected stream; the error says what went wrong.
-fn handshake(stream: TcpStream, server: &Server) -> Result<Client, String> {
+/// The opening handshake over an already connected stream, with the client library's
+/// default limits (`None`) or others; the error says what went wrong.
+fn handshake(
+    stream: TcpStream,
+    server: &Server,
+    config: Option<WebSocketConfig>,
+) -> Result<Client, String> {
     let url = format!("ws://{}/", server.addr);
-    match tungstenite::client(url.as_str(), stream) {
+    match tungstenite::client::client_with_config(url.as_str(), stream, config) {
         Ok((client, _response)) => Ok(client),
         // The stream has a read timeout: "interrupted" means no answer came in time.
         Err(tungstenite::HandshakeError::Interrupted(_)) => Err(format!(
@@ -294,7 +300,7 @@ pub fn survives_running_out_of_fds(bin: &str, extra: &[&str]) {
         stream
             .set_read_timeout(Some(Duration::from_secs(2)))
             .map_err(|e| e.to_string())?;
-        let mut client = handshake(stream, server)?;
+        let mut client = handshake(stream, server, None)?;
         client
             .send(Message::text("room again?"))
             .map_err(|e| e.to_string())?;
@@ -356,7 +362,6 @@ pub fn ping_answered_with_pong(bin: &str, extra: &[&str]) {
 /// which the server closes the TCP connection.
 pub fn close_handshake_answered(bin: &str, extra: &[&str]) {
     use tungstenite::protocol::CloseFrame;
-    use tungstenite::protocol::frame::coding::CloseCode;
 
     let server = Server::start(bin, extra);
     let mut client = connect(&server);
@@ -386,28 +391,85 @@ pub fn close_handshake_answered(bin: &str, extra: &[&str]) {
     server.wait_for_memory_line(0);
 }
 
-/// A message of `len` bytes, over the step's limit, closes that connection (with close
-/// code 1009, "message too big", or without a word) and no other: it is never echoed.
-pub fn oversized_message_closes_only_that_connection(bin: &str, extra: &[&str], len: usize) {
-    let mut server = Server::start(bin, extra);
-    let mut bystander = connect(&server);
-    let mut client = connect(&server);
-
-    // The server may hang up as soon as it has read the frame's header, before the rest
-    // is sent: then sending fails with a reset or a broken pipe, which is fine here.
-    let sent = client.send(Message::binary(pattern(len)));
-    match (sent, client.read()) {
-        (_, Ok(Message::Close(_))) => {}
-        (_, Ok(other)) => panic!(
+/// A message of `len` bytes, over the step's limit, sent in `fragments` frames, is answered
+/// with a close frame carrying 1009, "message too big" (RFC 6455 §7.4.1), never with its
+/// echo, and every other connection is still served. The client here accepts messages of
+/// any size, so an echo would be seen, not refused by the client's own limit.
+/// Breaks if the step's frame or message limit is removed (the echo comes back), or if the
+/// step hangs up without saying why.
+pub fn oversized_message_closed_with_1009(bin: &str, extra: &[&str], len: usize, fragments: usize) {
+    match answer_to_an_oversized_message(bin, extra, len, fragments) {
+        Ok(Message::Close(Some(close))) if close.code == CloseCode::Size => {}
+        Ok(Message::Close(close)) => panic!(
+            "a {len}-byte message, over the limit, was answered with close {close:?}, not 1009"
+        ),
+        Ok(other) => panic!(
             "a {len}-byte message, over the limit, was answered with a {}-byte {} message",
             other.len(),
             kind(&other)
         ),
-        (_, Err(tungstenite::Error::Io(err))) if timed_out(&err) => {
-            panic!("a {len}-byte message, over the limit, got no answer: the connection stays open")
+        Err(err) => panic!(
+            "a {len}-byte message, over the limit, got no close frame with 1009 before the \
+             connection ended: {err}"
+        ),
+    }
+}
+
+/// A message of `len` bytes, over the step's limit, sent in `fragments` frames, ends that
+/// connection (with a close frame or without) and is never echoed, even to a client that
+/// accepts messages of any size; every other connection is still served.
+/// Breaks if the step's frame or message limit is removed (the echo comes back).
+pub fn oversized_message_never_echoed(bin: &str, extra: &[&str], len: usize, fragments: usize) {
+    if let Ok(answer @ (Message::Text(_) | Message::Binary(_))) =
+        answer_to_an_oversized_message(bin, extra, len, fragments)
+    {
+        panic!(
+            "a {len}-byte message, over the limit, was answered with a {}-byte {} message",
+            answer.len(),
+            kind(&answer)
+        );
+    }
+}
+
+/// Send a `len`-byte binary message in `fragments` frames from a client without size limits,
+/// and return what comes back first (pings and pongs skipped). Checks that the step does not
+/// leave the connection open and silent, stays up, and still echoes a bystander.
+fn answer_to_an_oversized_message(
+    bin: &str,
+    extra: &[&str],
+    len: usize,
+    fragments: usize,
+) -> tungstenite::Result<Message> {
+    let mut server = Server::start(bin, extra);
+    let mut bystander = connect(&server);
+    let unlimited = WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    let mut client =
+        handshake(server.connect(), &server, Some(unlimited)).unwrap_or_else(|err| panic!("{err}"));
+
+    let message = pattern(len);
+    let piece_len = len.div_ceil(fragments);
+    let pieces = message.chunks(piece_len).count();
+    for (i, piece) in message.chunks(piece_len).enumerate() {
+        let opcode = match i {
+            0 => OpCode::Data(Data::Binary),
+            _ => OpCode::Data(Data::Continue),
+        };
+        let frame = Frame::message(piece.to_vec(), opcode, i + 1 == pieces);
+        // The step may hang up as soon as it has read a header over its limit, before the
+        // rest is sent: then sending fails (reset, broken pipe), and what it said before
+        // hanging up is read below.
+        if client.send(Message::Frame(frame)).is_err() {
+            break;
         }
-        // Closed, reset, or a broken pipe: the connection is gone, as it should be.
-        (_, Err(_)) => {}
+    }
+    let answer = read_data(&mut client);
+    if let Err(tungstenite::Error::Io(err)) = &answer {
+        assert!(
+            !timed_out(err),
+            "a {len}-byte message, over the limit, got no answer: the connection stays open"
+        );
     }
     assert!(
         server.is_running(),
@@ -415,6 +477,7 @@ pub fn oversized_message_closes_only_that_connection(bin: &str, extra: &[&str], 
         server.stderr()
     );
     assert_echo(&mut bystander, Message::text("the others are still served"));
+    answer
 }
 
 /// True for what a read timeout on a blocking socket looks like.
