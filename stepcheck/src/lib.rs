@@ -229,6 +229,14 @@ impl Drop for Server {
     }
 }
 
+/// How much a step may grow while a client floods it without reading. A correct step holds
+/// one read's worth for that client and stops reading it: one buffer of 4–64 KiB for the
+/// TCP steps, plus, for the WebSocket steps, the frame being read and its pending echo (64 KiB
+/// frames here) and step07's 128 KiB read buffer. Measured: at most 40 KiB (TCP steps),
+/// 330 KiB (step06), 390 KiB (step07). 1 MiB leaves more than twice that, and is a tenth of
+/// what the flood pushes before the kernel's socket buffers fill (~8–10 MiB).
+pub const FLOOD_GROWTH_LIMIT: u64 = 1 << 20;
+
 /// How many descriptors a step gets in the fd-exhaustion checks, and how many clients
 /// are sent at it: more than it can accept.
 const FD_LIMIT: u64 = 64;
