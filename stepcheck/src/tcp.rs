@@ -181,7 +181,7 @@ pub fn memory_line_counts_connections(bin: &str, clients: usize) {
 }
 
 /// `conns` idle connections (each echoed once) cost what the memory line says, held to
-/// `/proc`, and the line's per-conn figure lies in `band` (bytes).
+/// `/proc`, and what each connection added to the resident set lies in `band` (bytes).
 pub fn idle_connection_cost_within(bin: &str, conns: usize, band: impl RangeBounds<u64>) {
     let server = Server::start(bin, &[]);
     memory::assert_per_conn_within(&server, conns, band, |server| {

@@ -3,8 +3,8 @@
 //! hand-made server can get wrong (fragments, ping, close, oversized messages, requests
 //! that are no upgrade).
 //!
-//! Each check takes the step's binary and extra arguments for it (e.g. `&["--buffers",
-//! "per-conn"]`), so one step can be held to every check under each of its settings.
+//! Each check takes the step's binary and extra arguments for it (e.g. `&["--read-buffer",
+//! "4096"]`), so one step can be held to every check under each of its settings.
 
 use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
@@ -283,7 +283,7 @@ pub fn memory_line_counts_connections(bin: &str, extra: &[&str], clients: usize)
 }
 
 /// `conns` idle WebSocket connections (each echoed once) cost what the memory line says,
-/// held to `/proc`, and the line's per-conn figure lies in `band` (bytes).
+/// held to `/proc`, and what each connection added to the resident set lies in `band` (bytes).
 pub fn idle_connection_cost_within(
     bin: &str,
     extra: &[&str],
