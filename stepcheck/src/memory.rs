@@ -19,9 +19,10 @@ use crate::Server;
 /// Both read the same kernel counters (the step through `/proc/self/statm`, the test through
 /// `/proc/PID/status`), so they differ only by what the step touched between the line and
 /// the test's reading: the last echoes, still being handled when the count reached its
-/// final value and the line went out (a 64 KiB read buffer touched on a first read, as
-/// measured for step03 and step05). 128 KiB covers that with room.
-pub const RSS_TOLERANCE: u64 = 128 << 10;
+/// final value and the line went out. Measured: 0 to 68 KiB. 256 KiB leaves room for a
+/// loaded machine, and is still far below what a meter reading another figure (the
+/// address space, the peak) would be off by.
+pub const RSS_TOLERANCE: u64 = 256 << 10;
 
 /// How much higher the line's `base` may be than the `VmRSS` the test read when the step
 /// printed `listening`. The step takes its baseline right after printing that line, before
