@@ -118,7 +118,7 @@ pub fn assert_per_conn_within<T>(
     last
 }
 
-/// `under 128 B`, `at least 8192 B`, `8192 B to 16384 B`, for failure messages.
+/// `under 128 B`, `at least 8192 B`, `at least 8192 B and under 16384 B`, for failure messages.
 fn describe(band: &impl RangeBounds<u64>) -> String {
     let low = match band.start_bound() {
         Bound::Included(n) => Some(format!("at least {n} B")),
