@@ -186,7 +186,8 @@ impl Server {
     }
 
     /// Wait for a memory line reporting `conns` connections and check its figures: a
-    /// resident set, a thread, and per-conn = (rss − base) / conns.
+    /// resident set, a thread, per-conn = (rss − base) / conns, and rss and base as
+    /// `/proc` gives them ([`memory::assert_line_agrees_with_proc`]).
     pub fn assert_memory_line_counts(&self, conns: u64) {
         let line = self.wait_for_memory_line(conns);
         assert!(line["rss_bytes"].as_u64() > Some(0), "{line}");

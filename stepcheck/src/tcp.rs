@@ -166,7 +166,8 @@ pub fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-/// The memory line reports the number of open connections as it changes.
+/// The memory line reports the number of open connections as it changes, with the resident
+/// set `/proc` gives. Breaks if the count or the figures drift from what the process holds.
 pub fn memory_line_counts_connections(bin: &str, clients: usize) {
     let server = Server::start(bin, &[]);
     let mut streams: Vec<TcpStream> = (0..clients).map(|_| server.connect()).collect();

@@ -268,7 +268,8 @@ pub fn resets_leave_the_server_serving(bin: &str, extra: &[&str], clients: usize
 }
 
 /// The memory line counts WebSocket connections: `clients` after their handshakes, 0 after
-/// they close.
+/// they close, with the resident set `/proc` gives. Breaks if the count or the figures
+/// drift from what the process holds.
 pub fn memory_line_counts_connections(bin: &str, extra: &[&str], clients: usize) {
     let server = Server::start(bin, extra);
     let mut all: Vec<Client> = (0..clients).map(|_| connect(&server)).collect();
