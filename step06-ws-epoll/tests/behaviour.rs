@@ -45,3 +45,9 @@ for_both_strategies! {
     /// A request that is not a WebSocket upgrade is refused, and the server keeps serving.
     bad_handshake_refused => |extra| ws::bad_handshake_refused(BIN, extra);
 }
+
+/// stdout closed (`step06-ws-epoll | head -1`): the memory line is lost, the server serves on.
+#[test]
+fn survives_stdout_closed() {
+    ws::survives_stdout_closed(BIN, &[]);
+}

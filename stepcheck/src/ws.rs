@@ -449,3 +449,15 @@ pub fn bad_handshake_refused(bin: &str, extra: &[&str]) {
         Message::text("a good handshake after the bad ones"),
     );
 }
+
+/// With its stdout closed, the step keeps serving WebSocket clients: a memory line that
+/// cannot be printed is lost, not fatal.
+pub fn survives_stdout_closed(bin: &str, extra: &[&str]) {
+    crate::check_stdout_closed(bin, extra, |server| {
+        let mut client = connect(server);
+        assert_echo(
+            &mut client,
+            Message::text("still serving with stdout closed"),
+        );
+    });
+}
