@@ -15,10 +15,12 @@
 //! - `handshake.rs`: the HTTP upgrade, as pure functions.
 //! - `frame.rs`: the frame decoder and the lazy per-connection state, as pure functions.
 //! - `epoll.rs`: the epoll wrapper, unchanged from step05.
+//! - `page.rs`: the page a browser gets for a plain `GET /`, to try the server from a tab.
 
 mod epoll;
 pub mod frame;
 pub mod handshake;
+mod page;
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
