@@ -42,13 +42,16 @@ impl Budget {
         }
     }
 
-    /// Take `bytes` from the budget, or refuse if that would go over it.
-    fn take(&self, bytes: usize) -> bool {
-        self.held
+    /// Take up to `bytes` from the budget: as many as are left, 0 when it is spent.
+    fn take(&self, bytes: usize) -> usize {
+        let mut granted = 0;
+        let _ = self
+            .held
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-                held.checked_add(bytes).filter(|&total| total <= self.limit)
-            })
-            .is_ok()
+                granted = bytes.min(self.limit.saturating_sub(held));
+                Some(held + granted)
+            });
+        granted
     }
 
     fn give_back(&self, bytes: usize) {
@@ -144,21 +147,23 @@ impl AsyncRead for BudgetedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // Take room for a full read from the budget first, give back what the read did not
-        // use: so no read can take the total past the limit, even with every worker reading.
-        let room = buf.remaining();
-        if !this.budget.take(room) {
+        // Take room for the read from the budget first, and read no more than that; give
+        // back what the read did not use. So no read takes the total past the limit, even
+        // with every worker thread reading at once.
+        let room = this.budget.take(buf.remaining());
+        if room == 0 && buf.remaining() > 0 {
             this.refusal = Some(CloseCode::Size);
             return Poll::Ready(Err(io::Error::other(
                 "the server's --max-buffered budget is spent",
             )));
         }
-        let before = buf.filled().len();
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let mut limited = ReadBuf::new(buf.initialize_unfilled_to(room));
+        let result = Pin::new(&mut this.inner).poll_read(cx, &mut limited);
         let read = match result {
-            Poll::Ready(Ok(())) => buf.filled().len() - before,
+            Poll::Ready(Ok(())) => limited.filled().len(),
             _ => 0,
         };
+        buf.advance(read);
         this.budget.give_back(room - read);
         this.held += read;
         match result {

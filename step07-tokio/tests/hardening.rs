@@ -301,3 +301,14 @@ fn a_flooding_client_does_not_starve_a_fresh_one() {
         "a fresh client's echo took {busy:?} during a flood, {quiet:?} before: starved by one busy connection"
     );
 }
+
+/// A budget smaller than one read buffer (64 KiB against 128 KiB) still serves messages
+/// that fit in it: a read takes what is left of the budget, not all or nothing.
+#[test]
+fn a_small_budget_still_serves_what_fits() {
+    let server = Server::start(BIN, &["--max-buffered", "65536"]);
+    let mut client = ws::connect(&server);
+    for len in [10, 1000, 30_000] {
+        ws::assert_echo(&mut client, Message::binary(vec![b'b'; len]));
+    }
+}
