@@ -86,6 +86,14 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // After `Browser.close` the browser ends its helper processes and exits by
+        // itself; give it a few seconds, then kill it (by its pid) if it has not.
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
