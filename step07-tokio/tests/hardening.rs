@@ -19,27 +19,7 @@ const PING: u8 = 0x9;
 
 /// One frame in wire format, masked as a client's must be (or not, to break that rule).
 fn frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mut wire = vec![(u8::from(fin) << 7) | opcode];
-    let mask_bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n @ 0..=125 => wire.push(mask_bit | n as u8),
-        n @ 126..=0xffff => {
-            wire.push(mask_bit | 126);
-            wire.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            wire.push(mask_bit | 127);
-            wire.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if !masked {
-        wire.extend_from_slice(payload);
-        return wire;
-    }
-    let mask = *b"mask";
-    wire.extend_from_slice(&mask);
-    wire.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    wire
+    ws::raw_frame(fin, opcode, payload, masked)
 }
 
 /// The close code the server's next frame carries; fails if it sends anything else.
