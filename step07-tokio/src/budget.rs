@@ -16,6 +16,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -61,8 +62,10 @@ impl Budget {
 
 /// A connection's socket, with its share of the [`Budget`] and the stall deadline.
 pub struct BudgetedStream {
+    /// The socket itself.
     inner: TcpStream,
-    budget: std::sync::Arc<Budget>,
+    /// The server's one budget, shared by every connection.
+    budget: Arc<Budget>,
     /// `--stall-timeout`.
     stall_timeout: Duration,
     /// Bytes read and not yet answered: this connection's share of the budget.
@@ -76,11 +79,7 @@ pub struct BudgetedStream {
 }
 
 impl BudgetedStream {
-    pub fn new(
-        inner: TcpStream,
-        budget: std::sync::Arc<Budget>,
-        stall_timeout: Duration,
-    ) -> BudgetedStream {
+    pub fn new(inner: TcpStream, budget: Arc<Budget>, stall_timeout: Duration) -> BudgetedStream {
         BudgetedStream {
             inner,
             budget,
