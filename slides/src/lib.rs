@@ -10,9 +10,13 @@
 pub const SLIDE_WIDTH: f64 = 1280.0;
 pub const SLIDE_HEIGHT: f64 = 720.0;
 
-/// The smallest text a chart may have once scaled onto a slide, in slide pixels. The
-/// deck's own smallest text (a caption) is about 18 px; body text is 25–29 px.
+/// The smallest text a chart may have once scaled onto a slide, in slide pixels: about
+/// 2.2% of the slide's height, what a caption needs to be read from the back of a room.
 pub const MIN_CHART_TEXT: f64 = 16.0;
+
+/// The smallest text the slides themselves may have (captions, code shrunk to fit), in
+/// slide pixels. Body text is 28 px.
+pub const MIN_TEXT: f64 = 16.0;
 
 /// Half a pixel of rounding in the browser's layout is not an overflow.
 const TOLERANCE: f64 = 0.5;
@@ -67,7 +71,16 @@ pub fn check(report: &str, svg: impl Fn(&str) -> Option<String>) -> Summary {
                 rest.first().unwrap_or(&"?"),
                 number(1)
             )),
-            "text" => summary.smallest_text = summary.smallest_text.min(number(0)),
+            "text" => {
+                let size = number(0);
+                summary.smallest_text = summary.smallest_text.min(size);
+                if size < MIN_TEXT {
+                    summary.problems.push(format!(
+                        "slide {slide}: text drawn at {size:.1} px, under {MIN_TEXT} px \
+                         (a code line too long, shrunk to fit?)"
+                    ));
+                }
+            }
             "image" => {
                 let (state, width, src) = (rest.first(), number(1), rest.get(2).unwrap_or(&"?"));
                 if state != Some(&"ok") {
@@ -217,6 +230,15 @@ mod tests {
         let runs_off = check("slide 2 extent 1201.5 794.8 1280 720\n", |_| None);
         assert_eq!(runs_off.problems.len(), 1, "{:?}", runs_off.problems);
         assert!(runs_off.problems[0].contains("slide 2"));
+    }
+
+    /// Text under MIN_TEXT on a slide is a problem; the smallest size is reported.
+    #[test]
+    fn small_text_is_a_problem() {
+        let found = check("slide 6 text 16.9\nslide 7 text 12.0\n", |_| None);
+        assert_eq!(found.smallest_text, 12.0);
+        assert_eq!(found.problems.len(), 1, "{:?}", found.problems);
+        assert!(found.problems[0].contains("slide 7"));
     }
 
     /// An image that did not load, and a clipped code block, are problems.

@@ -32,7 +32,12 @@ function measure() {
         lines.push(`slide ${n} clipped ${el.tagName.toLowerCase()} ${el.scrollHeight - el.clientHeight}`);
       }
       const hasText = [...el.childNodes].some((c) => c.nodeType === 3 && c.textContent.trim() !== "");
-      if (hasText) smallest = Math.min(smallest, parseFloat(style.fontSize));
+      if (hasText && el.offsetHeight > 0) {
+        // Marp shrinks a code block too wide for the slide with a transform, which the
+        // computed font size does not show: scale it by how tall the box is drawn.
+        const drawn = r.height / el.offsetHeight / scale;
+        smallest = Math.min(smallest, parseFloat(style.fontSize) * drawn);
+      }
     }
     lines.push(`slide ${n} extent ${right.toFixed(1)} ${bottom.toFixed(1)} ${SLIDE_W} ${SLIDE_H}`);
     if (smallest !== Infinity) lines.push(`slide ${n} text ${smallest.toFixed(1)}`);
