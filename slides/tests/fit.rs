@@ -122,6 +122,7 @@ fn tools(dir: &Path) -> Option<(PathBuf, PathBuf)> {
         .is_ok_and(|out| out.status.success());
     let chromium = std::env::var_os("CHROME_PATH")
         .map(PathBuf::from)
+        .filter(|path| path.is_file())
         .or_else(|| find_on_path(&["chromium", "chromium-browser"]));
     let missing = match (node && marp.exists(), &chromium) {
         (true, Some(_)) => return Some((marp, chromium.unwrap())),
