@@ -18,6 +18,10 @@ pub const MIN_CHART_TEXT: f64 = 16.0;
 /// slide pixels. Body text is 28 px.
 pub const MIN_TEXT: f64 = 16.0;
 
+/// Content must stay this far inside the slide's edges: text touching the edge (or the
+/// page number) is lost on a projector that crops a little.
+pub const EDGE: f64 = 20.0;
+
 /// Half a pixel of rounding in the browser's layout is not an overflow.
 const TOLERANCE: f64 = 0.5;
 
@@ -53,16 +57,18 @@ pub fn check(report: &str, svg: impl Fn(&str) -> Option<String>) -> Summary {
             "extent" => {
                 summary.slides += 1;
                 let (right, bottom) = (number(0), number(1));
-                if bottom > SLIDE_HEIGHT + TOLERANCE {
+                if bottom > SLIDE_HEIGHT - EDGE + TOLERANCE {
                     summary.problems.push(format!(
-                        "slide {slide}: content runs {:.0} px past the bottom of the 720 px slide",
-                        bottom - SLIDE_HEIGHT
+                        "slide {slide}: content ends at {bottom:.0} px, past {} px \
+                         (the 720 px slide less a {EDGE} px edge)",
+                        SLIDE_HEIGHT - EDGE
                     ));
                 }
-                if right > SLIDE_WIDTH + TOLERANCE {
+                if right > SLIDE_WIDTH - EDGE + TOLERANCE {
                     summary.problems.push(format!(
-                        "slide {slide}: content runs {:.0} px past the right edge of the 1280 px slide",
-                        right - SLIDE_WIDTH
+                        "slide {slide}: content ends at {right:.0} px from the left, past {} px \
+                         (the 1280 px slide less a {EDGE} px edge)",
+                        SLIDE_WIDTH - EDGE
                     ));
                 }
             }
@@ -221,13 +227,14 @@ mod tests {
     const CHART: &str = r#"<svg width="960" height="560" viewBox="0 0 960 560">
 <text x="1" font-size="20">Title</text><text x="2" font-size="12">tick</text></svg>"#;
 
-    /// A slide whose content ends past 720 px is reported; one that ends inside is not.
+    /// A slide whose content ends within EDGE of the bottom is reported; one that ends
+    /// above it is not.
     #[test]
     fn overflow_past_the_bottom_is_a_problem() {
-        let fits = check("slide 1 extent 1201.5 719.8 1280 720\n", |_| None);
+        let fits = check("slide 1 extent 1201.5 699.8 1280 720\n", |_| None);
         assert_eq!(fits.slides, 1);
         assert!(fits.problems.is_empty(), "{:?}", fits.problems);
-        let runs_off = check("slide 2 extent 1201.5 794.8 1280 720\n", |_| None);
+        let runs_off = check("slide 2 extent 1201.5 707.8 1280 720\n", |_| None);
         assert_eq!(runs_off.problems.len(), 1, "{:?}", runs_off.problems);
         assert!(runs_off.problems[0].contains("slide 2"));
     }
