@@ -122,26 +122,44 @@ pub fn check(report: &str, svg: impl Fn(&str) -> Option<String>) -> Summary {
     summary
 }
 
-/// An SVG's width and the font size of each of its `<text>` elements (16 px, the SVG
-/// default, where a text names none).
+/// An SVG's width in its own units (the viewBox's, else the `width` attribute) and the
+/// font size of each of its `<text>` elements: its own `font-size`, else the nearest
+/// enclosing `<g>`'s or `<svg>`'s, else 16 px, the SVG default.
 pub fn svg_text_sizes(svg: &str) -> Option<(f64, Vec<f64>)> {
     let root = svg.split("<svg").nth(1)?.split('>').next()?;
-    let width = attribute(root, "width")
-        .and_then(|w| w.trim_end_matches("px").parse().ok())
+    let width = attribute(root, "viewBox")
+        .and_then(|view_box| view_box.split_whitespace().nth(2)?.parse().ok())
         .or_else(|| {
-            let view_box = attribute(root, "viewBox")?;
-            view_box.split_whitespace().nth(2)?.parse().ok()
+            attribute(root, "width")?
+                .trim_end_matches("px")
+                .parse()
+                .ok()
         })?;
-    let sizes = svg
-        .split("<text")
+    let font_size = |tag: &str| -> Option<f64> {
+        attribute(tag, "font-size")?
+            .trim_end_matches("px")
+            .parse()
+            .ok()
+    };
+    // The font size each open <svg> or <g> passes down to what it contains.
+    let mut inherited = vec![16.0];
+    let mut sizes = Vec::new();
+    for tag in svg
+        .split('<')
         .skip(1)
-        .map(|text| {
-            let tag = text.split('>').next().unwrap_or_default();
-            attribute(tag, "font-size")
-                .and_then(|size| size.trim_end_matches("px").parse().ok())
-                .unwrap_or(16.0)
-        })
-        .collect();
+        .map(|rest| rest.split('>').next().unwrap_or_default())
+    {
+        let name = tag.split_whitespace().next().unwrap_or_default();
+        let here = *inherited.last().expect("bug: the default is never popped");
+        match name {
+            "svg" | "g" if !tag.ends_with('/') => inherited.push(font_size(tag).unwrap_or(here)),
+            "/svg" | "/g" if inherited.len() > 1 => {
+                inherited.pop();
+            }
+            "text" => sizes.push(font_size(tag).unwrap_or(here)),
+            _ => {}
+        }
+    }
     Some((width, sizes))
 }
 
@@ -278,6 +296,14 @@ mod tests {
         assert_eq!(svg_text_sizes(CHART), Some((960.0, vec![20.0, 12.0])));
         let no_size = r#"<svg viewBox="0 0 400 300"><text>x</text></svg>"#;
         assert_eq!(svg_text_sizes(no_size), Some((400.0, vec![16.0])));
+        // A group's size reaches the texts inside it, and only those; the viewBox, not
+        // the drawn width, is the unit the sizes are in.
+        let grouped = r#"<svg width="800" viewBox="0 0 400 300"><g font-size="9">
+            <text>a</text><text font-size="20">b</text></g><text>c</text></svg>"#;
+        assert_eq!(
+            svg_text_sizes(grouped),
+            Some((400.0, vec![9.0, 20.0, 16.0]))
+        );
     }
 
     /// A slide needs a comment that is neither a directive nor a marker to have notes.
