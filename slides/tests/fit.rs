@@ -23,8 +23,8 @@ fn every_slide_fits_a_1280x720_screen() {
     let Some((marp, chromium)) = tools(dir) else {
         return;
     };
-    let work = std::env::temp_dir().join(format!("slides-fit-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&work);
+    let guard = WorkDir::new();
+    let work = guard.0.as_path();
     fs::create_dir_all(work.join("figures")).unwrap();
     // The deck links its charts as figures/NAME: they sit beside the exported page.
     for entry in fs::read_dir(dir.join("figures")).unwrap() {
@@ -83,7 +83,6 @@ fn every_slide_fits_a_1280x720_screen() {
         let path = dir.join(src);
         (path.extension()? == "svg").then(|| fs::read_to_string(path).ok())?
     });
-    let _ = fs::remove_dir_all(&work);
     eprintln!(
         "{} slides; smallest text {:.1} px; smallest chart text {} (minimum {MIN_CHART_TEXT} px)",
         summary.slides,
@@ -111,6 +110,23 @@ fn every_slide_has_speaker_notes() {
         missing.is_empty(),
         "slides without speaker notes (an HTML comment on the slide): {missing:?}"
     );
+}
+
+/// A fresh directory for the export and the browser's profile, removed however the test ends.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new() -> WorkDir {
+        let path = std::env::temp_dir().join(format!("slides-fit-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        WorkDir(path)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
 
 /// marp-cli from slides/node_modules and a Chromium, or `None` after saying what is missing.
