@@ -48,7 +48,8 @@ pub struct Upgrade {
     pub head_len: usize,
 }
 
-/// Why a request head is refused. Each becomes an HTTP error response, then a close.
+/// Why a request head is not upgraded. Each becomes an HTTP response (an error, or for a
+/// browser the page), then a close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
     /// The head is longer than [`MAX_HEAD`], or has more than 64 header lines: `431`.
@@ -57,9 +58,12 @@ pub enum Reject {
     Malformed,
     /// Not a `GET`: `405`.
     NotGet,
-    /// A plain HTTP request with no `Upgrade` header at all, e.g. a browser tab opened on
-    /// the address: `426` with a short text saying this is a WebSocket server.
+    /// A plain HTTP request with no `Upgrade` header at all, for another path than `/`:
+    /// `426` with a short text saying this is a WebSocket server.
     PlainHttp,
+    /// A plain `GET /`, a browser tab opened on the address: not refused but answered,
+    /// with `200` and the page of `page.rs`, which connects back as a WebSocket.
+    Page,
     /// Asked to upgrade, but not with `Upgrade: websocket` and a `Connection` header that
     /// holds the `upgrade` token: `400`.
     NotWebSocket,
@@ -104,7 +108,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Upgrade>, Reject> {
     let headers = request.headers;
     let upgrade = header_values(headers, "upgrade");
     if upgrade.clone().next().is_none() {
-        return Err(Reject::PlainHttp);
+        return Err(match request.path {
+            Some("/") => Reject::Page,
+            _ => Reject::PlainHttp,
+        });
     }
     // Both headers are comma-separated token lists: `Connection: keep-alive, Upgrade` is
     // what Firefox sends. Tokens compare case-insensitively.
@@ -168,6 +175,7 @@ impl Reject {
             Reject::Malformed | Reject::NotWebSocket | Reject::BadKey => "HTTP/1.1 400 Bad Request",
             Reject::NotGet => "HTTP/1.1 405 Method Not Allowed",
             Reject::PlainHttp | Reject::BadVersion => "HTTP/1.1 426 Upgrade Required",
+            Reject::Page => "HTTP/1.1 200 OK",
         }
     }
 
@@ -175,6 +183,7 @@ impl Reject {
     /// body for whoever reads it with curl. The connection closes after it.
     pub fn response(self) -> String {
         let (extra_header, body) = match self {
+            Reject::Page => return crate::page::response(),
             Reject::HeadTooLarge => ("", "request head over 8 KiB\n"),
             Reject::Malformed => ("", "not an HTTP/1.1 request\n"),
             Reject::NotGet => ("Allow: GET\r\n", "a WebSocket handshake is a GET\n"),
@@ -298,12 +307,13 @@ mod tests {
     /// Each bad request (not GET, not HTTP/1.1, no upgrade, bad version, bad key) has its reason.
     #[test]
     fn refusals_map_to_their_status() {
-        let cases: [(&str, Reject); 9] = [
+        let cases: [(&str, Reject); 10] = [
             (
                 "POST / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
                 Reject::NotGet,
             ),
-            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", Reject::PlainHttp),
+            ("GET /x HTTP/1.1\r\nHost: x\r\n\r\n", Reject::PlainHttp),
+            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", Reject::Page),
             (
                 "GET / HTTP/1.0\r\nUpgrade: websocket\r\n\r\n",
                 Reject::Malformed,

@@ -15,10 +15,12 @@
 //! - `frame.rs`: the frame decoder and the lazy per-connection state ([`frame::Partial`]).
 //! - `timer.rs`: the deadlines that close clients too slow to finish a handshake or a close.
 //! - `epoll.rs`: the epoll wrapper, the same file as step05's.
+//! - `page.rs`: the page a browser gets for a plain `GET /`, to try the server from a tab.
 
 mod epoll;
 pub mod frame;
 pub mod handshake;
+mod page;
 mod timer;
 
 use std::io::{self, Read, Write};

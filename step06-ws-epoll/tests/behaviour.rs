@@ -85,3 +85,9 @@ fn bad_handshake_refused() {
 fn an_idle_connection_costs_under_128_bytes() {
     ws::idle_connection_cost_within(BIN, &[], 2000, ..128);
 }
+
+/// stdout closed (`step06-ws-epoll | head -1`): the memory line is lost, the server serves on.
+#[test]
+fn survives_stdout_closed() {
+    ws::survives_stdout_closed(BIN, &[]);
+}

@@ -32,9 +32,10 @@ fn echoes_200_concurrent_clients() {
 /// A 4 MiB message comes back intact, through partial writes, with both read-buffer sizes.
 #[test]
 fn echoes_4_mib_intact_through_partial_writes() {
-    // Under tungstenite's own limits (64 MiB a message, 16 MiB a frame), no flag needed.
-    ws::large_message_echoed_intact(BIN, DEFAULT, 4 << 20);
-    ws::large_message_echoed_intact(BIN, SMALL, 4 << 20);
+    // Over the default --max-message (1 MiB, as step06's), so the limit is raised.
+    ws::large_message_echoed_intact(BIN, &["--max-message", "4194304"], 4 << 20);
+    let small_and_large = [SMALL, &["--max-message", "4194304"]].concat();
+    ws::large_message_echoed_intact(BIN, &small_and_large, 4 << 20);
 }
 
 /// A client that sends without reading neither stalls the others nor grows the server.
@@ -98,22 +99,14 @@ fn close_handshake_answered() {
     ws::close_handshake_answered(BIN, DEFAULT);
 }
 
-/// A frame over tungstenite's 16 MiB frame limit, or a message over its 64 MiB message limit
-/// in frames under 16 MiB, ends that connection and is never echoed; the others are served.
-/// Breaks if either limit is removed (the echo comes back to a client that accepts it).
+/// A message over --max-message (1 MiB by default), in one frame or in fragments, is
+/// answered with close code 1009 and never echoed, even to a client that would accept it;
+/// the others are served. Breaks if the limit is removed, or if the step hangs up without
+/// saying why.
 #[test]
-fn oversized_frame_or_message_never_echoed() {
-    ws::oversized_message_never_echoed(BIN, DEFAULT, (16 << 20) + 1, 1);
-    ws::oversized_message_never_echoed(BIN, DEFAULT, (64 << 20) + 1, 5);
-}
-
-/// The same, answered with close code 1009 ("message too big") as RFC 6455 asks.
-#[test]
-#[ignore = "step07 hangs up on an oversized message without a close frame; remove this line \
-            when it sends 1009"]
-fn oversized_frame_or_message_closed_with_1009() {
-    ws::oversized_message_closed_with_1009(BIN, DEFAULT, (16 << 20) + 1, 1);
-    ws::oversized_message_closed_with_1009(BIN, DEFAULT, (64 << 20) + 1, 5);
+fn oversized_message_closed_with_1009() {
+    ws::oversized_message_closed_with_1009(BIN, DEFAULT, (1 << 20) + 1, 1);
+    ws::oversized_message_closed_with_1009(BIN, DEFAULT, (1 << 20) + 1, 3);
 }
 
 /// A request that is not a WebSocket upgrade is refused, and the server keeps serving.
@@ -140,4 +133,10 @@ fn silent_client_dropped_after_handshake_timeout() {
         Err(err) => panic!("the silent client was not dropped: {err}"),
     }
     server.wait_for_memory_line(0);
+}
+
+/// stdout closed (`step07-tokio | head -1`): the memory line is lost, the server serves on.
+#[test]
+fn survives_stdout_closed() {
+    ws::survives_stdout_closed(BIN, DEFAULT);
 }

@@ -423,22 +423,6 @@ pub fn oversized_message_closed_with_1009(bin: &str, extra: &[&str], len: usize,
     }
 }
 
-/// A message of `len` bytes, over the step's limit, sent in `fragments` frames, ends that
-/// connection (with a close frame or without) and is never echoed, even to a client that
-/// accepts messages of any size; every other connection is still served.
-/// Breaks if the step's frame or message limit is removed (the echo comes back).
-pub fn oversized_message_never_echoed(bin: &str, extra: &[&str], len: usize, fragments: usize) {
-    if let Ok(answer @ (Message::Text(_) | Message::Binary(_))) =
-        answer_to_an_oversized_message(bin, extra, len, fragments)
-    {
-        panic!(
-            "a {len}-byte message, over the limit, was answered with a {}-byte {} message",
-            answer.len(),
-            kind(&answer)
-        );
-    }
-}
-
 /// Send a `len`-byte binary message in `fragments` frames from a client without size limits,
 /// and return what comes back first (pings and pongs skipped). Checks that the step does not
 /// leave the connection open and silent, stays up, and still echoes a bystander.
@@ -536,4 +520,44 @@ pub fn bad_handshake_refused(bin: &str, extra: &[&str]) {
         &mut client,
         Message::text("a good handshake after the bad ones"),
     );
+}
+
+/// With its stdout closed, the step keeps serving WebSocket clients: a memory line that
+/// cannot be printed is lost, not fatal.
+pub fn survives_stdout_closed(bin: &str, extra: &[&str]) {
+    crate::check_stdout_closed(bin, extra, |server| {
+        let mut client = connect(server);
+        assert_echo(
+            &mut client,
+            Message::text("still serving with stdout closed"),
+        );
+    });
+}
+
+/// One frame in wire format, built byte by byte so that a check can break any rule:
+/// `masked` as every client frame must be (RFC 6455 §5.3), or not; any opcode; a final
+/// fragment or not. The length takes the shortest of its three encodings.
+pub fn raw_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut wire = vec![(u8::from(fin) << 7) | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => wire.push(mask_bit | n as u8),
+        n @ 126..=0xffff => {
+            wire.push(mask_bit | 126);
+            wire.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            wire.push(mask_bit | 127);
+            wire.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if !masked {
+        wire.extend_from_slice(payload);
+        return wire;
+    }
+    // Any mask will do; a fixed one keeps the checks repeatable.
+    let mask = *b"mask";
+    wire.extend_from_slice(&mask);
+    wire.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    wire
 }
