@@ -193,6 +193,16 @@ fn refused_handshakes_get_their_status() {
             "HTTP/1.1 400 Bad Request\r\n",
         ),
         (
+            "no Host",
+            upgrade_request().replace("Host: 127.0.0.1\r\n", ""),
+            "HTTP/1.1 400 Bad Request\r\n",
+        ),
+        (
+            "two Host headers",
+            upgrade_request().replace("Host: 127.0.0.1\r\n", "Host: a\r\nHost: b\r\n"),
+            "HTTP/1.1 400 Bad Request\r\n",
+        ),
+        (
             "plain GET /",
             "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_string(),
             "HTTP/1.1 426 Upgrade Required\r\n",
@@ -219,7 +229,7 @@ fn refused_handshakes_get_their_status() {
             version.contains("\r\nSec-WebSocket-Version: 13\r\n"),
             "{version}"
         );
-        let plain = http_answer(&server, cases[7].1.as_bytes());
+        let plain = http_answer(&server, cases[9].1.as_bytes());
         assert!(
             plain.contains("WebSocket"),
             "the plain GET answer says what this is:\n{plain}"
@@ -357,6 +367,45 @@ fn broken_frames_get_their_close_code() {
         expect_close(&mut client, code, what);
         assert_echo(&mut bystander, what);
     }
+}
+
+/// A frame header announcing a huge length costs only the bytes that came: nothing is
+/// reserved up front, whatever `--max-message` allows, and the server serves on. A length
+/// with its top bit set (RFC 6455, section 5.2 forbids it) gets 1002.
+#[test]
+fn a_huge_announced_length_reserves_nothing() {
+    let mut server = Server::start(BIN, &["--max-message", &usize::MAX.to_string()]);
+    let mut bystander = open(&server);
+    let before = server.rss_bytes();
+    let mut quiet = Vec::new();
+    for len in [1u64 << 40, (1 << 63) - 1] {
+        let mut client = open(&server);
+        let mut bytes = header_announcing(len);
+        bytes.extend_from_slice(&[0x55; 1000]);
+        client.write_all(&bytes).unwrap();
+        assert_echo(
+            &mut bystander,
+            &format!("after a header announcing {len} bytes"),
+        );
+        quiet.push(client);
+    }
+    assert!(server.is_running(), "the server died: {}", server.stderr());
+    let grown = server.rss_bytes().saturating_sub(before);
+    assert!(grown < 16 << 20, "the server grew by {grown} bytes");
+    for len in [1u64 << 63, u64::MAX] {
+        let mut client = open(&server);
+        client.write_all(&header_announcing(len)).unwrap();
+        expect_close(&mut client, 1002, &format!("a length of {len}"));
+        assert_echo(&mut bystander, "after a forbidden length");
+    }
+}
+
+/// The 14-byte header of a masked binary frame announcing `len` payload bytes.
+fn header_announcing(len: u64) -> Vec<u8> {
+    let mut header = vec![0x82, 0x80 | 127];
+    header.extend_from_slice(&len.to_be_bytes());
+    header.extend_from_slice(&[0xa1, 0x02, 0xc3, 0x74]);
+    header
 }
 
 /// The close handshake: a valid code is echoed, an empty close gets an empty close, and
