@@ -5,6 +5,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+use common::sys::cvt;
+
 /// Interest in reading: the peer sent bytes, or closed.
 pub(crate) const READABLE: u32 = libc::EPOLLIN as u32;
 /// Interest in writing: the kernel's send buffer has room again.
@@ -75,14 +77,5 @@ impl Epoll {
         // SAFETY: the kernel initialised the first `n` events (n <= max <= capacity).
         unsafe { events.set_len(n as usize) };
         Ok(n as usize)
-    }
-}
-
-/// Turn a C-style return value (-1 and errno on failure) into an `io::Result`.
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
     }
 }
