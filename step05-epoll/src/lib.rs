@@ -35,6 +35,11 @@ enum Next {
     Close,
 }
 
+/// The read budget: one read of at most this many bytes per connection per wake-up. A
+/// connection with more to read is reported again on the next round (level-triggered),
+/// after every other ready connection has had its turn: one busy client starves nobody.
+const READ_BUDGET: usize = 64 * 1024;
+
 /// How long to stop accepting when the process is out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -50,7 +55,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
     let mut open = 0;
     // One read buffer for every connection: a connection holds bytes only while the
     // kernel would not take its echo.
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; READ_BUDGET];
     let mut events = Vec::with_capacity(1024);
     // Set while we are out of file descriptors and not accepting.
     let mut accept_paused_until: Option<Instant> = None;
@@ -171,7 +176,8 @@ fn accept_all(
 /// Read what the peer sent and echo it.
 ///
 /// Level-triggered: epoll reports this socket again on the next wait while unread bytes
-/// remain, so one read per wake-up is enough, and fair to the other connections.
+/// remain, so one read per wake-up is enough, and fair to the other connections: that read
+/// is the connection's budget ([`READ_BUDGET`]).
 fn handle_readable(conn: &mut Conn, buf: &mut [u8]) -> io::Result<Next> {
     let n = match conn.stream.read(buf) {
         Ok(0) => return Ok(Next::Close),

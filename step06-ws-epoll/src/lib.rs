@@ -108,6 +108,11 @@ struct Shared {
     config: Config,
 }
 
+/// The read budget: one read of at most this many bytes per connection per wake-up. A
+/// connection with more to read is reported again on the next round (level-triggered),
+/// after every other ready connection has had its turn: one busy client starves nobody.
+const READ_BUDGET: usize = 64 * 1024;
+
 /// How long to stop accepting when the process is out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -122,7 +127,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
     let mut connections: Vec<Option<Conn>> = Vec::new();
     let mut open = 0;
     let mut shared = Shared {
-        buf: vec![0u8; 64 * 1024],
+        buf: vec![0u8; READ_BUDGET],
         out: Vec::new(),
         timers: Timers::new(config.timeout),
         config,
@@ -261,7 +266,8 @@ fn accept_all(
 /// Read what the peer sent and answer it: the handshake, then frames.
 ///
 /// Level-triggered: epoll reports this socket again on the next wait while unread bytes
-/// remain, so one read per wake-up is enough, and fair to the other connections.
+/// remain, so one read per wake-up is enough, and fair to the other connections: that read
+/// is the connection's budget ([`READ_BUDGET`]).
 fn handle_readable(conn: &mut Conn, fd: RawFd, shared: &mut Shared) -> io::Result<Next> {
     let n = match conn.stream.read(&mut shared.buf) {
         Ok(0) => return Ok(Next::Close),

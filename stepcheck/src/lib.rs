@@ -267,6 +267,76 @@ pub fn check_fd_exhaustion(
     }
 }
 
+/// Flood one connection and check that a fresh client is served in the middle of it.
+///
+/// `flooder` is connected (and upgraded, for WebSocket) already. One thread writes `chunk`
+/// `chunks` times as fast as the kernel takes it, another reads every reply (the server
+/// answers each chunk with `reply_per_chunk` bytes), so the flood never stalls on a full
+/// buffer: a loop that read this connection until it was empty would serve nobody else
+/// until the flood ends. Once the flood is under way, `serve_fresh` connects a new client
+/// and does one full exchange. The check counts, not times: when that exchange is done,
+/// the flooder must have had less than half of its replies. A server with a read budget
+/// per wake-up serves the fresh client within a round or two.
+pub fn check_flood_fairness(
+    flooder: TcpStream,
+    chunk: &[u8],
+    chunks: usize,
+    reply_per_chunk: usize,
+    serve_fresh: impl FnOnce(),
+) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let total = chunks * reply_per_chunk;
+    let replies = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut writer = flooder.try_clone().expect("clone the flooder's socket");
+    let chunk = chunk.to_vec();
+    let stop_writing = Arc::clone(&stop);
+    let writing = thread::spawn(move || {
+        for _ in 0..chunks {
+            if stop_writing.load(Ordering::Relaxed) || writer.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let mut reader = flooder.try_clone().expect("clone the flooder's socket");
+    let counted = Arc::clone(&replies);
+    let reading = thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        // Ends at end of file or an error: the shutdown below, or PATIENCE without a byte.
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            if counted.fetch_add(n, Ordering::Relaxed) + n >= total {
+                break;
+            }
+        }
+    });
+
+    // Wait until the server is busy with the flood.
+    let deadline = Instant::now() + PATIENCE;
+    while replies.load(Ordering::Relaxed) < 2 * reply_per_chunk {
+        assert!(
+            Instant::now() < deadline,
+            "no reply to the flood within {PATIENCE:?}"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    serve_fresh();
+    let replied = replies.load(Ordering::Relaxed);
+
+    // Stop the flood: the shutdown wakes both threads at once.
+    stop.store(true, Ordering::Relaxed);
+    let _ = flooder.shutdown(std::net::Shutdown::Both);
+    writing.join().expect("the flood writer panicked");
+    reading.join().expect("the flood reader panicked");
+    assert!(
+        replied < total / 2,
+        "a fresh client waited for the flood: the flooder had {replied} of its {total} reply \
+         bytes before the fresh client's exchange was done (a read budget per wake-up serves \
+         it within a round or two)"
+    );
+}
+
 /// utime + stime of a process, in seconds.
 pub fn proc_cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
