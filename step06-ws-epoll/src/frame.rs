@@ -63,7 +63,8 @@ impl Partial {
         self.frame.is_empty() && self.message.is_none()
     }
 
-    /// Bytes this connection holds on the heap right now, for the curious.
+    /// Bytes this connection holds on the heap right now, as allocated: what the loop
+    /// counts against `--max-buffered`.
     pub fn heap_bytes(&self) -> usize {
         self.frame.capacity() + self.message.as_ref().map_or(0, |m| m.payload.capacity())
     }

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use common::MemoryMeter;
 use common::sys::{client_gone, interrupted, is_disconnect, out_of_resources, would_block};
+use tungstenite::protocol::frame::coding::CloseCode;
 
 use epoll::{Epoll, READABLE, WRITABLE};
 use frame::{Flow, Partial};
@@ -38,9 +39,25 @@ use timer::{Deadline, Timers};
 pub struct Config {
     /// The largest message (all its fragments together) we accept; bigger → close 1009.
     pub max_message: usize,
-    /// How long a client may take to send its whole request head, and, once we have sent our
-    /// close, to read it and hang up. Past it, we close the connection.
+    /// The most bytes all connections together may hold: unfinished frames, fragmented
+    /// messages, output the kernel would not take yet. The connection whose bytes would
+    /// pass it is closed with 1009.
+    pub max_buffered: usize,
+    /// How long a client may take to finish what it started: its request head, a frame or
+    /// a fragmented message, taking our output, and, once we have sent our close, hanging
+    /// up. Past it, we close the connection (408 during the handshake, 1008 after it).
     pub timeout: Duration,
+}
+
+impl Default for Config {
+    /// 1 MiB per message, 64 MiB in all, 10 s to finish anything.
+    fn default() -> Config {
+        Config {
+            max_message: 1 << 20,
+            max_buffered: 64 << 20,
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// One connection our own code speaks on. Kept small on purpose: this struct, times
@@ -72,9 +89,14 @@ enum State {
         /// When we give up on a client that is too slow to finish it (slowloris).
         deadline: Deadline,
     },
-    /// Upgraded: frames, decoded by `frame.rs`. `None` unless a frame or message is
-    /// unfinished.
-    Open { partial: Option<Box<Partial>> },
+    /// Upgraded: frames, decoded by `frame.rs`.
+    Open {
+        /// `None` unless a frame or message is unfinished.
+        partial: Option<Box<Partial>>,
+        /// While the connection holds bytes (`partial`, or unsent output): when it must
+        /// have finished something, or be closed (see [`hold_to_budget`]).
+        deadline: Deadline,
+    },
     /// We sent (or are sending) our last bytes: a close frame or an HTTP error.
     Closing {
         /// When we stop waiting for the client to hang up.
@@ -102,9 +124,12 @@ struct Shared {
     /// One output buffer for every connection: replies are put together here, and only
     /// what the kernel does not take at once is copied into the connection.
     out: Vec<u8>,
-    /// Connections that must do something by a deadline: finish their request head, or
-    /// hang up after our close.
+    /// Connections that must do something by a deadline: finish their request head, finish
+    /// what they hold, or hang up after our close.
     timers: Timers,
+    /// The bytes all connections hold right now (see [`held`]), kept under
+    /// `config.max_buffered`.
+    held: usize,
     config: Config,
 }
 
@@ -130,6 +155,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
         buf: vec![0u8; READ_BUDGET],
         out: Vec::new(),
         timers: Timers::new(config.timeout),
+        held: 0,
         config,
     };
     let mut events = Vec::with_capacity(1024);
@@ -143,7 +169,15 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             accept_paused_until = None;
             epoll.register(listener.as_raw_fd(), READABLE)?;
         }
-        expire(&mut shared.timers, &epoll, &mut connections, &mut open)?;
+        // Under connect/close churn most deadlines go stale long before they are due.
+        if shared.timers.is_mostly_stale(open) {
+            let live = connections
+                .iter()
+                .enumerate()
+                .filter_map(|(fd, conn)| Some((current_deadline(conn.as_ref()?)?, fd as RawFd)));
+            shared.timers.rebuild(live);
+        }
+        expire(&mut shared, &epoll, &mut connections, &mut open)?;
 
         // The timer: epoll_wait sleeps until a socket is ready or the timeout passes, so
         // the timeout is at most the time left until the earliest deadline.
@@ -195,21 +229,27 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             // We watch one direction at a time, so the connection's state says which
             // event this is. Errors and hang-ups are reported either way and surface as
             // a failed read or write.
+            let before = held(conn);
             let result = if conn.unsent.is_none() {
                 handle_readable(conn, fd, &mut shared)
             } else {
                 handle_writable(conn)
             };
+            shared.held = shared.held + held(conn) - before;
+            let result =
+                result.and_then(|next| hold_to_budget(conn, fd, before, next, &mut shared));
             match result {
                 Ok(Next::Continue) => {}
                 Ok(Next::WaitWritable) => epoll.modify(fd, WRITABLE)?,
                 Ok(Next::WaitReadable) => epoll.modify(fd, READABLE)?,
-                Ok(Next::Close) => close(&epoll, &mut connections, &mut open, fd)?,
+                Ok(Next::Close) => {
+                    close(&epoll, &mut connections, &mut open, &mut shared.held, fd)?
+                }
                 Err(err) => {
                     if !is_disconnect(&err) {
                         eprintln!("step06-ws-epoll: connection fd {fd}: {err}; closing it");
                     }
-                    close(&epoll, &mut connections, &mut open, fd)?;
+                    close(&epoll, &mut connections, &mut open, &mut shared.held, fd)?;
                 }
             }
         }
@@ -282,7 +322,9 @@ fn handle_readable(conn: &mut Conn, fd: RawFd, shared: &mut Shared) -> io::Resul
 
     let flow = match &mut conn.state {
         State::Handshaking { .. } => read_head(conn, input, out, shared.config.max_message),
-        State::Open { partial } => frame::decode(partial, input, shared.config.max_message, out),
+        State::Open { partial, .. } => {
+            frame::decode(partial, input, shared.config.max_message, out)
+        }
         // We said our last word and sent our FIN; what the client still sends is dropped
         // until it hangs up too (read returns 0 above).
         State::Closing { .. } => return Ok(Next::Continue),
@@ -292,10 +334,15 @@ fn handle_readable(conn: &mut Conn, fd: RawFd, shared: &mut Shared) -> io::Resul
         conn.state = State::Closing { deadline };
     }
 
-    let written = write_some(&mut conn.stream, &shared.out)?;
-    if written < shared.out.len() {
+    send(conn, &shared.out)
+}
+
+/// Write `out` as far as the kernel takes it now, from a connection we are reading.
+fn send(conn: &mut Conn, out: &[u8]) -> io::Result<Next> {
+    let written = write_some(&mut conn.stream, out)?;
+    if written < out.len() {
         // The kernel's send buffer is full: keep the rest and wait until it drains.
-        conn.unsent = Some(Box::new(shared.out[written..].to_vec()));
+        conn.unsent = Some(Box::new(out[written..].to_vec()));
         return Ok(Next::WaitWritable);
     }
     match all_sent(conn) {
@@ -342,7 +389,11 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, max_message: usiz
             let early = &bytes[upgrade.head_len..];
             let mut partial = None;
             let flow = frame::decode(&mut partial, early, max_message, out);
-            conn.state = State::Open { partial };
+            // The deadline matters only once bytes are held; `hold_to_budget` sets it then.
+            conn.state = State::Open {
+                partial,
+                deadline: 0,
+            };
             flow
         }
     }
@@ -389,32 +440,105 @@ fn all_sent(conn: &mut Conn) -> Next {
 }
 
 /// Close the connections whose deadline has passed: clients that never finished their
-/// request head (slowloris), or never hung up after our close.
+/// request head (slowloris), held bytes without finishing anything, or never hung up after
+/// our close.
 fn expire(
-    timers: &mut Timers,
+    shared: &mut Shared,
     epoll: &Epoll,
     connections: &mut [Option<Conn>],
     open: &mut usize,
 ) -> io::Result<()> {
-    let now = timers.now();
-    while let Some(fd) = timers.pop_due(now) {
-        // Most entries are stale: the connection finished its head long ago, or closed and
-        // its fd now belongs to a newer connection (whose own deadline is later). Only a
-        // connection whose own deadline has passed is closed.
+    let now = shared.timers.now();
+    while let Some(fd) = shared.timers.pop_due(now) {
+        // Many entries are stale: the connection finished its head or what it held long
+        // ago, or closed and its fd now belongs to a newer connection (whose own deadline
+        // is later). Only a connection whose own deadline has passed is closed.
         let Some(Some(conn)) = connections.get_mut(fd as usize) else {
             continue;
         };
+        if current_deadline(conn).is_none_or(|deadline| deadline > now) {
+            continue;
+        }
+        // Best effort: a slow client should learn why it is cut off.
         match conn.state {
-            State::Handshaking { deadline, .. } if deadline <= now => {
-                // Best effort: a slow client should learn why it is cut off.
+            State::Handshaking { .. } => {
                 let _ = conn.stream.write(handshake::TIMEOUT_RESPONSE.as_bytes());
             }
-            State::Closing { deadline } if deadline <= now => {}
-            _ => continue,
+            // 1008, "policy violation": it is not too big, it is too slow. (If our output
+            // is what it does not take, a close frame could not get past it anyway.)
+            State::Open { .. } if conn.unsent.is_none() => {
+                shared.out.clear();
+                frame::write_close(Some(CloseCode::Policy), b"", &mut shared.out);
+                let _ = conn.stream.write(&shared.out);
+            }
+            State::Open { .. } | State::Closing { .. } => {}
         }
-        close(epoll, connections, open, fd)?;
+        close(epoll, connections, open, &mut shared.held, fd)?;
     }
     Ok(())
+}
+
+/// The deadline a connection is held to right now, if any.
+fn current_deadline(conn: &Conn) -> Option<Deadline> {
+    match conn.state {
+        State::Handshaking { deadline, .. } | State::Closing { deadline } => Some(deadline),
+        State::Open { deadline, .. } if held(conn) > 0 => Some(deadline),
+        State::Open { .. } => None,
+    }
+}
+
+/// The bytes a connection holds and counts against `--max-buffered`: its unfinished frame
+/// and message, and its unsent output, as allocated. (A request head in pieces is not
+/// counted: `handshake::MAX_HEAD` bounds it, and the handshake timeout ends it.)
+fn held(conn: &Conn) -> usize {
+    let partial = match &conn.state {
+        State::Open {
+            partial: Some(partial),
+            ..
+        } => partial.heap_bytes(),
+        _ => 0,
+    };
+    partial + conn.unsent.as_ref().map_or(0, |unsent| unsent.capacity())
+}
+
+/// The budgets, after a connection's event, for a connection that held `before` bytes.
+///
+/// - Memory: if it grew and all connections together now hold more than `--max-buffered`,
+///   it is the one closed: 1009, "message too big" (to be held here, now). Its bytes go
+///   back at once, so the loop holds at most the budget plus what one event added.
+/// - Time: a connection that holds bytes must finish something (a frame, a message, its
+///   pending output) within `--timeout`. Its clock starts when it begins to hold bytes and
+///   starts again each time what it holds shrinks; `expire` closes it with 1008 if the
+///   clock runs out. A client that trickles one byte at a time never finishes anything.
+fn hold_to_budget(
+    conn: &mut Conn,
+    fd: RawFd,
+    before: usize,
+    next: Next,
+    shared: &mut Shared,
+) -> io::Result<Next> {
+    let after = held(conn);
+    let State::Open { deadline, .. } = &mut conn.state else {
+        return Ok(next);
+    };
+    if after > before && shared.held > shared.config.max_buffered {
+        conn.state = State::Closing {
+            deadline: shared.timers.set(fd),
+        };
+        conn.unsent = None;
+        shared.held -= after;
+        shared.out.clear();
+        frame::write_close(Some(CloseCode::Size), b"", &mut shared.out);
+        let next = send(conn, &shared.out);
+        shared.held += held(conn); // the close frame, if the kernel did not take it all
+        return next;
+    }
+    if before == 0 && after > 0 {
+        *deadline = shared.timers.set(fd);
+    } else if 0 < after && after < before {
+        shared.timers.restart(fd, deadline);
+    }
+    Ok(next)
 }
 
 /// Write as much of `bytes` as the kernel takes now, without blocking.
@@ -436,11 +560,14 @@ fn close(
     epoll: &Epoll,
     connections: &mut [Option<Conn>],
     open: &mut usize,
+    held_in_all: &mut usize,
     fd: RawFd,
 ) -> io::Result<()> {
     epoll.deregister(fd)?;
-    // Dropping the TcpStream closes the fd.
-    connections[fd as usize] = None;
+    // Dropping the TcpStream closes the fd, and gives back the bytes the connection held.
+    if let Some(conn) = connections[fd as usize].take() {
+        *held_in_all -= held(&conn);
+    }
     *open -= 1;
     Ok(())
 }

@@ -456,3 +456,67 @@ fn fragments_pings_and_frames_in_pieces() {
     }
     assert_eq!(read_frame(&mut client), (2, payload));
 }
+
+/// 100 clients that each send most of a 1 MiB frame and go quiet hold no more than
+/// `--max-buffered` together: each one that would pass it gets 1009 at once; the others,
+/// and a fragmented message left unfinished, get 1008 once `--timeout` passes. A bystander
+/// is served throughout.
+#[test]
+fn half_sent_frames_are_held_to_the_budget_and_the_timeout() {
+    const BUDGET: u64 = 16 << 20;
+    const CLIENTS: usize = 100;
+    let mut server = Server::start(
+        BIN,
+        &["--max-buffered", &BUDGET.to_string(), "--timeout", "2"],
+    );
+    let mut bystander = open(&server);
+    let base = server.peak_rss_bytes();
+
+    let mut fragment = open(&server);
+    fragment
+        .write_all(&frame(false, 1, b"the first half"))
+        .unwrap();
+    let mut most_of_a_frame = header_announcing(1 << 20);
+    most_of_a_frame.extend_from_slice(&vec![0x55; (1 << 20) - 1024]);
+    let quiet: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut client = open(&server);
+            client.write_all(&most_of_a_frame).unwrap();
+            client
+        })
+        .collect();
+    assert_echo(&mut bystander, "while 100 frames hang");
+
+    let mut codes = Vec::new();
+    for mut client in [fragment].into_iter().chain(quiet) {
+        let (opcode, payload) = read_frame(&mut client);
+        assert_eq!(opcode, 8, "a close frame, not {opcode} {payload:?}");
+        codes.push(u16::from_be_bytes([payload[0], payload[1]]));
+    }
+    let over_budget = codes.iter().filter(|&&code| code == 1009).count();
+    let timed_out = codes.iter().filter(|&&code| code == 1008).count();
+    assert_eq!(
+        over_budget + timed_out,
+        CLIENTS + 1,
+        "close codes: {codes:?}"
+    );
+    assert_eq!(
+        codes[0], 1008,
+        "the unfinished fragmented message: {codes:?}"
+    );
+    // Each quiet client held about 1 MiB: at most 16 of them fit in 16 MiB.
+    assert!(
+        timed_out <= 17,
+        "{timed_out} clients were held until the timeout"
+    );
+
+    let grown = server.peak_rss_bytes().saturating_sub(base);
+    assert!(
+        grown < BUDGET + (16 << 20),
+        "the server's peak grew by {} MiB with a budget of {} MiB",
+        grown >> 20,
+        BUDGET >> 20
+    );
+    assert_echo(&mut bystander, "after the budget and the timeout");
+    assert!(server.is_running(), "{}", server.stderr());
+}

@@ -197,13 +197,24 @@ impl Server {
 
     /// The child's resident set in bytes, from the `VmRSS:` line of `/proc/PID/status`.
     pub fn rss_bytes(&self) -> u64 {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// The child's peak resident set so far ("high water mark"), from `VmHWM:`: memory
+    /// held for a moment counts even if it was given back since.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        self.status_bytes("VmHWM:")
+    }
+
+    /// A `... kB` line of `/proc/PID/status`, in bytes.
+    fn status_bytes(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("the step's /proc status");
         let kib: u64 = status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("a VmRSS line");
+            .unwrap_or_else(|| panic!("a {field} line in /proc/PID/status"));
         kib * 1024
     }
 }
