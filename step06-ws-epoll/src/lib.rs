@@ -23,7 +23,7 @@ mod timer;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use common::MemoryMeter;
@@ -145,7 +145,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let epoll = Epoll::new()?;
-    epoll.register(listener.as_raw_fd(), READABLE)?;
+    epoll.register(listener.as_fd(), READABLE)?;
 
     // The fd is the connection's token and its index here: the kernel hands out the lowest
     // free fd, so the fds of live connections are dense and this Vec has few holes.
@@ -167,7 +167,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
 
         if accept_paused_until.is_some_and(|until| Instant::now() >= until) {
             accept_paused_until = None;
-            epoll.register(listener.as_raw_fd(), READABLE)?;
+            epoll.register(listener.as_fd(), READABLE)?;
         }
         // Under connect/close churn most deadlines go stale long before they are due.
         if shared.timers.is_mostly_stale(open) {
@@ -177,7 +177,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
                 .filter_map(|(fd, conn)| Some((current_deadline(conn.as_ref()?)?, fd as RawFd)));
             shared.timers.rebuild(live);
         }
-        expire(&mut shared, &epoll, &mut connections, &mut open)?;
+        expire(&mut shared, &epoll, &mut connections, &mut open);
 
         // The timer: epoll_wait sleeps until a socket is ready or the timeout passes, so
         // the timeout is at most the time left until the earliest deadline.
@@ -212,7 +212,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
                         eprintln!(
                             "step06-ws-epoll: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}"
                         );
-                        epoll.deregister(listener.as_raw_fd())?;
+                        epoll.deregister(listener.as_fd())?;
                         accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     }
                     Err(err) => return Err(err),
@@ -238,19 +238,23 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             shared.held = shared.held + held(conn) - before;
             let result =
                 result.and_then(|next| hold_to_budget(conn, fd, before, next, &mut shared));
-            match result {
-                Ok(Next::Continue) => {}
-                Ok(Next::WaitWritable) => epoll.modify(fd, WRITABLE)?,
-                Ok(Next::WaitReadable) => epoll.modify(fd, READABLE)?,
+            let result = match result {
+                Ok(Next::Continue) => Ok(()),
+                // Watching the other direction is a syscall that can fail on its own
+                // (ENOMEM): like a failed read or write, that closes this connection only.
+                Ok(Next::WaitWritable) => epoll.modify(conn.stream.as_fd(), WRITABLE),
+                Ok(Next::WaitReadable) => epoll.modify(conn.stream.as_fd(), READABLE),
                 Ok(Next::Close) => {
-                    close(&epoll, &mut connections, &mut open, &mut shared.held, fd)?
+                    close(&epoll, &mut connections, &mut open, &mut shared.held, fd);
+                    continue;
                 }
-                Err(err) => {
-                    if !is_disconnect(&err) {
-                        eprintln!("step06-ws-epoll: connection fd {fd}: {err}; closing it");
-                    }
-                    close(&epoll, &mut connections, &mut open, &mut shared.held, fd)?;
+                Err(err) => Err(err),
+            };
+            if let Err(err) = result {
+                if !is_disconnect(&err) {
+                    eprintln!("step06-ws-epoll: connection fd {fd}: {err}; closing it");
                 }
+                close(&epoll, &mut connections, &mut open, &mut shared.held, fd);
             }
         }
     }
@@ -279,7 +283,7 @@ fn accept_all(
         // fs.epoll.max_user_watches): close that one, keep serving the others.
         if let Err(err) = stream
             .set_nonblocking(true)
-            .and_then(|()| epoll.register(fd, READABLE))
+            .and_then(|()| epoll.register(stream.as_fd(), READABLE))
         {
             eprintln!("step06-ws-epoll: cannot set up connection fd {fd}: {err}; closing it");
             continue;
@@ -442,12 +446,7 @@ fn all_sent(conn: &mut Conn) -> Next {
 /// Close the connections whose deadline has passed: clients that never finished their
 /// request head (slowloris), held bytes without finishing anything, or never hung up after
 /// our close.
-fn expire(
-    shared: &mut Shared,
-    epoll: &Epoll,
-    connections: &mut [Option<Conn>],
-    open: &mut usize,
-) -> io::Result<()> {
+fn expire(shared: &mut Shared, epoll: &Epoll, connections: &mut [Option<Conn>], open: &mut usize) {
     let now = shared.timers.now();
     while let Some(fd) = shared.timers.pop_due(now) {
         // Many entries are stale: the connection finished its head or what it held long
@@ -473,9 +472,8 @@ fn expire(
             }
             State::Open { .. } | State::Closing { .. } => {}
         }
-        close(epoll, connections, open, &mut shared.held, fd)?;
+        close(epoll, connections, open, &mut shared.held, fd);
     }
-    Ok(())
 }
 
 /// The deadline a connection is held to right now, if any.
@@ -562,14 +560,18 @@ fn close(
     open: &mut usize,
     held_in_all: &mut usize,
     fd: RawFd,
-) -> io::Result<()> {
-    epoll.deregister(fd)?;
-    // Dropping the TcpStream closes the fd, and gives back the bytes the connection held.
-    if let Some(conn) = connections[fd as usize].take() {
-        *held_in_all -= held(&conn);
+) {
+    let conn = connections[fd as usize]
+        .take()
+        .expect("bug: closing a connection that is not open");
+    if let Err(err) = epoll.deregister(conn.stream.as_fd()) {
+        // Closing the socket's last fd takes it out of the interest list anyway.
+        eprintln!("step06-ws-epoll: epoll_ctl(DEL) fd {fd}: {err}; closing it anyway");
     }
     *open -= 1;
-    Ok(())
+    *held_in_all -= held(&conn);
+    // Dropping the TcpStream closes the fd, and gives back the bytes the connection held.
+    drop(conn);
 }
 
 #[cfg(test)]
