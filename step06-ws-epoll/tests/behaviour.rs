@@ -81,3 +81,9 @@ fn bad_handshake_refused() {
 fn a_ping_flood_does_not_starve_a_fresh_client() {
     ws::ping_flood_does_not_starve_a_fresh_client(BIN, &[]);
 }
+
+/// stdout closed (`step06-ws-epoll | head -1`): the memory line is lost, the server serves on.
+#[test]
+fn survives_stdout_closed() {
+    ws::survives_stdout_closed(BIN, &[]);
+}

@@ -115,3 +115,9 @@ fn silent_client_dropped_after_handshake_timeout() {
     }
     server.wait_for_memory_line(0);
 }
+
+/// stdout closed (`step07-tokio | head -1`): the memory line is lost, the server serves on.
+#[test]
+fn survives_stdout_closed() {
+    ws::survives_stdout_closed(BIN, DEFAULT);
+}

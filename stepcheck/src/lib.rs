@@ -50,7 +50,14 @@ impl Server {
     /// Start `bin --addr 127.0.0.1:0 --json --report-every 0.1 EXTRA...` and wait for its
     /// `listening` line.
     pub fn start(bin: &str, extra: &[&str]) -> Server {
-        Server::spawn(Server::command(bin, extra))
+        Server::spawn(Server::command(bin, extra), true)
+    }
+
+    /// Like [`Server::start`], then close our end of the step's stdout once its `listening`
+    /// line is read, as `step | head -1` or a closed terminal would: every memory line
+    /// after that meets a broken pipe.
+    pub fn start_with_stdout_closed(bin: &str, extra: &[&str]) -> Server {
+        Server::spawn(Server::command(bin, extra), false)
     }
 
     /// Like [`Server::start`], with the child's open-file limit (soft and hard) set to
@@ -71,7 +78,7 @@ impl Server {
                 Ok(())
             });
         }
-        Server::spawn(command)
+        Server::spawn(command, true)
     }
 
     fn command(bin: &str, extra: &[&str]) -> Command {
@@ -85,7 +92,9 @@ impl Server {
         command
     }
 
-    fn spawn(mut command: Command) -> Server {
+    /// Start `command`; `keep_stdout: false` stops reading (and closes) its stdout after
+    /// the first line.
+    fn spawn(mut command: Command, keep_stdout: bool) -> Server {
         let mut child = command
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}"));
@@ -110,8 +119,8 @@ impl Server {
                 let Ok(line) = line else { break };
                 let value = serde_json::from_str(&line)
                     .unwrap_or_else(|err| panic!("stdout line is not JSON ({err}): {line}"));
-                if tx.send(value).is_err() {
-                    break;
+                if tx.send(value).is_err() || !keep_stdout {
+                    break; // dropping `stdout` closes the pipe
                 }
             }
         });
@@ -353,6 +362,26 @@ pub fn check_flood_fairness(
          bytes before the fresh client's exchange was done (a read budget per wake-up serves \
          it within a round or two)"
     );
+}
+
+/// A memory line never takes the step down: with its stdout closed (`step | head -1`),
+/// the step gets EPIPE on every memory line, and must keep serving. One connection is held
+/// and then closed, so that the count changes twice and two lines meet the broken pipe;
+/// then `serve_one` (one client's full exchange) must succeed.
+pub fn check_stdout_closed(bin: &str, extra: &[&str], serve_one: impl Fn(&Server)) {
+    let mut server = Server::start_with_stdout_closed(bin, extra);
+    // `--report-every 0.1`: a line is due within 0.1 s of each change; wait several.
+    let held = server.connect();
+    thread::sleep(Duration::from_millis(500));
+    drop(held);
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        server.is_running(),
+        "the step died when a memory line met a closed stdout:\n{}",
+        server.stderr()
+    );
+    serve_one(&server);
+    assert!(server.is_running(), "{}", server.stderr());
 }
 
 /// utime + stime of a process, in seconds.

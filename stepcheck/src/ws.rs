@@ -465,3 +465,15 @@ pub fn ping_flood_does_not_starve_a_fresh_client(bin: &str, extra: &[&str]) {
         assert_echo(&mut fresh, Message::text("served during a flood"));
     });
 }
+
+/// With its stdout closed, the step keeps serving WebSocket clients: a memory line that
+/// cannot be printed is lost, not fatal.
+pub fn survives_stdout_closed(bin: &str, extra: &[&str]) {
+    crate::check_stdout_closed(bin, extra, |server| {
+        let mut client = connect(server);
+        assert_echo(
+            &mut client,
+            Message::text("still serving with stdout closed"),
+        );
+    });
+}
