@@ -11,8 +11,8 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use common::MemoryMeter;
 use common::sys::{client_gone, cvt, interrupted, is_disconnect, out_of_resources, would_block};
+use common::{MemoryMeter, RateLimitedLog};
 
 /// One connection. Kept small on purpose: this struct, times 10 000, is most of what an
 /// idle connection costs us.
@@ -53,6 +53,8 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
     let mut buf = vec![0u8; READ_BUDGET];
     // Set while we are out of file descriptors and not accepting.
     let mut accept_paused_until: Option<Instant> = None;
+    // Out of fds, accept fails ten times a second: say so once a second, with a count.
+    let mut accept_log = RateLimitedLog::per_second();
     let mut refusals = Refusals::default();
 
     loop {
@@ -133,9 +135,11 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
                     // The listener stays readable while connections wait in its queue, so
                     // the next select would return at once, fail again and spin. Stop
                     // watching it for a moment; the clients wait in the kernel.
-                    eprintln!(
-                        "step03-select: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}"
-                    );
+                    accept_log.log(|| {
+                        format!(
+                            "step03-select: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}"
+                        )
+                    });
                     accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                 }
                 Err(err) => return Err(err),

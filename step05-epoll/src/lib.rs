@@ -14,8 +14,8 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use common::MemoryMeter;
 use common::sys::{client_gone, interrupted, is_disconnect, out_of_resources, would_block};
+use common::{MemoryMeter, RateLimitedLog};
 
 use epoll::{Epoll, READABLE, WRITABLE};
 
@@ -65,6 +65,8 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
     let mut events = Vec::with_capacity(1024);
     // Set while we are out of file descriptors and not accepting.
     let mut accept_paused_until: Option<Instant> = None;
+    // Out of fds, accept fails ten times a second: say so once a second, with a count.
+    let mut accept_log = RateLimitedLog::per_second();
 
     loop {
         meter.tick(open);
@@ -98,9 +100,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
                         // The listener stays readable while connections wait in its queue,
                         // so a level-triggered loop would wake at once, fail again and spin.
                         // Stop watching it for a moment; the clients wait in the kernel.
-                        eprintln!(
-                            "step05-epoll: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}"
-                        );
+                        accept_log.log(|| format!("step05-epoll: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}"));
                         epoll.deregister(listener.as_fd())?;
                         accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     }

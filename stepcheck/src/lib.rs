@@ -267,8 +267,10 @@ pub fn check_fd_exhaustion(
     thread::sleep(Duration::from_millis(500));
 
     let cpu_before = server.cpu_seconds();
+    let lines_before = server.stderr().lines().count();
     thread::sleep(Duration::from_secs(2));
     let cpu_used = server.cpu_seconds() - cpu_before;
+    let logged = server.stderr().lines().count() - lines_before;
     assert!(
         server.is_running(),
         "the server died at the fd limit:\n{}",
@@ -277,6 +279,12 @@ pub fn check_fd_exhaustion(
     assert!(
         cpu_used < 0.5,
         "the server used {cpu_used:.2} s of CPU in 2 s at the fd limit: it is spinning on accept"
+    );
+    // One line a second, with a count of the ones held back; 2 s may hold 3 starts of one.
+    assert!(
+        logged <= 3,
+        "the server logged {logged} lines in 2 s at the fd limit (at most one a second):\n{}",
+        server.stderr()
     );
 
     drop(clients);
