@@ -520,3 +520,39 @@ fn half_sent_frames_are_held_to_the_budget_and_the_timeout() {
     assert_echo(&mut bystander, "after the budget and the timeout");
     assert!(server.is_running(), "{}", server.stderr());
 }
+
+/// A client that never reads our echo holds it in our memory (unsent output) without
+/// progress: once `--timeout` passes it is closed, and the echo it never took is dropped.
+#[test]
+fn a_client_that_never_takes_its_echo_is_closed_after_the_timeout() {
+    // More than loopback's socket buffers can hold (a few MiB each way), so the rest of the
+    // echo must wait in the server.
+    const LEN: usize = 16 << 20;
+    let server = Server::start(
+        BIN,
+        &["--max-message", &(2 * LEN).to_string(), "--timeout", "1"],
+    );
+    let mut bystander = open(&server);
+    let mut client = open(&server);
+    client.write_all(&frame(true, 2, &vec![7; LEN])).unwrap();
+    assert_echo(&mut bystander, "while another client does not read");
+
+    // Read nothing until the server gives up (its memory line counts the bystander only),
+    // then everything the kernel still holds.
+    server.wait_for_memory_line(2);
+    server.wait_for_memory_line(1);
+    let mut got = Vec::new();
+    match client.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(err) if err.kind() == ErrorKind::ConnectionReset => {}
+        Err(err) => {
+            panic!("the server still holds the connection of a client that does not read: {err}")
+        }
+    }
+    assert!(
+        got.len() < LEN,
+        "the whole echo arrived ({} bytes): nothing was held",
+        got.len()
+    );
+    assert_echo(&mut bystander, "after the non-reader was closed");
+}
