@@ -43,19 +43,22 @@ pub struct Config {
     /// messages, output the kernel would not take yet. The connection whose bytes would
     /// pass it is closed with 1009.
     pub max_buffered: usize,
-    /// How long a client may take to finish what it started: its request head, a frame or
-    /// a fragmented message, taking our output, and, once we have sent our close, hanging
-    /// up. Past it, we close the connection (408 during the handshake, 1008 after it).
+    /// How long a client may take to send its whole request head, and, once we have sent
+    /// our close, to read it and hang up. Past it, we close the connection (408 for a head).
     pub timeout: Duration,
+    /// How long a connection may hold bytes without finishing anything (a frame, a message,
+    /// taking its pending output). Past it, we close the connection with 1008.
+    pub stall_timeout: Duration,
 }
 
 impl Default for Config {
-    /// 1 MiB per message, 64 MiB in all, 10 s to finish anything.
+    /// 1 MiB per message, 64 MiB in all, 10 s for a handshake, 10 s to finish anything held.
     fn default() -> Config {
         Config {
             max_message: 1 << 20,
             max_buffered: 64 << 20,
             timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -124,9 +127,11 @@ struct Shared {
     /// One output buffer for every connection: replies are put together here, and only
     /// what the kernel does not take at once is copied into the connection.
     out: Vec<u8>,
-    /// Connections that must do something by a deadline: finish their request head, finish
-    /// what they hold, or hang up after our close.
+    /// Connections that must do something by a deadline: finish their request head, or
+    /// hang up after our close.
     timers: Timers,
+    /// Connections that hold bytes: the deadline by which they must finish something.
+    stalls: Timers,
     /// The bytes all connections hold right now (see [`held`]), kept under
     /// `config.max_buffered`.
     held: usize,
@@ -151,10 +156,12 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
     // free fd, so the fds of live connections are dense and this Vec has few holes.
     let mut connections: Vec<Option<Conn>> = Vec::new();
     let mut open = 0;
+    let timers = Timers::new(config.timeout);
     let mut shared = Shared {
         buf: vec![0u8; READ_BUDGET],
         out: Vec::new(),
-        timers: Timers::new(config.timeout),
+        stalls: timers.with_timeout(config.stall_timeout),
+        timers,
         held: 0,
         config,
     };
@@ -172,12 +179,15 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             epoll.register(listener.as_fd(), READABLE)?;
         }
         // Under connect/close churn most deadlines go stale long before they are due.
-        if shared.timers.is_mostly_stale(open) {
-            let live = connections
-                .iter()
-                .enumerate()
-                .filter_map(|(fd, conn)| Some((current_deadline(conn.as_ref()?)?, fd as RawFd)));
-            shared.timers.rebuild(live);
+        for (timers, stalls) in [(&mut shared.timers, false), (&mut shared.stalls, true)] {
+            if timers.is_mostly_stale(open) {
+                timers.rebuild(connections.iter().enumerate().filter_map(|(fd, conn)| {
+                    let conn = conn.as_ref()?;
+                    let live = current_deadline(conn)?;
+                    (matches!(conn.state, State::Open { .. }) == stalls)
+                        .then_some((live, fd as RawFd))
+                }));
+            }
         }
         expire(&mut shared, &epoll, &mut connections, &mut open);
 
@@ -187,8 +197,8 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             Some(until) => until.saturating_duration_since(Instant::now()),
             None => meter.period(),
         };
-        if let Some(left) = shared.timers.time_left() {
-            timeout = timeout.min(left);
+        for left in [shared.timers.time_left(), shared.stalls.time_left()] {
+            timeout = timeout.min(left.unwrap_or(Duration::MAX));
         }
 
         match epoll.wait(&mut events, timeout) {
@@ -448,7 +458,11 @@ fn all_sent(conn: &mut Conn) -> Next {
 /// our close.
 fn expire(shared: &mut Shared, epoll: &Epoll, connections: &mut [Option<Conn>], open: &mut usize) {
     let now = shared.timers.now();
-    while let Some(fd) = shared.timers.pop_due(now) {
+    while let Some(fd) = shared
+        .timers
+        .pop_due(now)
+        .or_else(|| shared.stalls.pop_due(now))
+    {
         // Many entries are stale: the connection finished its head or what it held long
         // ago, or closed and its fd now belongs to a newer connection (whose own deadline
         // is later). Only a connection whose own deadline has passed is closed.
@@ -505,7 +519,7 @@ fn held(conn: &Conn) -> usize {
 ///   it is the one closed: 1009, "message too big" (to be held here, now). Its bytes go
 ///   back at once, so the loop holds at most the budget plus what one event added.
 /// - Time: a connection that holds bytes must finish something (a frame, a message, its
-///   pending output) within `--timeout`. Its clock starts when it begins to hold bytes and
+///   pending output) within `--stall-timeout`. Its clock starts when it begins to hold bytes and
 ///   starts again each time what it holds shrinks; `expire` closes it with 1008 if the
 ///   clock runs out. A client that trickles one byte at a time never finishes anything.
 fn hold_to_budget(
@@ -532,9 +546,9 @@ fn hold_to_budget(
         return next;
     }
     if before == 0 && after > 0 {
-        *deadline = shared.timers.set(fd);
+        *deadline = shared.stalls.set(fd);
     } else if 0 < after && after < before {
-        shared.timers.restart(fd, deadline);
+        shared.stalls.restart(fd, deadline);
     }
     Ok(next)
 }

@@ -36,6 +36,16 @@ impl Timers {
         }
     }
 
+    /// A second queue, for deadlines set with another timeout, on the same clock (so a
+    /// deadline from either compares with `now()` from either).
+    pub(crate) fn with_timeout(&self, timeout: Duration) -> Timers {
+        Timers {
+            start: self.start,
+            timeout,
+            queue: VecDeque::new(),
+        }
+    }
+
     /// Set a deadline `timeout` from now for `fd`, rounded up to a whole second (so never
     /// sooner than the timeout).
     pub(crate) fn set(&mut self, fd: RawFd) -> Deadline {

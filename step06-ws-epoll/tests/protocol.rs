@@ -467,7 +467,12 @@ fn half_sent_frames_are_held_to_the_budget_and_the_timeout() {
     const CLIENTS: usize = 100;
     let mut server = Server::start(
         BIN,
-        &["--max-buffered", &BUDGET.to_string(), "--timeout", "2"],
+        &[
+            "--max-buffered",
+            &BUDGET.to_string(),
+            "--stall-timeout",
+            "2",
+        ],
     );
     let mut bystander = open(&server);
     let base = server.peak_rss_bytes();
@@ -530,7 +535,12 @@ fn a_client_that_never_takes_its_echo_is_closed_after_the_timeout() {
     const LEN: usize = 16 << 20;
     let server = Server::start(
         BIN,
-        &["--max-message", &(2 * LEN).to_string(), "--timeout", "1"],
+        &[
+            "--max-message",
+            &(2 * LEN).to_string(),
+            "--stall-timeout",
+            "1",
+        ],
     );
     let mut bystander = open(&server);
     let mut client = open(&server);
