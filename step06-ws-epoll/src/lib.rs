@@ -63,8 +63,8 @@ impl Default for Config {
     }
 }
 
-/// One connection our own code speaks on. Kept small on purpose: this struct, times
-/// 10 000, is most of what an idle connection costs us.
+/// One connection. Kept small on purpose: this struct, times 10 000, is most of what an
+/// idle connection costs us.
 #[expect(
     clippy::box_collection,
     reason = "Option<Box<Vec>> is 8 bytes when idle, a Vec 24: the extra allocation happens only while bytes are pending"
@@ -135,6 +135,7 @@ struct Shared {
     /// The bytes all connections hold right now (see [`held`]), kept under
     /// `config.max_buffered`.
     held: usize,
+    /// The step's settings: the message size, the budget, the timeouts.
     config: Config,
 }
 
