@@ -13,9 +13,14 @@
 //!
 //! - `handshake.rs`: the HTTP upgrade: parse the request head, answer `101` or refuse.
 //! - `frame.rs`: the frame decoder and the lazy per-connection state ([`frame::Partial`]).
-//! - `timer.rs`: the deadlines that close clients too slow to finish a handshake or a close.
+//! - `timer.rs`: the deadlines that close clients too slow to finish a handshake, what they
+//!   hold, or a close.
 //! - `epoll.rs`: the epoll wrapper, the same file as step05's.
+//!
+//! And `budget.rs`, the loop's accounting after each event: how many bytes all connections
+//! may hold, and for how long (it closes the connection that goes past either).
 
+mod budget;
 mod epoll;
 pub mod frame;
 pub mod handshake;
@@ -30,6 +35,7 @@ use common::sys::{client_gone, interrupted, is_disconnect, out_of_resources, wou
 use common::{MemoryMeter, RateLimitedLog};
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use budget::{held, hold_to_budget};
 use epoll::{Epoll, READABLE, WRITABLE};
 use frame::{Flow, Partial};
 use timer::{Deadline, Timers};
@@ -97,7 +103,7 @@ enum State {
         /// `None` unless a frame or message is unfinished.
         partial: Option<Box<Partial>>,
         /// While the connection holds bytes (`partial`, or unsent output): when it must
-        /// have finished something, or be closed (see [`hold_to_budget`]).
+        /// have finished something, or be closed (see `budget.rs`).
         deadline: Deadline,
     },
     /// We sent (or are sending) our last bytes: a close frame or an HTTP error.
@@ -498,60 +504,6 @@ fn current_deadline(conn: &Conn) -> Option<Deadline> {
         State::Open { deadline, .. } if held(conn) > 0 => Some(deadline),
         State::Open { .. } => None,
     }
-}
-
-/// The bytes a connection holds and counts against `--max-buffered`: its unfinished frame
-/// and message, and its unsent output, as allocated. (A request head in pieces is not
-/// counted: `handshake::MAX_HEAD` bounds it, and the handshake timeout ends it.)
-fn held(conn: &Conn) -> usize {
-    let partial = match &conn.state {
-        State::Open {
-            partial: Some(partial),
-            ..
-        } => partial.heap_bytes(),
-        _ => 0,
-    };
-    partial + conn.unsent.as_ref().map_or(0, |unsent| unsent.capacity())
-}
-
-/// The budgets, after a connection's event, for a connection that held `before` bytes.
-///
-/// - Memory: if it grew and all connections together now hold more than `--max-buffered`,
-///   it is the one closed: 1009, "message too big" (to be held here, now). Its bytes go
-///   back at once, so the loop holds at most the budget plus what one event added.
-/// - Time: a connection that holds bytes must finish something (a frame, a message, its
-///   pending output) within `--stall-timeout`. Its clock starts when it begins to hold bytes and
-///   starts again each time what it holds shrinks; `expire` closes it with 1008 if the
-///   clock runs out. A client that trickles one byte at a time never finishes anything.
-fn hold_to_budget(
-    conn: &mut Conn,
-    fd: RawFd,
-    before: usize,
-    next: Next,
-    shared: &mut Shared,
-) -> io::Result<Next> {
-    let after = held(conn);
-    let State::Open { deadline, .. } = &mut conn.state else {
-        return Ok(next);
-    };
-    if after > before && shared.held > shared.config.max_buffered {
-        conn.state = State::Closing {
-            deadline: shared.timers.set(fd),
-        };
-        conn.unsent = None;
-        shared.held -= after;
-        shared.out.clear();
-        frame::write_close(Some(CloseCode::Size), b"", &mut shared.out);
-        let next = send(conn, &shared.out);
-        shared.held += held(conn); // the close frame, if the kernel did not take it all
-        return next;
-    }
-    if before == 0 && after > 0 {
-        *deadline = shared.stalls.set(fd);
-    } else if 0 < after && after < before {
-        shared.stalls.restart(fd, deadline);
-    }
-    Ok(next)
 }
 
 /// Write as much of `bytes` as the kernel takes now, without blocking.
