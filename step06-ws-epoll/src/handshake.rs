@@ -39,6 +39,11 @@ const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 pub const TIMEOUT_RESPONSE: &str =
     "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
+/// What a client gets when the server holds all the bytes it may (`--max-buffered`) and its
+/// head, in pieces, would take more: `503`, try again later.
+pub const BUSY_RESPONSE: &str =
+    "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
 /// A request head that asked, correctly, to become a WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upgrade {

@@ -566,3 +566,38 @@ fn a_client_that_never_takes_its_echo_is_closed_after_the_timeout() {
     );
     assert_echo(&mut bystander, "after the non-reader was closed");
 }
+
+/// Request heads that come in pieces count against `--max-buffered` too: with 64 KiB for
+/// everybody, 16 clients that each send 6 KiB of a head do not all fit. Those that would
+/// pass the budget get `503` at once; the others are upgraded when their heads complete.
+#[test]
+fn heads_in_pieces_are_held_to_the_budget() {
+    let server = Server::start(BIN, &["--max-buffered", "65536"]);
+    let mut bystander = open(&server);
+    let request = upgrade_request();
+    let (start, rest) = request.split_at(request.find("Upgrade").unwrap());
+    let filler = format!("X-Filler: {}\r\n", "a".repeat(6000));
+    let mut slow: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut client = server.connect();
+            client
+                .write_all(format!("{start}{filler}").as_bytes())
+                .unwrap();
+            client
+        })
+        .collect();
+    assert_echo(&mut bystander, "while 16 heads hang");
+
+    let mut statuses = Vec::new();
+    for client in &mut slow {
+        // A refused client's socket may be closed already: its answer is in its buffer.
+        let _ = client.write_all(rest.as_bytes());
+        let head = read_head(client);
+        statuses.push(head[9..12].to_string());
+    }
+    let busy = statuses.iter().filter(|status| *status == "503").count();
+    let upgraded = statuses.iter().filter(|status| *status == "101").count();
+    assert_eq!(busy + upgraded, 16, "statuses: {statuses:?}");
+    assert!(busy >= 6 && upgraded >= 1, "statuses: {statuses:?}");
+    assert_echo(&mut bystander, "after the heads");
+}
