@@ -2,8 +2,9 @@
 //! the server hold more than it is told to. After each event the loop calls
 //! [`hold_to_budget`] with what the connection held before:
 //!
-//! - memory: all connections together hold at most `--max-buffered` bytes (unfinished
-//!   frames and messages, unsent output); the one that would pass it is closed with 1009;
+//! - memory: all connections together hold at most `--max-buffered` bytes (heads in
+//!   pieces, unfinished frames and messages, unsent output); the one that would pass it is
+//!   closed with 1009 (503 while it handshakes);
 //! - time: a connection that holds bytes must finish something within `--stall-timeout`,
 //!   or `expire` closes it with 1008.
 //!
