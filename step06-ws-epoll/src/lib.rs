@@ -45,9 +45,9 @@ use timer::{Deadline, Timers};
 pub struct Config {
     /// The largest message (all its fragments together) we accept; bigger → close 1009.
     pub max_message: usize,
-    /// The most bytes all connections together may hold: unfinished frames, fragmented
-    /// messages, output the kernel would not take yet. The connection whose bytes would
-    /// pass it is closed with 1009.
+    /// The most bytes all connections together may hold: request heads in pieces,
+    /// unfinished frames, fragmented messages, output the kernel would not take yet. The
+    /// connection whose bytes would pass it is closed with 1009 (503 while it handshakes).
     pub max_buffered: usize,
     /// How long a client may take to send its whole request head, and, once we have sent
     /// our close, to read it and hang up. Past it, we close the connection (408 for a head).

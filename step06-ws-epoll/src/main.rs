@@ -15,8 +15,9 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().max_message)]
     max_message: usize,
 
-    /// The most bytes all connections together may hold (unfinished frames, fragmented
-    /// messages, unsent output); a connection that would pass it is closed with 1009.
+    /// The most bytes all connections together may hold (heads in pieces, unfinished
+    /// frames and messages, unsent output); the connection that would pass it is closed
+    /// with 1009 (503 while it handshakes).
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20,
           value_parser = clap::value_parser!(u64).range(1 << 16..=1 << 40))]
     max_buffered: u64,
