@@ -586,6 +586,9 @@ fn heads_in_pieces_are_held_to_the_budget() {
             client
         })
         .collect();
+    // Once all 17 are accepted (the memory line says so), an echo to the bystander comes
+    // after every piece has been read: level-triggered epoll reports the pieces first.
+    server.wait_for_memory_line(17);
     assert_echo(&mut bystander, "while 16 heads hang");
 
     let mut statuses = Vec::new();
