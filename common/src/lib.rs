@@ -1,7 +1,7 @@
 //! The routine parts every step shares, so that a step's source holds only what it teaches:
 //! command-line options, the open-file limit, the memory meter that prints the memory line,
-//! ([`sys`]) the syscall-result helper and errno predicates every event loop needs, and a
-//! rate-limited stderr log for errors that come in storms.
+//! a rate-limited stderr log for errors that come in storms, and ([`sys`]) the
+//! syscall-result helper and errno predicates every event loop needs.
 
 mod fdlimit;
 mod meter;

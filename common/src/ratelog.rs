@@ -21,11 +21,13 @@ pub struct RateLimitedLog {
 
 impl RateLimitedLog {
     /// One line a second, the period every step uses.
-    pub fn per_second() -> RateLimitedLog {
+    pub const fn per_second() -> RateLimitedLog {
         RateLimitedLog::new(Duration::from_secs(1))
     }
 
-    pub fn new(period: Duration) -> RateLimitedLog {
+    /// At most one line per `period`. `const`, so that a `static Mutex<RateLimitedLog>`
+    /// can serve every thread of a server.
+    pub const fn new(period: Duration) -> RateLimitedLog {
         RateLimitedLog {
             period,
             last: None,

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
+use common::sys::{client_gone, is_disconnect, out_of_resources};
 use common::{MemoryMeter, RateLimitedLog};
 
 /// How long to stop accepting when the process is out of file descriptors.
@@ -118,43 +119,6 @@ fn handle_connection(mut stream: TcpStream) -> io::Result<()> {
         }
         stream.write_all(&buf[..n])?;
     }
-}
-
-/// Out of file descriptors (for this process, or the whole system), or of kernel memory
-/// for a new socket: retrying at once would fail at once.
-fn out_of_resources(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
-/// accept(2) reports errors of the connection it was about to return (the client reset
-/// it while it was queued, or the network under it failed): they end that one
-/// connection, never the server.
-fn client_gone(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::ConnectionAborted
-        || matches!(
-            err.raw_os_error(),
-            Some(
-                libc::EPROTO
-                    | libc::ENOPROTOOPT
-                    | libc::ENETDOWN
-                    | libc::ENONET
-                    | libc::EHOSTDOWN
-                    | libc::EHOSTUNREACH
-                    | libc::EOPNOTSUPP
-                    | libc::ENETUNREACH
-            )
-        )
-}
-
-/// The peer went away: the ordinary end of a connection, not worth a log line.
-fn is_disconnect(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-    )
 }
 
 /// Counts one open connection for as long as it lives, however its thread ends.

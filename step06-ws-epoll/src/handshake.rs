@@ -53,7 +53,8 @@ pub struct Upgrade {
     pub head_len: usize,
 }
 
-/// Why a request head is refused. Each becomes an HTTP error response, then a close.
+/// Why a request head is not upgraded. Each becomes an HTTP response (an error, or for a
+/// browser the page), then a close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
     /// The head is longer than [`MAX_HEAD`], or has more than 64 header lines: `431`.
@@ -65,9 +66,12 @@ pub enum Reject {
     /// No `Host` header, or more than one: `400`. HTTP/1.1 requires exactly one (RFC 9112,
     /// section 3.2), and RFC 6455 (section 4.1) has the client send it.
     BadHost,
-    /// A plain HTTP request with no `Upgrade` header at all, e.g. a browser tab opened on
-    /// the address: `426` with a short text saying this is a WebSocket server.
+    /// A plain HTTP request with no `Upgrade` header at all, for another path than `/`:
+    /// `426` with a short text saying this is a WebSocket server.
     PlainHttp,
+    /// A plain `GET /`, a browser tab opened on the address: not refused but answered,
+    /// with `200` and the page of `page.rs`, which connects back as a WebSocket.
+    Page,
     /// Asked to upgrade, but not with `Upgrade: websocket` and a `Connection` header that
     /// holds the `upgrade` token: `400`.
     NotWebSocket,
@@ -117,7 +121,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Upgrade>, Reject> {
 
     let upgrade = header_values(headers, "upgrade");
     if upgrade.clone().next().is_none() {
-        return Err(Reject::PlainHttp);
+        return Err(match request.path {
+            Some("/") => Reject::Page,
+            _ => Reject::PlainHttp,
+        });
     }
     // Both headers are comma-separated token lists: `Connection: keep-alive, Upgrade` is
     // what Firefox sends. Tokens compare case-insensitively.
@@ -183,6 +190,7 @@ impl Reject {
             }
             Reject::NotGet => "HTTP/1.1 405 Method Not Allowed",
             Reject::PlainHttp | Reject::BadVersion => "HTTP/1.1 426 Upgrade Required",
+            Reject::Page => "HTTP/1.1 200 OK",
         }
     }
 
@@ -190,6 +198,7 @@ impl Reject {
     /// body for whoever reads it with curl. The connection closes after it.
     pub fn response(self) -> String {
         let (extra_header, body) = match self {
+            Reject::Page => return crate::page::response(),
             Reject::HeadTooLarge => ("", "request head over 8 KiB\n"),
             Reject::Malformed => ("", "not an HTTP/1.1 request\n"),
             Reject::NotGet => ("Allow: GET\r\n", "a WebSocket handshake is a GET\n"),
@@ -314,7 +323,7 @@ mod tests {
     /// Each bad request (not GET, no single Host, not HTTP/1.1, no upgrade, bad version, bad key) has its reason.
     #[test]
     fn refusals_map_to_their_status() {
-        let cases: [(&str, Reject); 11] = [
+        let cases: [(&str, Reject); 12] = [
             (
                 "POST / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
                 Reject::NotGet,
@@ -327,7 +336,8 @@ mod tests {
                 "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
                 Reject::BadHost,
             ),
-            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", Reject::PlainHttp),
+            ("GET /x HTTP/1.1\r\nHost: x\r\n\r\n", Reject::PlainHttp),
+            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", Reject::Page),
             (
                 "GET / HTTP/1.0\r\nUpgrade: websocket\r\n\r\n",
                 Reject::Malformed,

@@ -16,6 +16,7 @@
 //! - `timer.rs`: the deadlines that close clients too slow to finish a handshake, what they
 //!   hold, or a close.
 //! - `epoll.rs`: the epoll wrapper, the same file as step05's.
+//! - `page.rs`: the page a browser gets for a plain `GET /`, to try the server from a tab.
 //!
 //! And `budget.rs`, the loop's accounting after each event: how many bytes all connections
 //! may hold, and for how long (it closes the connection that goes past either).
@@ -24,6 +25,7 @@ mod budget;
 mod epoll;
 pub mod frame;
 pub mod handshake;
+mod page;
 mod timer;
 
 use std::io::{self, Read, Write};

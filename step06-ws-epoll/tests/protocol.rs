@@ -202,9 +202,14 @@ fn refused_handshakes_get_their_status() {
             "HTTP/1.1 400 Bad Request\r\n",
         ),
         (
-            "plain GET /",
-            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_string(),
+            "plain GET of another path than /",
+            "GET /chat HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_string(),
             "HTTP/1.1 426 Upgrade Required\r\n",
+        ),
+        (
+            "plain GET /, from a browser: the page",
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_string(),
+            "HTTP/1.1 200 OK\r\n",
         ),
         (
             "not HTTP",

@@ -477,3 +477,31 @@ pub fn survives_stdout_closed(bin: &str, extra: &[&str]) {
         );
     });
 }
+
+/// One frame in wire format, built byte by byte so that a check can break any rule:
+/// `masked` as every client frame must be (RFC 6455 §5.3), or not; any opcode; a final
+/// fragment or not. The length takes the shortest of its three encodings.
+pub fn raw_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut wire = vec![(u8::from(fin) << 7) | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => wire.push(mask_bit | n as u8),
+        n @ 126..=0xffff => {
+            wire.push(mask_bit | 126);
+            wire.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            wire.push(mask_bit | 127);
+            wire.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if !masked {
+        wire.extend_from_slice(payload);
+        return wire;
+    }
+    // Any mask will do; a fixed one keeps the checks repeatable.
+    let mask = *b"mask";
+    wire.extend_from_slice(&mask);
+    wire.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    wire
+}
