@@ -188,8 +188,7 @@ fn accept_all(
 /// Read what the peer sent and echo it.
 ///
 /// Level-triggered: epoll reports this socket again on the next wait while unread bytes
-/// remain, so one read per wake-up is enough, and fair to the other connections: that read
-/// is the connection's budget ([`READ_BUDGET`]).
+/// remain, so one read per wake-up is enough, and fair to the other connections.
 fn handle_readable(conn: &mut Conn, buf: &mut [u8]) -> io::Result<Next> {
     let n = match conn.stream.read(buf) {
         Ok(0) => return Ok(Next::Close),
