@@ -86,6 +86,12 @@ fn an_idle_connection_costs_under_128_bytes() {
     ws::idle_connection_cost_within(BIN, &[], 2000, ..128);
 }
 
+/// A client flooding pings does not starve a fresh one: one read per wake-up per connection.
+#[test]
+fn a_ping_flood_does_not_starve_a_fresh_client() {
+    ws::ping_flood_does_not_starve_a_fresh_client(BIN, &[]);
+}
+
 /// stdout closed (`step06-ws-epoll | head -1`): the memory line is lost, the server serves on.
 #[test]
 fn survives_stdout_closed() {

@@ -17,7 +17,7 @@ use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::{Message, WebSocket};
 
-use crate::{FLOOD_GROWTH_LIMIT, Server, check_fd_exhaustion, memory, tcp};
+use crate::{FLOOD_GROWTH_LIMIT, Server, check_fd_exhaustion, check_flood_fairness, memory, tcp};
 
 /// A client's end of a WebSocket connection over a plain blocking TCP stream.
 pub type Client = WebSocket<TcpStream>;
@@ -520,6 +520,22 @@ pub fn bad_handshake_refused(bin: &str, extra: &[&str]) {
         &mut client,
         Message::text("a good handshake after the bad ones"),
     );
+}
+
+/// One client floods pings (16 MiB of them, its pongs read as fast as they come); a client
+/// that connects meanwhile is upgraded and echoed long before the flood is over. Pings
+/// cost the server more work per byte than they cost the client, so a server that read
+/// the flooder until it was empty would serve nobody else until the flood ended.
+pub fn ping_flood_does_not_starve_a_fresh_client(bin: &str, extra: &[&str]) {
+    let server = Server::start(bin, extra);
+    let flooder = connect(&server).into_inner();
+    // An empty masked ping is 6 bytes; its pong is 2.
+    let ping = [0x89, 0x80, 0x1f, 0x2e, 0x3d, 0x4c];
+    let chunk = ping.repeat(10_000);
+    check_flood_fairness(flooder, &chunk, 280, 2 * 10_000, || {
+        let mut fresh = connect(&server);
+        assert_echo(&mut fresh, Message::text("served during a flood"));
+    });
 }
 
 /// With its stdout closed, the step keeps serving WebSocket clients: a memory line that
