@@ -15,10 +15,7 @@ fn ws_server() -> String {
     let addr = listener.local_addr().unwrap();
     let opts = common::Options::parse_from(["server", "--report-every", "3600"]);
     let meter = common::MemoryMeter::new("server", &opts);
-    let config = step06_ws_epoll::Config {
-        max_message: 1 << 20,
-        timeout: std::time::Duration::from_secs(10),
-    };
+    let config = step06_ws_epoll::Config::default();
     std::thread::spawn(move || step06_ws_epoll::serve(listener, meter, config));
     format!("ws://{addr}/")
 }

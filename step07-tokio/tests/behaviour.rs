@@ -32,9 +32,10 @@ fn echoes_200_concurrent_clients() {
 /// A 4 MiB message comes back intact, through partial writes, with both read-buffer sizes.
 #[test]
 fn echoes_4_mib_intact_through_partial_writes() {
-    // Under tungstenite's own limits (64 MiB a message, 16 MiB a frame), no flag needed.
-    ws::large_message_echoed_intact(BIN, DEFAULT, 4 << 20);
-    ws::large_message_echoed_intact(BIN, SMALL, 4 << 20);
+    // Over the default --max-message (1 MiB, as step06's), so the limit is raised.
+    ws::large_message_echoed_intact(BIN, &["--max-message", "4194304"], 4 << 20);
+    let small_and_large = [SMALL, &["--max-message", "4194304"]].concat();
+    ws::large_message_echoed_intact(BIN, &small_and_large, 4 << 20);
 }
 
 /// A client that sends without reading neither stalls the others nor grows the server.
@@ -56,6 +57,21 @@ fn resets_leave_the_server_serving() {
 fn memory_line_counts_connections() {
     ws::memory_line_counts_connections(BIN, DEFAULT, 20);
     ws::memory_line_counts_connections(BIN, SMALL, 20);
+}
+
+/// tungstenite's 128 KiB read buffer, allocated up front: an idle connection costs over
+/// 64 KiB, held to /proc. Breaks if the default buffer shrinks, or the memory line stops
+/// measuring.
+#[test]
+fn an_idle_connection_costs_over_64_kib_by_default() {
+    ws::idle_connection_cost_within(BIN, DEFAULT, 300, 64 << 10..);
+}
+
+/// `--read-buffer 4096` brings an idle connection under 16 KiB, held to /proc. Breaks if
+/// the option is ignored (the default 128 KiB buffer comes back).
+#[test]
+fn read_buffer_4096_brings_a_connection_under_16_kib() {
+    ws::idle_connection_cost_within(BIN, SMALL, 1000, ..16 << 10);
 }
 
 /// At the fd limit the server neither dies nor spins, on either runtime, and serves again after.
@@ -83,11 +99,14 @@ fn close_handshake_answered() {
     ws::close_handshake_answered(BIN, DEFAULT);
 }
 
-/// A frame over tungstenite's 16 MiB limit closes that connection only, and is never echoed.
+/// A message over --max-message (1 MiB by default), in one frame or in fragments, is
+/// answered with close code 1009 and never echoed, even to a client that would accept it;
+/// the others are served. Breaks if the limit is removed, or if the step hangs up without
+/// saying why.
 #[test]
-fn oversized_message_closes_only_that_connection() {
-    // tungstenite refuses a frame over 16 MiB as soon as it has read its header.
-    ws::oversized_message_closes_only_that_connection(BIN, DEFAULT, (16 << 20) + 1);
+fn oversized_message_closed_with_1009() {
+    ws::oversized_message_closed_with_1009(BIN, DEFAULT, (1 << 20) + 1, 1);
+    ws::oversized_message_closed_with_1009(BIN, DEFAULT, (1 << 20) + 1, 3);
 }
 
 /// A request that is not a WebSocket upgrade is refused, and the server keeps serving.
@@ -114,4 +133,10 @@ fn silent_client_dropped_after_handshake_timeout() {
         Err(err) => panic!("the silent client was not dropped: {err}"),
     }
     server.wait_for_memory_line(0);
+}
+
+/// stdout closed (`step07-tokio | head -1`): the memory line is lost, the server serves on.
+#[test]
+fn survives_stdout_closed() {
+    ws::survives_stdout_closed(BIN, DEFAULT);
 }

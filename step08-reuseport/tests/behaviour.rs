@@ -30,14 +30,34 @@ fn survives_running_out_of_fds() {
     ws::survives_running_out_of_fds(BIN, TWO);
 }
 
-/// A message over the 1 MiB limit closes that connection only: step06's options reach the workers.
+/// A message over the 1 MiB limit closes that connection only, with 1009.
 #[test]
-fn oversized_message_closes_only_that_connection() {
-    ws::oversized_message_closes_only_that_connection(BIN, TWO, (1 << 20) + 1);
+fn oversized_message_closed_with_1009() {
+    ws::oversized_message_closed_with_1009(BIN, TWO, (1 << 20) + 1, 3);
+}
+
+/// step06's options reach every worker: a lower --max-message is what each one applies.
+#[test]
+fn step06_options_reach_the_workers() {
+    let options = &["--workers", "2", "--max-message", "1000"];
+    ws::oversized_message_closed_with_1009(BIN, options, 1001, 1);
+}
+
+/// A memory line that meets a closed stdout does not take the server down.
+#[test]
+fn survives_stdout_closed() {
+    ws::survives_stdout_closed(BIN, TWO);
 }
 
 /// A request that is not a WebSocket upgrade is refused, and the server keeps serving.
 #[test]
 fn bad_handshake_refused() {
     ws::bad_handshake_refused(BIN, TWO);
+}
+
+/// 2 000 idle connections over two workers cost what they cost step06: under 128 B each,
+/// the line held to the workers' resident sets in /proc.
+#[test]
+fn idle_connection_cost_within_step06s_band() {
+    ws::idle_connection_cost_within(BIN, TWO, 2000, ..128);
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use loadgen::{ConnectOptions, Pace, Pool, Target};
-use stepcheck::{PATIENCE, Server};
+use stepcheck::{PATIENCE, Server, children_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_step08-reuseport");
 
@@ -15,30 +15,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_step08-reuseport");
 const FD_LIMIT: u64 = 200;
 const WORKERS: usize = 8;
 const CONNS: usize = 1000;
-
-/// The pids of `parent`'s children, from /proc/*/stat (field 4 is the parent's pid).
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-        let ppid: u32 = after_name
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        if ppid == parent {
-            pids.push(pid);
-        }
-    }
-    pids
-}
 
 /// Send `signal` to `pid`, a process this test started (or one of its workers).
 fn signal(pid: u32, signal: libc::c_int) {

@@ -3,10 +3,12 @@
 //! Each step's `tests/behaviour.rs` calls these functions with
 //! `env!("CARGO_BIN_EXE_stepNN-name")`, so all steps are held to the same checks, like for
 //! like. [`Server`] starts a step on a free port and reads its `--json` lines; [`tcp`] holds
-//! the checks for the raw-TCP echo steps (01–05). [`inprocess`] runs a step's `serve` in the
-//! test's own process, for the faults a client cannot cause.
+//! the checks for the raw-TCP echo steps (01–05), [`ws`] those for the WebSocket steps
+//! (06–07), and [`memory`] holds every step's memory line to `/proc`. [`inprocess`] runs a
+//! step's `serve` in the test's own process, for the faults a client cannot cause.
 
 pub mod inprocess;
+pub mod memory;
 pub mod tcp;
 pub mod ws;
 
@@ -44,13 +46,23 @@ pub struct Server {
     lines: Receiver<Value>,
     /// Everything the step wrote to stderr so far, for failure messages.
     stderr: Arc<Mutex<String>>,
+    /// The step's `VmRSS` read by the test when its `listening` line arrived, before any
+    /// connection: what the memory line's `base` is held to.
+    rss_at_start: u64,
 }
 
 impl Server {
     /// Start `bin --addr 127.0.0.1:0 --json --report-every 0.1 EXTRA...` and wait for its
     /// `listening` line.
     pub fn start(bin: &str, extra: &[&str]) -> Server {
-        Server::spawn(Server::command(bin, extra))
+        Server::spawn(Server::command(bin, extra), true)
+    }
+
+    /// Like [`Server::start`], then close our end of the step's stdout once its `listening`
+    /// line is read, as `step | head -1` or a closed terminal would: every memory line
+    /// after that meets a broken pipe.
+    pub fn start_with_stdout_closed(bin: &str, extra: &[&str]) -> Server {
+        Server::spawn(Server::command(bin, extra), false)
     }
 
     /// Like [`Server::start`], with the child's open-file limit (soft and hard) set to
@@ -58,7 +70,7 @@ impl Server {
     pub fn start_with_fd_limit(bin: &str, extra: &[&str], max_fds: u64) -> Server {
         let mut command = Server::command(bin, extra);
         limit_fds(&mut command, max_fds);
-        Server::spawn(command)
+        Server::spawn(command, true)
     }
 
     fn command(bin: &str, extra: &[&str]) -> Command {
@@ -72,7 +84,9 @@ impl Server {
         command
     }
 
-    fn spawn(mut command: Command) -> Server {
+    /// Start `command`; `keep_stdout: false` stops reading (and closes) its stdout after
+    /// the first line.
+    fn spawn(mut command: Command, keep_stdout: bool) -> Server {
         let mut child = command
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}"));
@@ -97,8 +111,8 @@ impl Server {
                 let Ok(line) = line else { break };
                 let value = serde_json::from_str(&line)
                     .unwrap_or_else(|err| panic!("stdout line is not JSON ({err}): {line}"));
-                if tx.send(value).is_err() {
-                    break;
+                if tx.send(value).is_err() || !keep_stdout {
+                    break; // dropping `stdout` closes the pipe
                 }
             }
         });
@@ -108,6 +122,7 @@ impl Server {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             lines,
             stderr,
+            rss_at_start: 0,
         };
         let first = server.next_line(PATIENCE).unwrap_or_else(|| {
             panic!(
@@ -123,7 +138,13 @@ impl Server {
             .as_str()
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("`listening` line without a socket address: {first}"));
+        server.rss_at_start = server.rss_bytes();
         server
+    }
+
+    /// The step's `VmRSS` when it started listening, read by the test.
+    pub fn rss_at_start(&self) -> u64 {
+        self.rss_at_start
     }
 
     /// The child's pid.
@@ -161,7 +182,8 @@ impl Server {
     }
 
     /// Wait for a memory line reporting `conns` connections and check its figures: a
-    /// resident set, a thread, and per-conn = (rss − base) / conns.
+    /// resident set, a thread, per-conn = (rss − base) / conns, and rss and base as
+    /// `/proc` gives them ([`memory::assert_line_agrees_with_proc`]).
     pub fn assert_memory_line_counts(&self, conns: u64) {
         let line = self.wait_for_memory_line(conns);
         assert!(line["rss_bytes"].as_u64() > Some(0), "{line}");
@@ -172,6 +194,7 @@ impl Server {
             line["base_rss_bytes"].as_u64().expect("base_rss_bytes"),
         );
         assert_eq!(per_conn, rss.saturating_sub(base) / conns, "{line}");
+        memory::assert_line_agrees_with_proc(self, &line);
     }
 
     /// Open a client connection with read and write timeouts, so no check can hang.
@@ -184,21 +207,51 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// CPU time (user + system) the child has used so far, from `/proc/PID/stat`.
+    /// CPU time (user + system) the child and its workers (step08's) have used so far,
+    /// from `/proc/PID/stat`.
     pub fn cpu_seconds(&self) -> f64 {
-        proc_cpu_seconds(self.pid())
+        let workers: f64 = children_of(self.pid())
+            .into_iter()
+            .map(proc_cpu_seconds)
+            .sum();
+        proc_cpu_seconds(self.pid()) + workers
     }
 
-    /// The child's resident set in bytes, from the `VmRSS:` line of `/proc/PID/status`.
+    /// The processes that hold the step's connections: the child itself, or, when it is a
+    /// supervisor of worker processes (step08), its workers, which its memory line sums.
+    fn serving_pids(&self) -> Vec<u32> {
+        match children_of(self.pid()) {
+            workers if workers.is_empty() => vec![self.pid()],
+            workers => workers,
+        }
+    }
+
+    /// The step's resident set in bytes, from the `VmRSS:` line of `/proc/PID/status`
+    /// (summed over its workers, for step08).
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("the step's /proc status");
-        let kib: u64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("a VmRSS line");
-        kib * 1024
+        self.status_bytes("VmRSS:")
+    }
+
+    /// The child's peak resident set so far ("high water mark"), from `VmHWM:`: memory
+    /// held for a moment counts even if it was given back since.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        self.status_bytes("VmHWM:")
+    }
+
+    /// A `... kB` line of `/proc/PID/status`, in bytes, summed over [`Server::serving_pids`].
+    fn status_bytes(&self, field: &str) -> u64 {
+        let mut bytes = 0;
+        for pid in self.serving_pids() {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .expect("the step's /proc status");
+            let kib: u64 = status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("a {field} line in /proc/PID/status"));
+            bytes += kib * 1024;
+        }
+        bytes
     }
 }
 
@@ -229,6 +282,14 @@ pub fn limit_fds(command: &mut Command, max_fds: u64) {
     }
 }
 
+/// How much a step may grow while a client floods it without reading. A correct step holds
+/// one read's worth for that client and stops reading it: one buffer of 4–64 KiB for the
+/// TCP steps, plus, for the WebSocket steps, the frame being read and its pending echo (64 KiB
+/// frames here) and step07's 128 KiB read buffer. Measured: at most 40 KiB (TCP steps),
+/// 330 KiB (step06), 390 KiB (step07). 1 MiB leaves more than twice that, and is a tenth of
+/// what the flood pushes before the kernel's socket buffers fill (~8–10 MiB).
+pub const FLOOD_GROWTH_LIMIT: u64 = 1 << 20;
+
 /// How many descriptors a step gets in the fd-exhaustion checks, and how many clients
 /// are sent at it: more than it can accept.
 const FD_LIMIT: u64 = 64;
@@ -253,8 +314,10 @@ pub fn check_fd_exhaustion(
     thread::sleep(Duration::from_millis(500));
 
     let cpu_before = server.cpu_seconds();
+    let lines_before = server.stderr().lines().count();
     thread::sleep(Duration::from_secs(2));
     let cpu_used = server.cpu_seconds() - cpu_before;
+    let logged = server.stderr().lines().count() - lines_before;
     assert!(
         server.is_running(),
         "the server died at the fd limit:\n{}",
@@ -263,6 +326,12 @@ pub fn check_fd_exhaustion(
     assert!(
         cpu_used < 0.5,
         "the server used {cpu_used:.2} s of CPU in 2 s at the fd limit: it is spinning on accept"
+    );
+    // One line a second, with a count of the ones held back; 2 s may hold 3 starts of one.
+    assert!(
+        logged <= 3,
+        "the server logged {logged} lines in 2 s at the fd limit (at most one a second):\n{}",
+        server.stderr()
     );
 
     drop(clients);
@@ -278,6 +347,114 @@ pub fn check_fd_exhaustion(
             ),
         }
     }
+}
+
+/// Flood one connection and check that a fresh client is served in the middle of it.
+///
+/// `flooder` is connected (and upgraded, for WebSocket) already. One thread writes `chunk`
+/// `chunks` times as fast as the kernel takes it, another reads every reply (the server
+/// answers each chunk with `reply_per_chunk` bytes), so the flood never stalls on a full
+/// buffer: a loop that read this connection until it was empty would serve nobody else
+/// until the flood ends. Once the flood is under way, `serve_fresh` connects a new client
+/// and does one full exchange. The check counts, not times: when that exchange is done,
+/// the flooder must have had less than half of its replies. A server with a read budget
+/// per wake-up serves the fresh client within a round or two.
+pub fn check_flood_fairness(
+    flooder: TcpStream,
+    chunk: &[u8],
+    chunks: usize,
+    reply_per_chunk: usize,
+    serve_fresh: impl FnOnce(),
+) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let total = chunks * reply_per_chunk;
+    let replies = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut writer = flooder.try_clone().expect("clone the flooder's socket");
+    let chunk = chunk.to_vec();
+    let stop_writing = Arc::clone(&stop);
+    let writing = thread::spawn(move || {
+        for _ in 0..chunks {
+            if stop_writing.load(Ordering::Relaxed) || writer.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let mut reader = flooder.try_clone().expect("clone the flooder's socket");
+    let counted = Arc::clone(&replies);
+    let reading = thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        // Ends at end of file or an error: the shutdown below, or PATIENCE without a byte.
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            if counted.fetch_add(n, Ordering::Relaxed) + n >= total {
+                break;
+            }
+        }
+    });
+
+    // Wait until the server is busy with the flood.
+    let deadline = Instant::now() + PATIENCE;
+    while replies.load(Ordering::Relaxed) < 2 * reply_per_chunk {
+        assert!(
+            Instant::now() < deadline,
+            "no reply to the flood within {PATIENCE:?}"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    serve_fresh();
+    let replied = replies.load(Ordering::Relaxed);
+
+    // Stop the flood: the shutdown wakes both threads at once.
+    stop.store(true, Ordering::Relaxed);
+    let _ = flooder.shutdown(std::net::Shutdown::Both);
+    writing.join().expect("the flood writer panicked");
+    reading.join().expect("the flood reader panicked");
+    assert!(
+        replied < total / 2,
+        "a fresh client waited for the flood: the flooder had {replied} of its {total} reply \
+         bytes before the fresh client's exchange was done (a read budget per wake-up serves \
+         it within a round or two)"
+    );
+}
+
+/// A memory line never takes the step down: with its stdout closed (`step | head -1`),
+/// the step gets EPIPE on every memory line, and must keep serving. One connection is held
+/// and then closed, so that the count changes twice and two lines meet the broken pipe;
+/// then `serve_one` (one client's full exchange) must succeed.
+pub fn check_stdout_closed(bin: &str, extra: &[&str], serve_one: impl Fn(&Server)) {
+    let mut server = Server::start_with_stdout_closed(bin, extra);
+    // `--report-every 0.1`: a line is due within 0.1 s of each change; wait several.
+    let held = server.connect();
+    thread::sleep(Duration::from_millis(500));
+    drop(held);
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        server.is_running(),
+        "the step died when a memory line met a closed stdout:\n{}",
+        server.stderr()
+    );
+    serve_one(&server);
+    assert!(server.is_running(), "{}", server.stderr());
+}
+
+/// The pids whose parent is `parent`, from /proc/*/stat (field 4 is the parent's pid).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue; // gone meanwhile
+        };
+        let after_name = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+        if after_name.split_whitespace().nth(1) == Some(parent.to_string().as_str()) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// utime + stime of a process, in seconds.
