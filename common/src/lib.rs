@@ -6,7 +6,9 @@ mod meter;
 mod options;
 
 pub use fdlimit::{FdLimit, raise_fd_limit};
-pub use meter::{MemoryLine, MemoryMeter, format_bytes, rss_bytes, thread_count};
+pub use meter::{
+    MemoryLine, MemoryMeter, ProcStatus, cpu_time, format_bytes, rss_bytes, thread_count,
+};
 pub use options::Options;
 
 use std::io;

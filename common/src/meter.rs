@@ -1,6 +1,9 @@
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use crate::Options;
 
@@ -88,15 +91,26 @@ impl MemoryMeter {
     }
 }
 
-/// One memory line's figures.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One memory line's figures, and its `--json` form: declared once here, printed by the
+/// meter and read back by the behaviour suites and the report with this same type.
+///
+/// As JSON it is one object on one line, tagged `"event":"memory"`:
+/// `{"event":"memory","step":"step05-epoll","conns":10000,"rss_bytes":…,"base_rss_bytes":…,
+/// "per_conn_bytes":…,"threads":1}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename = "memory")]
 pub struct MemoryLine {
+    /// The step's name, with its variant if any (`step06-ws-epoll/shared`).
     pub step: String,
+    /// Connections the step holds.
     pub conns: usize,
+    /// Resident set now.
     pub rss_bytes: u64,
+    /// Resident set after bind, before the first accept.
     pub base_rss_bytes: u64,
     /// (rss − base) / conns, 0 without connections.
     pub per_conn_bytes: u64,
+    /// Threads in the process now.
     pub threads: usize,
 }
 
@@ -129,15 +143,12 @@ impl MemoryLine {
 
     /// The `--json` form: one object on one line.
     pub fn to_json(&self) -> String {
-        format!(
-            r#"{{"event":"memory","step":"{}","conns":{},"rss_bytes":{},"base_rss_bytes":{},"per_conn_bytes":{},"threads":{}}}"#,
-            self.step,
-            self.conns,
-            self.rss_bytes,
-            self.base_rss_bytes,
-            self.per_conn_bytes,
-            self.threads
-        )
+        serde_json::to_string(self).expect("bug: a struct of strings and integers serializes")
+    }
+
+    /// A `--json` stdout line read back: `None` unless it is a memory line.
+    pub fn from_json(line: &str) -> Option<MemoryLine> {
+        serde_json::from_str(line).ok()
     }
 }
 
@@ -180,15 +191,86 @@ pub fn rss_bytes() -> u64 {
 
 /// This process's thread count, from the `Threads:` line of `/proc/self/status`.
 pub fn thread_count() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Threads:"))
-                .and_then(|n| n.trim().parse().ok())
+    ProcStatus::read("self").map_or(0, |status| status.threads)
+}
+
+/// A few lines of `/proc/PID/status`: what the kernel says a process holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStatus {
+    /// `VmRSS`: resident set in bytes, the counter the memory line reads (through statm).
+    pub rss_bytes: u64,
+    /// `Threads`.
+    pub threads: usize,
+}
+
+impl ProcStatus {
+    /// Read `/proc/PID/status`; `pid` is a number, or `self`.
+    pub fn read(pid: impl std::fmt::Display) -> io::Result<ProcStatus> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        ProcStatus::parse(&text).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no VmRSS/Threads in /proc/PID/status",
+            )
         })
-        .unwrap_or(0)
+    }
+
+    fn parse(text: &str) -> Option<ProcStatus> {
+        let field = |name: &str| -> Option<u64> {
+            let line = text.lines().find_map(|line| line.strip_prefix(name))?;
+            line.split_whitespace().next()?.parse().ok()
+        };
+        Some(ProcStatus {
+            rss_bytes: field("VmRSS:")? * 1024,
+            threads: field("Threads:")? as usize,
+        })
+    }
+}
+
+/// CPU time (user + system) a process has used so far.
+///
+/// The sum of its live threads' `/proc/PID/task/TID/schedstat` (nanoseconds: a few echoes'
+/// worth of CPU is measurable), or, where the kernel keeps no schedstat, `/proc/PID/stat`'s
+/// utime + stime (clock ticks, usually 10 ms, but it also counts threads that have exited).
+pub fn cpu_time(pid: u32) -> io::Result<Duration> {
+    match schedstat_cpu_time(pid) {
+        Ok(time) => Ok(time),
+        Err(_) => stat_cpu_time(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?),
+    }
+}
+
+fn schedstat_cpu_time(pid: u32) -> io::Result<Duration> {
+    let mut nanos: u64 = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        // A thread may exit between the listing and the read: it no longer counts.
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        nanos += text
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected schedstat"))?;
+    }
+    Ok(Duration::from_nanos(nanos))
+}
+
+/// utime + stime, fields 14 and 15 of `/proc/PID/stat`. The command name (field 2) is in
+/// parentheses and may hold spaces, so count from the last `)`.
+fn stat_cpu_time(stat: &str) -> io::Result<Duration> {
+    let unexpected = || io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/PID/stat");
+    let after_name = &stat[stat.rfind(')').ok_or_else(unexpected)? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // after_name starts at field 3 (state): utime is field 14, index 11 here.
+    let tick = |i: usize| fields.get(i).and_then(|t| t.parse::<u64>().ok());
+    let ticks = tick(11).ok_or_else(unexpected)? + tick(12).ok_or_else(unexpected)?;
+    // SAFETY: sysconf only reads a configuration value; no pointers involved.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if per_second <= 0 {
+        return Err(unexpected());
+    }
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
 #[cfg(test)]
@@ -247,5 +329,56 @@ mod tests {
     fn reads_its_own_process() {
         assert!(rss_bytes() > 0, "statm reading failed");
         assert!(thread_count() >= 1);
+    }
+
+    /// A JSON memory line reads back into the same figures; other events are not memory lines.
+    #[test]
+    fn json_line_reads_back_and_other_events_do_not() {
+        let line = MemoryLine::new("step06-ws-epoll/shared", 2000, 5_000_000, 4_000_000, 1);
+        assert_eq!(MemoryLine::from_json(&line.to_json()), Some(line));
+        assert_eq!(
+            MemoryLine::from_json(r#"{"event":"listening","addr":"127.0.0.1:1"}"#),
+            None
+        );
+        assert_eq!(MemoryLine::from_json("step05-epoll  conns 1"), None);
+    }
+
+    /// /proc/PID/status yields the resident set in bytes and the thread count.
+    #[test]
+    fn status_gives_rss_in_bytes_and_threads() {
+        let text = "Name:\tstep05-epoll\nVmPeak:\t  20000 kB\nVmRSS:\t    2048 kB\nThreads:\t1\n";
+        assert_eq!(
+            ProcStatus::parse(text),
+            Some(ProcStatus {
+                rss_bytes: 2048 * 1024,
+                threads: 1
+            })
+        );
+        assert_eq!(ProcStatus::parse("Name:\tx\n"), None);
+    }
+
+    /// CPU time is counted after the parenthesised name, and grows while this process works.
+    #[test]
+    fn cpu_time_counts_ticks_after_the_name_and_grows_with_work() {
+        let stat = "42 (odd name) 9) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 1 1 1";
+        // SAFETY: sysconf only reads a configuration value.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        assert_eq!(
+            stat_cpu_time(stat).unwrap(),
+            Duration::from_secs_f64(300.0 / per_second)
+        );
+        assert!(stat_cpu_time("42 (x) S 1").is_err());
+        let pid = std::process::id();
+        let before = cpu_time(pid).unwrap();
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        // On a shared machine this thread may get less than the 50 ms, never nothing.
+        assert!(
+            cpu_time(pid).unwrap() > before,
+            "no CPU counted for a busy loop"
+        );
     }
 }
