@@ -8,6 +8,15 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::measure::StepResult;
 
+/// A chart: drawn from the steps' results into an SVG file.
+pub type Draw = fn(&[StepResult], &Path) -> Result<(), Box<dyn Error>>;
+
+/// Every chart, by file name.
+pub const ALL: &[(&str, Draw)] = &[
+    ("memory-per-conn.svg", memory_per_conn),
+    ("rtt-vs-idle.svg", rtt_vs_idle),
+];
+
 /// Horizontal bars, two per step (user-space RSS, kernel), on a log scale: the steps span
 /// three orders of magnitude, from tens of bytes to tens of kilobytes.
 pub fn memory_per_conn(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
@@ -18,8 +27,13 @@ pub fn memory_per_conn(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn 
             let positive = |v: f64| (v >= 1.0).then_some(v);
             (
                 r.step.as_str(),
-                r.rss_per_conn_proc.and_then(|b| positive(b as f64)),
-                r.kernel_per_conn.and_then(|b| positive(b as f64)),
+                r.memory
+                    .as_ref()
+                    .and_then(|m| m.rss_per_conn_bytes)
+                    .and_then(|b| positive(b as f64)),
+                r.kernel
+                    .as_ref()
+                    .and_then(|k| positive(k.per_conn_bytes as f64)),
             )
         })
         .collect();

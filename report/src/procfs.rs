@@ -1,56 +1,7 @@
-//! What the kernel says about a process and about its own memory, read from /proc.
+//! What the kernel says about its own memory, read from /proc/slabinfo and /proc/meminfo
+//! (a process's own figures come from `common`, which the steps' meter reads them with).
 
 use std::collections::BTreeMap;
-use std::io;
-
-/// A few lines of `/proc/PID/status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcStatus {
-    /// `VmRSS`: resident set in bytes, the same counter the step's own meter reads (statm).
-    pub rss_bytes: u64,
-    /// `Threads`.
-    pub threads: usize,
-}
-
-pub fn status(pid: u32) -> io::Result<ProcStatus> {
-    parse_status(&std::fs::read_to_string(format!("/proc/{pid}/status"))?).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "no VmRSS/Threads in /proc/PID/status",
-        )
-    })
-}
-
-fn parse_status(text: &str) -> Option<ProcStatus> {
-    let field = |name: &str| -> Option<u64> {
-        let line = text.lines().find_map(|line| line.strip_prefix(name))?;
-        line.split_whitespace().next()?.parse().ok()
-    };
-    Some(ProcStatus {
-        rss_bytes: field("VmRSS:")? * 1024,
-        threads: field("Threads:")? as usize,
-    })
-}
-
-/// User plus system CPU time the process has used, in seconds (`/proc/PID/stat`).
-pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // SAFETY: sysconf only reads a configuration value; no pointers involved.
-    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    parse_cpu_ticks(&text)
-        .filter(|_| ticks_per_second > 0)
-        .map(|ticks| ticks as f64 / ticks_per_second as f64)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/PID/stat"))
-}
-
-/// utime + stime, fields 14 and 15 of `/proc/PID/stat`. The command name (field 2) is in
-/// parentheses and may hold spaces, so count from the last `)`.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // after_name starts at field 3 (state): utime is field 14, index 11 here.
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
 
 /// The slab caches that grow with each TCP connection, on either end of it.
 ///
@@ -186,30 +137,6 @@ fn parse_kernel_stack(meminfo: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// /proc/PID/status yields the resident set in bytes and the thread count.
-    #[test]
-    fn status_gives_rss_in_bytes_and_threads() {
-        let text = "Name:\tstep05-epoll\nVmPeak:\t  20000 kB\nVmRSS:\t    2048 kB\nThreads:\t1\n";
-        assert_eq!(
-            parse_status(text),
-            Some(ProcStatus {
-                rss_bytes: 2048 * 1024,
-                threads: 1
-            })
-        );
-        assert_eq!(parse_status("Name:\tx\n"), None);
-        let own = status(std::process::id()).unwrap();
-        assert!(own.rss_bytes > 0 && own.threads >= 1);
-    }
-
-    /// CPU ticks in /proc/PID/stat are found even when the process name contains `) `.
-    #[test]
-    fn cpu_ticks_are_counted_after_the_parenthesised_name() {
-        let stat = "42 (odd name) 9) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 1 1 1";
-        assert_eq!(parse_cpu_ticks(stat), Some(300));
-        assert!(cpu_seconds(std::process::id()).unwrap() >= 0.0);
-    }
 
     /// A socket cache's bytes are its active objects times their size; kmalloc caches are left out.
     #[test]
