@@ -8,6 +8,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod support;
+use support::cells;
+
 /// Every row the report prints, in order (report/src/steps.rs).
 const ROWS: &[&str] = &[
     "step01-blocking",
@@ -52,15 +55,6 @@ fn bin_dir() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_report"))
         .parent()
         .expect("a binary lives in a directory")
-}
-
-/// The cells of a Markdown table row, trimmed.
-fn cells(row: &str) -> Vec<&str> {
-    row.trim()
-        .trim_matches('|')
-        .split('|')
-        .map(str::trim)
-        .collect()
 }
 
 /// The Markdown table whose header starts with `| first |`: header, separator, rows.
