@@ -7,7 +7,7 @@ use loadgen::Protocol;
 /// One row of the report: a step binary, maybe with options that make a variant.
 #[derive(Debug, Clone, Copy)]
 pub struct StepSpec {
-    /// The name in the table, e.g. `step06-ws-epoll/per-conn`.
+    /// The name in the table, e.g. `step07-tokio/4k`.
     pub name: &'static str,
     /// The binary to run (its name in `target/<profile>/`).
     pub bin: &'static str,
