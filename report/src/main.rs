@@ -150,12 +150,12 @@ fn main() -> ExitCode {
             warmup: 20,
             max: if args.quick { 200 } else { 400 },
             min: if args.quick { 50 } else { 100 },
-            time: Duration::from_millis(if args.quick { 300 } else { 600 }),
+            time: Duration::from_millis(if args.quick { 300 } else { 500 }),
         },
         sweep_passes: 3,
         kernel_chunks: 5,
         storm_in_flight: 256,
-        burst_rounds: if args.quick { 3 } else { 5 },
+        burst_rounds: 3,
     };
 
     let started = Instant::now();

@@ -384,9 +384,14 @@ impl Run<'_> {
 
         if self.spec.busy {
             result.burst = Some(self.burst(&mut pool).await);
-            // Reset every connection, then let them all arrive again at once.
+            // Reset every connection, wait until the step has seen them all go (its memory
+            // line says 0), so that its CPU time in the storm is the storm's alone; then let
+            // them all arrive again at once.
+            let closed_at = Instant::now();
             pool.close();
-            KernelMemory::settle(Duration::from_secs(2));
+            self.step
+                .process
+                .memory_line(0, closed_at, Duration::from_secs(3));
             pool = self.pool()?;
             let storm = self.storm(&mut pool, top).await;
             result.storm = Some(storm);

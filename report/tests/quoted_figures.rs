@@ -3,10 +3,12 @@
 //!
 //! What counts as a quote (see report/README.md, "Quoting a figure"):
 //!
-//! 1. In a Markdown table, a row whose first cell is a step's row name exactly as the
-//!    report prints it (`step05-epoll`, `step07-tokio/4k`): every cell of it that is a
+//! 1. In a Markdown table, a row whose first cell names a step: its row name exactly as the
+//!    report prints it (`step05-epoll`, `step07-tokio/4k`), or its binary or number at the
+//!    start (`step07-tokio …`, `07 tokio, 4 KiB buffer`). Every other cell of it that is a
 //!    figure with a unit (`43 B`, `7.5 KiB`, `35 µs`, `13.8 ms`, `12.3k/s`) must be one of
-//!    the figures the report printed for that step, in any of its tables.
+//!    the figures the report printed for that row (for a binary or a number: for any of
+//!    its rows), in any of its tables.
 //! 2. In prose, a figure followed by a marker naming its step:
 //!    `43 B<!-- report: step05-epoll -->`. The marker is invisible once rendered; a marker
 //!    with no figure before it, or naming no step of the run, is an error too, so a typo
@@ -100,6 +102,30 @@ fn documents() -> Vec<PathBuf> {
     docs
 }
 
+/// The figures a table row may quote, by its first cell: a row name exactly
+/// (`step07-tokio/4k`), or a step named by its binary (`step07-tokio …`) or its number
+/// (`07 tokio, 4 KiB buffer`), which may quote any of that step's rows.
+fn step_figures(
+    first: &str,
+    committed: &BTreeMap<String, BTreeSet<String>>,
+) -> Option<BTreeSet<String>> {
+    let first = first.trim_matches(['*', '`', ' ']);
+    if let Some(exact) = committed.get(first) {
+        return Some(exact.clone());
+    }
+    let number = match first.get(..2) {
+        Some(nn) if nn.bytes().all(|b| b.is_ascii_digit()) && first[2..].starts_with(' ') => nn,
+        _ => first.strip_prefix("step")?.get(..2)?,
+    };
+    let prefix = format!("step{number}");
+    let rows: Vec<&BTreeSet<String>> = committed
+        .iter()
+        .filter(|(name, _)| name.starts_with(&prefix))
+        .map(|(_, figures)| figures)
+        .collect();
+    (!rows.is_empty()).then(|| rows.into_iter().flatten().cloned().collect())
+}
+
 /// What in `text` disagrees with `committed`, one line each.
 fn disagreements(text: &str, committed: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
     let mut wrong = Vec::new();
@@ -108,7 +134,7 @@ fn disagreements(text: &str, committed: &BTreeMap<String, BTreeSet<String>>) -> 
         // Rule 1: table rows named after a step.
         if line.trim_start().starts_with('|') {
             let cells = cells(line);
-            if let Some(known) = cells.first().and_then(|name| committed.get(*name)) {
+            if let Some(known) = cells.first().and_then(|name| step_figures(name, committed)) {
                 for cell in &cells[1..] {
                     if let Some(fig) = figure(cell).filter(|f| !known.contains(f)) {
                         wrong.push(format!(
@@ -213,6 +239,22 @@ fn quotes_are_recognised_strictly() {
 
     // Wrong: a figure not in the run, in a table or after a marker.
     assert_eq!(check("| step05-epoll | 49 B |").len(), 1);
+    assert_eq!(
+        check("| 05 epoll | 49 B | 43 B |").len(),
+        1,
+        "a step by its number"
+    );
+    assert_eq!(check("| **05 epoll** | 43 B | 12.3k/s |").len(), 0);
+    assert_eq!(
+        check("| step05-epoll `--flag` | 49 B |").len(),
+        1,
+        "by its binary"
+    );
+    assert_eq!(
+        check("| 5 epoll | 49 B |").len(),
+        0,
+        "not a step: not checked"
+    );
     assert_eq!(check("| step05-epoll | −43 B |").len(), 1);
     assert_eq!(check("about 47 B<!-- report: step05-epoll -->").len(), 1);
     // Wrong: markers that would silently check nothing.
