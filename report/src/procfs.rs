@@ -38,7 +38,8 @@ pub struct KernelMemory {
     /// `KernelStack` from /proc/meminfo: 16 KiB per thread on x86-64, outside any slab.
     pub kernel_stacks: u64,
     /// TCP sockets in use (objects in the `TCP` and `TCPv6` caches): a loopback connection
-    /// adds exactly two, so a different count means another process was at work too.
+    /// adds two, so a count far from that (beyond slabinfo's per-CPU slack) means another
+    /// process was at work too.
     pub tcp_sockets: u64,
 }
 
