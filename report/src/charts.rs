@@ -1,5 +1,5 @@
 //! The pictures, one message each, drawn for a 1280×720 slide read from the back of a room:
-//! text of 24 px or more, the Okabe–Ito palette (safe for colour-blind eyes) with a marker
+//! text of 24 px or more (16 px once the chart is 500 px high on a slide), the Okabe–Ito palette (safe for colour-blind eyes) with a marker
 //! and a line style per step as well, units on every axis, log axes ticked in the units the
 //! labels use, and each line or point named where it ends rather than in a distant legend.
 
@@ -28,8 +28,10 @@ pub const ALL: &[(&str, Draw)] = &[
 /// The slide's size: a chart drawn at it needs no scaling on a 1280×720 slide.
 const SIZE: (u32, u32) = (1280, 720);
 const FONT: &str = "sans-serif";
-const TITLE: u32 = 34;
-const TEXT: u32 = 26;
+/// Font sizes as plotters takes them: it writes 1/1.24 of this into the SVG (points to
+/// pixels), so 30 is 24 px in the file, 16.8 px once the chart is shown 500 px high.
+const TITLE: u32 = 38;
+const TEXT: u32 = 30;
 
 /// Okabe & Ito's palette, "Color Universal Design" (2002), without its yellow (too pale
 /// on white for a projector).
@@ -162,7 +164,7 @@ pub fn memory_per_conn(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn 
         .caption("Memory per connection, idle", (FONT, TITLE))
         .margin(20)
         .x_label_area_size(70)
-        .y_label_area_size(250)
+        .y_label_area_size(280)
         .build_cartesian_2d(
             (lo..hi).log_scale().with_key_points(byte_ticks(lo, hi)),
             0.0..n as f64,
@@ -177,8 +179,7 @@ pub fn memory_per_conn(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn 
         .axis_desc_style((FONT, TEXT))
         .draw()?;
     let (user_color, kernel_color) = (PALETTE[0], PALETTE[1]);
-    let label =
-        TextStyle::from((FONT, TEXT - 2).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    let label = TextStyle::from((FONT, TEXT).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
     let name = TextStyle::from((FONT, TEXT).into_font()).pos(Pos::new(HPos::Right, VPos::Center));
     for (k, (step, user, kernel)) in rows.iter().enumerate() {
         // Step k from the top occupies y from n-1-k to n-k: user above, kernel below.
@@ -380,15 +381,16 @@ pub fn busy(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
     let mut chart = ChartBuilder::on(&root)
         .caption(
             "Busy: server CPU per new connection (storm) and per message (burst)",
-            (FONT, TITLE - 4),
+            (FONT, TITLE - 6),
         )
         .margin(20)
         .x_label_area_size(70)
-        .y_label_area_size(250)
+        .y_label_area_size(280)
         .build_cartesian_2d(0.0..hi * 1.45, 0.0..n as f64)?;
     chart
         .configure_mesh()
         .disable_y_mesh()
+        .light_line_style(WHITE)
         .y_labels(0)
         .x_labels(6)
         .x_label_formatter(&|x| format!("{x:.0} µs"))
@@ -396,8 +398,7 @@ pub fn busy(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
         .label_style((FONT, TEXT))
         .axis_desc_style((FONT, TEXT))
         .draw()?;
-    let label =
-        TextStyle::from((FONT, TEXT - 2).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    let label = TextStyle::from((FONT, TEXT).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
     let name = TextStyle::from((FONT, TEXT).into_font()).pos(Pos::new(HPos::Right, VPos::Center));
     for (k, (step, storm, burst)) in rows.iter().enumerate() {
         let y = (n - 1 - k) as f64;

@@ -36,6 +36,15 @@ const SWEPT: &[&str] = &[
     "step07-tokio/4k",
 ];
 
+/// The charts the report draws into `--out`.
+const CHARTS: &[&str] = &[
+    "memory-per-conn.svg",
+    "rtt-select-poll.svg",
+    "rtt-epoll.svg",
+    "tradeoff.svg",
+    "busy.svg",
+];
+
 /// Runs the report binary with `args`, writing into a fresh directory; returns its output
 /// and that directory.
 fn report(name: &str, args: &[&str]) -> (Output, PathBuf) {
@@ -147,12 +156,22 @@ fn quick_report_checks_every_row_and_the_lessons_orderings() {
         }
     }
 
-    let charts = std::fs::read_dir(&out)
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|name| name.ends_with(".svg"))
-        .count();
-    assert!(charts >= 2, "the charts are written into --out");
+    // Readable on a slide: a chart shown 500 px high (of its 720) keeps every text at 16 px
+    // or more, so the SVG's own sizes are at least 16 × 720 / 500 = 23 px.
+    for chart in CHARTS {
+        let svg = std::fs::read_to_string(out.join(chart)).unwrap();
+        let sizes: Vec<f64> = svg
+            .split("font-size=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next()?.parse().ok())
+            .collect();
+        assert!(!sizes.is_empty(), "{chart} has no text");
+        let smallest = sizes.iter().copied().fold(f64::MAX, f64::min);
+        assert!(
+            smallest >= 23.0,
+            "{chart}: text of {smallest:.1} px, too small for a slide"
+        );
+    }
     let svg = std::fs::read_to_string(out.join("memory-per-conn.svg")).unwrap();
     assert!(
         svg.contains("<svg") && svg.contains("step05-epoll"),
