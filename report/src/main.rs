@@ -10,15 +10,22 @@
 //! them at once. It prints three Markdown tables (memory, latency, busy), writes
 //! `report.json`, and draws the SVG charts into `--out`.
 //!
+//! Layout: `steps.rs` lists the rows; `child.rs` runs one step and reads its lines;
+//! `measure.rs` puts it through the plan (with `sweep.rs` for the round trips and
+//! `kernel.rs` for the slab figures, `procfs.rs` reading /proc/slabinfo); `output.rs`
+//! writes the tables and `charts.rs` the pictures.
+//!
 //! A step joins the report by having a line in `steps.rs`; one whose binary is missing or
 //! exits before listening becomes a row that says so.
 
 mod charts;
 mod child;
+mod kernel;
 mod measure;
 mod output;
 mod procfs;
 mod steps;
+mod sweep;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};

@@ -15,20 +15,13 @@ use loadgen::{ConnectOptions, EchoStats, Pace, Pick, Pool, Protocol, Target};
 use serde::Serialize;
 
 use crate::child::{Sample, StepProcess};
+use crate::kernel::KernelChunks;
 use crate::procfs::KernelMemory;
 use crate::steps::{self, StepSpec};
+use crate::sweep::{SweepPoint, Visits};
 
 /// Fewer connections than this, and the kernel figure per connection is mostly noise.
 pub const MIN_CONNS_FOR_KERNEL: usize = 100;
-
-/// A sweep point whose visits' medians differ by more than this share of their median (and
-/// by more than [`WIDE_SPREAD_FLOOR_US`]) is flagged instead of printed: the machine was too
-/// busy for the number to mean anything.
-pub const WIDE_SPREAD: f64 = 0.5;
-
-/// Differences below this are scheduling on loopback (client and server on one core or two,
-/// a core waking from idle), not what idle connections cost: never flagged.
-pub const WIDE_SPREAD_FLOOR_US: f64 = 50.0;
 
 /// How hard to push each step; the same for every step, so rows compare like for like.
 /// The table's footnotes are written from these same values.
@@ -157,30 +150,6 @@ impl From<&EchoStats> for EchoCounts {
             mismatched: stats.mismatched,
             failed: stats.failed,
         }
-    }
-}
-
-/// Round trip with `conns` connections held (one of them the probe), over every visit.
-#[derive(Debug, Clone, Serialize)]
-pub struct SweepPoint {
-    pub conns: usize,
-    /// The median of the visits' medians.
-    pub p50_us: f64,
-    /// Largest minus smallest of the visits' medians (0 with one visit).
-    pub spread_us: f64,
-    /// p99 over every round trip timed at this point.
-    pub p99_us: f64,
-    /// The step's CPU time per echo while the round trips ran: the per-wake-up cost
-    /// itself, far less sensitive to a busy machine than the wall-clock round trip.
-    pub server_cpu_us_per_echo: Option<f64>,
-    /// Each visit's median, in the order they were taken.
-    pub visits_p50_us: Vec<f64>,
-}
-
-impl SweepPoint {
-    /// The visits disagree too much for the median to mean anything ([`WIDE_SPREAD`]).
-    pub fn spread_too_wide(&self) -> bool {
-        self.spread_us > (WIDE_SPREAD * self.p50_us).max(WIDE_SPREAD_FLOOR_US)
     }
 }
 
@@ -608,62 +577,6 @@ fn per_each(before: Option<Duration>, after: Option<Duration>, work: usize) -> O
     (work > 0).then(|| us(after.saturating_sub(before)) / work as f64)
 }
 
-/// One sweep point's visits so far.
-struct Visits {
-    conns: usize,
-    /// Every visit's round trips.
-    all: EchoStats,
-    p50s_us: Vec<f64>,
-    cpu_us_per_echo: Vec<f64>,
-}
-
-impl Visits {
-    fn new(conns: usize) -> Visits {
-        Visits {
-            conns,
-            all: EchoStats::default(),
-            p50s_us: Vec::new(),
-            cpu_us_per_echo: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, stats: EchoStats, cpu_us_per_echo: Option<f64>) {
-        if let Some(summary) = stats.summary() {
-            self.p50s_us.push(us(summary.p50));
-            self.cpu_us_per_echo.extend(cpu_us_per_echo);
-        }
-        self.all.merge(stats);
-    }
-
-    /// The point, or `None` if no round trip ever came back at it.
-    fn point(self) -> Option<SweepPoint> {
-        let all = self.all.finish();
-        let p99 = all.summary()?.p99;
-        let sorted = {
-            let mut p50s = self.p50s_us.clone();
-            p50s.sort_by(f64::total_cmp);
-            p50s
-        };
-        Some(SweepPoint {
-            conns: self.conns,
-            p50_us: median(&sorted)?,
-            spread_us: sorted.last()? - sorted.first()?,
-            p99_us: us(p99),
-            server_cpu_us_per_echo: {
-                let mut cpu = self.cpu_us_per_echo;
-                cpu.sort_by(f64::total_cmp);
-                median(&cpu)
-            },
-            visits_p50_us: self.p50s_us,
-        })
-    }
-}
-
-/// The middle value of sorted values (the lower middle of an even count: a measured value).
-fn median(sorted: &[f64]) -> Option<f64> {
-    sorted.get(sorted.len().saturating_sub(1) / 2).copied()
-}
-
 /// A thread that reads a process's VmRSS every millisecond and keeps the highest.
 struct PeakRss {
     stop: Arc<AtomicBool>,
@@ -695,65 +608,6 @@ impl PeakRss {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
         self.peak.load(Ordering::Relaxed)
-    }
-}
-
-/// Kernel memory per connection, one figure per chunk of connections opened.
-#[derive(Debug, Default)]
-struct KernelChunks {
-    /// Growth per connection in total, and by cache.
-    kept: Vec<(i64, BTreeMap<String, i64>)>,
-    /// Chunks set aside because another process opened or closed sockets meanwhile.
-    spoiled: Vec<String>,
-    /// Too few connections to measure at all.
-    too_few: bool,
-}
-
-impl KernelChunks {
-    /// Count the chunk between two readings in which `added` connections opened, unless the
-    /// TCP cache says another process was at work too.
-    fn add(&mut self, before: &KernelMemory, after: &KernelMemory, added: usize) {
-        let new_sockets = after.tcp_sockets as i64 - before.tcp_sockets as i64;
-        if !two_sockets_each(new_sockets, added) {
-            self.spoiled.push(format!(
-                "{new_sockets} new TCP sockets for {added} connections"
-            ));
-            return;
-        }
-        let (growth, total) = before.growth(after);
-        let per_conn = growth
-            .into_iter()
-            .map(|(cache, bytes)| (cache, bytes / added as i64))
-            .collect();
-        self.kept.push((total / added as i64, per_conn));
-    }
-
-    /// The median chunk becomes the step's kernel figure; what was set aside goes in the notes.
-    fn fill(mut self, result: &mut StepResult) {
-        self.kept.sort_by_key(|(per_conn, _)| *per_conn);
-        if !self.spoiled.is_empty() {
-            result.notes.push(format!(
-                "kernel: {} of {} chunks set aside, the TCP cache did not grow by about two \
-                 sockets per connection (new sockets for connections: {}): another process \
-                 was at work too",
-                self.spoiled.len(),
-                self.spoiled.len() + self.kept.len(),
-                self.spoiled.join(", ")
-            ));
-        }
-        if self.too_few {
-            result.notes.push(format!(
-                "kernel memory not shown: {} connections are too few to measure",
-                result.conns.held
-            ));
-        }
-        if let Some((median, breakdown)) = self.kept.get(self.kept.len().saturating_sub(1) / 2) {
-            result.kernel = Some(KernelFigure {
-                per_conn_bytes: *median,
-                by_cache: breakdown.clone(),
-                chunks_per_conn: self.kept.iter().map(|(per_conn, _)| *per_conn).collect(),
-            });
-        } // else: unreadable (n/a), too few, or every chunk set aside (noted above)
     }
 }
 
@@ -812,19 +666,7 @@ fn fill_memory(result: &mut StepResult, sample: Option<Sample>, base_rss_proc: u
     result.memory = Some(memory);
 }
 
-/// Whether `new_sockets` TCP sockets are what `conns` new loopback connections make: two
-/// each (loadgen's end and the step's), give or take 5% or [`SLAB_SLACK`].
-fn two_sockets_each(new_sockets: i64, conns: usize) -> bool {
-    let expected = 2 * conns as i64;
-    (new_sockets - expected).abs() <= (expected / 20).max(SLAB_SLACK)
-}
-
-/// How far slabinfo's count of objects in use may be off: it counts the slabs each CPU
-/// keeps at hand as wholly in use (13 TCP sockets a slab, and up to 24 objects in partial
-/// slabs per CPU here: /sys/kernel/slab/TCP/cpu_partial).
-const SLAB_SLACK: i64 = 80;
-
-fn us(d: Duration) -> f64 {
+pub fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
@@ -840,23 +682,6 @@ pub fn agree(rss_proc: u64, rss_line: u64) -> bool {
 mod tests {
     use super::*;
 
-    /// A measurement counts only if the kernel gained about two TCP sockets per new connection.
-    #[test]
-    fn a_chunk_counts_only_if_it_made_two_sockets_per_connection() {
-        assert!(two_sockets_each(2000, 1000));
-        assert!(two_sockets_each(2040, 1000), "a few strays are within 5%");
-        assert!(
-            !two_sockets_each(2400, 1000),
-            "someone else opened 400 sockets"
-        );
-        assert!(!two_sockets_each(-500, 1000), "someone else closed sockets");
-        assert!(two_sockets_each(9, 5));
-        assert!(
-            two_sockets_each(338, 199),
-            "slabinfo's count is off by a few slabs"
-        );
-    }
-
     /// The RSS from /proc and the step's own line agree within a few pages or 2%, not megabytes.
     #[test]
     fn rss_figures_agree_within_pages_not_megabytes() {
@@ -867,37 +692,5 @@ mod tests {
         );
         assert!(!agree(14_000_000, 20_000_000));
         assert!(!agree(200_000_000, 190_000_000));
-    }
-
-    /// A sweep point is the median of its visits' medians, with their spread; a wide spread
-    /// is flagged, not hidden.
-    #[test]
-    fn a_sweep_point_is_the_median_of_its_visits_with_their_spread() {
-        let visit = |us: &[u64]| {
-            EchoStats {
-                ok: us.len(),
-                rtts: us.iter().map(|&u| Duration::from_micros(u)).collect(),
-                ..EchoStats::default()
-            }
-            .finish()
-        };
-        let mut visits = Visits::new(1000);
-        visits.add(visit(&[100, 110, 120]), Some(4.0));
-        visits.add(visit(&[300, 310, 320]), Some(6.0));
-        visits.add(visit(&[90, 105, 500]), Some(5.0));
-        let point = visits.point().unwrap();
-        assert_eq!(point.visits_p50_us, [110.0, 310.0, 105.0]);
-        assert_eq!(point.p50_us, 110.0);
-        assert_eq!(point.spread_us, 205.0);
-        assert_eq!(point.p99_us, 500.0);
-        assert_eq!(point.server_cpu_us_per_echo, Some(5.0));
-        assert!(point.spread_too_wide(), "205 µs of spread on 110 µs");
-
-        let mut steady = Visits::new(10);
-        steady.add(visit(&[30, 31]), None);
-        steady.add(visit(&[70, 73]), None);
-        let point = steady.point().unwrap();
-        assert!(!point.spread_too_wide() && point.server_cpu_us_per_echo.is_none());
-        assert!(Visits::new(1).point().is_none(), "no round trip, no point");
     }
 }

@@ -6,10 +6,9 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::measure::{
-    MIN_CONNS_FOR_KERNEL, Plan, StepResult, SweepPoint, WIDE_SPREAD, WIDE_SPREAD_FLOOR_US,
-};
+use crate::measure::{MIN_CONNS_FOR_KERNEL, Plan, StepResult};
 use crate::procfs::SOCKET_CACHES;
+use crate::sweep::{SweepPoint, WIDE_SPREAD, WIDE_SPREAD_FLOOR_US};
 
 /// Everything `report.json` holds.
 #[derive(Debug, Serialize)]
@@ -218,8 +217,8 @@ fn notes(steps: &[StepResult], scans: Scans) -> String {
         notes.extend(r.notes.iter().cloned());
         if r.sweep.iter().any(SweepPoint::spread_too_wide) {
             notes.push(format!(
-                "⚠ wide: the round trip's visits differ by more than {:.0}% of their median \
-                 and {WIDE_SPREAD_FLOOR_US} µs at some point (the machine was busy): {}",
+                "⚠ wide: no two of the round trip's visits agree within {:.0}% (and \
+                 {WIDE_SPREAD_FLOOR_US} µs) at some point (the machine was busy): {}",
                 WIDE_SPREAD * 100.0,
                 r.sweep
                     .iter()
@@ -290,8 +289,8 @@ fn footnotes(report: &Report) -> String {
          *round trip*: a {size}-byte echo on one connection while the others sit idle: each \
          point visited {passes} times (up, down, up…), each visit {min} to {max} round trips \
          one after another (past {min}, at most {time}) after {warmup} not counted; the median \
-         of the visits' medians, ⚠ wide when they differ by more than {wide:.0}% and \
-         {floor} µs. *CPU / echo*: \
+         of the visits' medians, ⚠ wide when no two of them agree within {wide:.0}% (and \
+         {floor} µs). *CPU / echo*: \
          the step's CPU time (/proc/PID/task/*/schedstat) over a visit ÷ its echoes.\n\
          *storm*: N connections opened as fast as loadgen can ({in_flight} attempts in flight), \
          each with its {size}-byte echo (WebSocket: upgrade too): connections per second, time \
