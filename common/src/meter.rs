@@ -227,55 +227,40 @@ impl ProcStatus {
     }
 }
 
-/// CPU time (user + system) a process has used so far.
-///
-/// The sum of its live threads' `/proc/PID/task/TID/schedstat` (nanoseconds: a few echoes'
-/// worth of CPU is measurable), or, where the kernel keeps no schedstat, `/proc/PID/stat`'s
-/// utime + stime (clock ticks, usually 10 ms, but it also counts threads that have exited).
+/// CPU time (user + system) a process has used so far, all its threads together, those
+/// that have exited included, to the nanosecond: the process's CPU-time clock
+/// (`clock_getcpuclockid`), which the kernel keeps for any process we may inspect.
 pub fn cpu_time(pid: u32) -> io::Result<Duration> {
-    match schedstat_cpu_time(pid) {
-        Ok(time) => Ok(time),
-        Err(_) => stat_cpu_time(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?),
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `clock` is a valid, writable clockid_t; the call only stores into it.
+    let err = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
+    if err != 0 {
+        // This one returns the error number instead of setting errno.
+        return Err(io::Error::from_raw_os_error(err));
     }
-}
-
-fn schedstat_cpu_time(pid: u32) -> io::Result<Duration> {
-    let mut nanos: u64 = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let path = task?.path().join("schedstat");
-        // A thread may exit between the listing and the read: it no longer counts.
-        let Ok(text) = std::fs::read_to_string(path) else {
-            continue;
-        };
-        nanos += text
-            .split_whitespace()
-            .next()
-            .and_then(|ns| ns.parse::<u64>().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected schedstat"))?;
-    }
-    Ok(Duration::from_nanos(nanos))
-}
-
-/// utime + stime, fields 14 and 15 of `/proc/PID/stat`. The command name (field 2) is in
-/// parentheses and may hold spaces, so count from the last `)`.
-fn stat_cpu_time(stat: &str) -> io::Result<Duration> {
-    let unexpected = || io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/PID/stat");
-    let after_name = &stat[stat.rfind(')').ok_or_else(unexpected)? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // after_name starts at field 3 (state): utime is field 14, index 11 here.
-    let tick = |i: usize| fields.get(i).and_then(|t| t.parse::<u64>().ok());
-    let ticks = tick(11).ok_or_else(unexpected)? + tick(12).ok_or_else(unexpected)?;
-    // SAFETY: sysconf only reads a configuration value; no pointers involved.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if per_second <= 0 {
-        return Err(unexpected());
-    }
-    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; `clock` came from the kernel just above.
+    crate::sys::cvt(unsafe { libc::clock_gettime(clock, &mut now) })?;
+    Ok(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's own CPU time.
+    fn thread_cpu() -> Duration {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid, writable timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+        Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+    }
 
     /// Per-connection cost is RSS growth over the baseline per connection; 0 if none or no growth.
     #[test]
@@ -357,28 +342,29 @@ mod tests {
         assert_eq!(ProcStatus::parse("Name:\tx\n"), None);
     }
 
-    /// CPU time is counted after the parenthesised name, and grows while this process works.
+    /// CPU time counts what a thread used after it exited, to the millisecond.
     #[test]
-    fn cpu_time_counts_ticks_after_the_name_and_grows_with_work() {
-        let stat = "42 (odd name) 9) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 1 1 1";
-        // SAFETY: sysconf only reads a configuration value.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        assert_eq!(
-            stat_cpu_time(stat).unwrap(),
-            Duration::from_secs_f64(300.0 / per_second)
-        );
-        assert!(stat_cpu_time("42 (x) S 1").is_err());
+    fn cpu_time_keeps_what_exited_threads_used() {
+        const WORK: Duration = Duration::from_millis(20);
         let pid = std::process::id();
         let before = cpu_time(pid).unwrap();
-        let spin = Instant::now();
-        let mut x = 0u64;
-        while spin.elapsed() < Duration::from_millis(50) {
-            x = std::hint::black_box(x.wrapping_add(1));
-        }
-        // On a shared machine this thread may get less than the 50 ms, never nothing.
+        // A thread that works until its own CPU clock says WORK (at most 5 s of wall
+        // clock on a busy machine), then exits.
+        std::thread::spawn(|| {
+            let started = Instant::now();
+            let mut x = 0u64;
+            while thread_cpu() < WORK && started.elapsed() < Duration::from_secs(5) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        })
+        .join()
+        .unwrap();
+        let used = cpu_time(pid).unwrap() - before;
         assert!(
-            cpu_time(pid).unwrap() > before,
-            "no CPU counted for a busy loop"
+            used >= WORK,
+            "the exited thread's {WORK:?} of CPU are not counted: {used:?}"
         );
+        // Past the largest pid Linux allows (2^22).
+        assert!(cpu_time(99_999_999).is_err(), "no such process");
     }
 }

@@ -291,7 +291,7 @@ fn footnotes(report: &Report) -> String {
          one after another (past {min}, at most {time}) after {warmup} not counted; the median \
          of the visits' medians, ⚠ wide when no two of them agree within {wide:.0}% (and \
          {floor} µs). *CPU / echo*: \
-         the step's CPU time (/proc/PID/task/*/schedstat) over a visit ÷ its echoes.\n\
+         the step's CPU time (its process CPU clock, to the nanosecond) over a visit ÷ its echoes.\n\
          *storm*: N connections opened as fast as loadgen can ({in_flight} attempts in flight), \
          each with its {size}-byte echo (WebSocket: upgrade too): connections per second, time \
          to connect, the step's CPU per connection. *burst*: one {size}-byte message on every \
