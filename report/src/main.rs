@@ -162,6 +162,7 @@ fn main() -> ExitCode {
         sweep_passes: 3,
         kernel_chunks: 5,
         storm_in_flight: 256,
+        storms: 2,
         burst_rounds: 3,
     };
 

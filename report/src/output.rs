@@ -293,8 +293,8 @@ fn footnotes(report: &Report) -> String {
          {floor} µs). *CPU / echo*: \
          the step's CPU time (its process CPU clock, to the nanosecond) over a visit ÷ its echoes.\n\
          *storm*: N connections opened as fast as loadgen can ({in_flight} attempts in flight), \
-         each with its {size}-byte echo (WebSocket: upgrade too): connections per second, time \
-         to connect, the step's CPU per connection. *burst*: one {size}-byte message on every \
+         each with its {size}-byte echo (WebSocket: upgrade too), the fastest of {storms}: \
+         connections per second, time to connect, the step's CPU per connection. *burst*: one {size}-byte message on every \
          connection at once, {rounds} rounds: messages per second, round trips, the step's CPU \
          per message, and its highest resident set meanwhile per connection beside the idle one.\n",
         conns = plan.conns,
@@ -319,6 +319,7 @@ fn footnotes(report: &Report) -> String {
         wide = WIDE_SPREAD * 100.0,
         floor = WIDE_SPREAD_FLOOR_US,
         in_flight = plan.storm_in_flight,
+        storms = plan.storms,
         rounds = plan.burst_rounds,
     )
 }
