@@ -15,6 +15,8 @@ use serde::Deserialize;
 
 use common::{MemoryLine, ProcStatus};
 
+use crate::procfs;
+
 /// How often the step prints its memory line (at most), in seconds: often enough that the
 /// report waits little for a fresh one.
 const REPORT_EVERY: &str = "0.2";
@@ -197,7 +199,7 @@ fn read_stdout_line(pid: u32, line: &str, seen: &Mutex<Seen>) {
                 return;
             };
             // Read /proc now, as close as we can to the moment the step measured itself.
-            let proc = ProcStatus::read(pid).ok();
+            let proc = procfs::status(pid).ok();
             let sample = Sample {
                 line: memory,
                 proc,

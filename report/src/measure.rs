@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{MemoryLine, ProcStatus};
+use common::MemoryLine;
 use indicatif::ProgressBar;
 use loadgen::{ConnectOptions, EchoStats, Pace, Pick, Pool, Protocol, Target};
 use serde::Serialize;
 
 use crate::child::{Sample, StepProcess};
 use crate::kernel::KernelChunks;
-use crate::procfs::KernelMemory;
+use crate::procfs::{self, KernelMemory};
 use crate::steps::{self, StepSpec};
 use crate::sweep::{SweepPoint, Visits};
 
@@ -267,7 +267,7 @@ async fn start(bin: &Path, spec: &StepSpec) -> Result<Started, String> {
     // Blocking: polls the child for up to 15 s. Nothing else runs on this thread meanwhile.
     let addr = process.wait_listening(Duration::from_secs(15))?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let base_rss = ProcStatus::read(process.pid())
+    let base_rss = procfs::status(process.pid())
         .map_err(|err| {
             format!(
                 "cannot read /proc/{}/status: {err}{}",
@@ -396,7 +396,7 @@ impl Run<'_> {
             }
         }
 
-        result.cpu_seconds = common::cpu_time(self.step.process.pid())
+        result.cpu_seconds = procfs::cpu_time(self.step.process.pid())
             .ok()
             .map(|t| t.as_secs_f64());
         if !self.step.process.is_running() {
@@ -423,7 +423,7 @@ impl Run<'_> {
 
     /// The step's CPU time so far (zero if it has exited: the figure is then not used).
     fn cpu(&self) -> Option<Duration> {
-        common::cpu_time(self.step.process.pid()).ok()
+        procfs::cpu_time(self.step.process.pid()).ok()
     }
 
     /// Open connections until `stage` are held, then send one message on each new one at
@@ -605,7 +605,7 @@ impl PeakRss {
         let thread = std::thread::spawn(move || {
             // Bounded by the caller's stop, which always follows the burst.
             while !stopped.load(Ordering::Relaxed) {
-                if let Ok(status) = ProcStatus::read(pid) {
+                if let Ok(status) = procfs::status(pid) {
                     highest.fetch_max(status.rss_bytes, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(1));

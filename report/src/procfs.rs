@@ -1,7 +1,24 @@
-//! What the kernel says about its own memory, read from /proc/slabinfo and /proc/meminfo
-//! (a process's own figures come from `common`, which the steps' meter reads them with).
+//! What the kernel says about a step (its resident set, threads and CPU time, read with
+//! `common`'s readers, the ones the steps' meter uses) and about its own memory
+//! (/proc/slabinfo and /proc/meminfo).
 
 use std::collections::BTreeMap;
+use std::io;
+use std::time::Duration;
+
+use common::ProcStatus;
+
+/// The step's resident set and thread count. The one place the report reads them, so that
+/// a step made of several processes can be summed here.
+pub fn status(pid: u32) -> io::Result<ProcStatus> {
+    ProcStatus::read(pid)
+}
+
+/// The CPU time the step has used so far (see [`common::cpu_time`]); the one place the
+/// report reads it.
+pub fn cpu_time(pid: u32) -> io::Result<Duration> {
+    common::cpu_time(pid)
+}
 
 /// The slab caches that grow with each TCP connection, on either end of it.
 ///
