@@ -15,7 +15,7 @@ use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::{Message, WebSocket};
 
-use crate::{Server, check_fd_exhaustion, tcp};
+use crate::{Server, check_fd_exhaustion, check_flood_fairness, tcp};
 
 /// A client's end of a WebSocket connection over a plain blocking TCP stream.
 pub type Client = WebSocket<TcpStream>;
@@ -448,4 +448,60 @@ pub fn bad_handshake_refused(bin: &str, extra: &[&str]) {
         &mut client,
         Message::text("a good handshake after the bad ones"),
     );
+}
+
+/// One client floods pings (16 MiB of them, its pongs read as fast as they come); a client
+/// that connects meanwhile is upgraded and echoed long before the flood is over. Pings
+/// cost the server more work per byte than they cost the client, so a server that read
+/// the flooder until it was empty would serve nobody else until the flood ended.
+pub fn ping_flood_does_not_starve_a_fresh_client(bin: &str, extra: &[&str]) {
+    let server = Server::start(bin, extra);
+    let flooder = connect(&server).into_inner();
+    // An empty masked ping is 6 bytes; its pong is 2.
+    let ping = [0x89, 0x80, 0x1f, 0x2e, 0x3d, 0x4c];
+    let chunk = ping.repeat(10_000);
+    check_flood_fairness(flooder, &chunk, 280, 2 * 10_000, || {
+        let mut fresh = connect(&server);
+        assert_echo(&mut fresh, Message::text("served during a flood"));
+    });
+}
+
+/// With its stdout closed, the step keeps serving WebSocket clients: a memory line that
+/// cannot be printed is lost, not fatal.
+pub fn survives_stdout_closed(bin: &str, extra: &[&str]) {
+    crate::check_stdout_closed(bin, extra, |server| {
+        let mut client = connect(server);
+        assert_echo(
+            &mut client,
+            Message::text("still serving with stdout closed"),
+        );
+    });
+}
+
+/// One frame in wire format, built byte by byte so that a check can break any rule:
+/// `masked` as every client frame must be (RFC 6455 §5.3), or not; any opcode; a final
+/// fragment or not. The length takes the shortest of its three encodings.
+pub fn raw_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut wire = vec![(u8::from(fin) << 7) | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => wire.push(mask_bit | n as u8),
+        n @ 126..=0xffff => {
+            wire.push(mask_bit | 126);
+            wire.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            wire.push(mask_bit | 127);
+            wire.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if !masked {
+        wire.extend_from_slice(payload);
+        return wire;
+    }
+    // Any mask will do; a fixed one keeps the checks repeatable.
+    let mask = *b"mask";
+    wire.extend_from_slice(&mask);
+    wire.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    wire
 }
