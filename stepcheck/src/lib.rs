@@ -4,8 +4,10 @@
 //! `env!("CARGO_BIN_EXE_stepNN-name")`, so all steps are held to the same checks, like for
 //! like. [`Server`] starts a step on a free port and reads its `--json` lines; [`tcp`] holds
 //! the checks for the raw-TCP echo steps (01–05). [`inprocess`] runs a step's `serve` in the
-//! test's own process, for the faults a client cannot cause.
+//! test's own process, for the faults a client cannot cause. [`chromium`] starts the
+//! headless browser that the browser and slide checks drive.
 
+pub mod chromium;
 pub mod inprocess;
 pub mod tcp;
 pub mod ws;
