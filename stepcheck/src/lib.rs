@@ -3,12 +3,14 @@
 //! Each step's `tests/behaviour.rs` calls these functions with
 //! `env!("CARGO_BIN_EXE_stepNN-name")`, so all steps are held to the same checks, like for
 //! like. [`Server`] starts a step on a free port and reads its `--json` lines; [`tcp`] holds
-//! the checks for the raw-TCP echo steps (01–05). [`inprocess`] runs a step's `serve` in the
-//! test's own process, for the faults a client cannot cause. [`chromium`] starts the
-//! headless browser that the browser and slide checks drive.
+//! the checks for the raw-TCP echo steps (01–05), [`ws`] those for the WebSocket steps
+//! (06–07), and [`memory`] holds every step's memory line to `/proc`. [`inprocess`] runs a
+//! step's `serve` in the test's own process, for the faults a client cannot cause.
+//! [`chromium`] starts the headless browser that the browser and slide checks drive.
 
 pub mod chromium;
 pub mod inprocess;
+pub mod memory;
 pub mod tcp;
 pub mod ws;
 
@@ -46,6 +48,9 @@ pub struct Server {
     lines: Receiver<Value>,
     /// Everything the step wrote to stderr so far, for failure messages.
     stderr: Arc<Mutex<String>>,
+    /// The step's `VmRSS` read by the test when its `listening` line arrived, before any
+    /// connection: what the memory line's `base` is held to.
+    rss_at_start: u64,
 }
 
 impl Server {
@@ -132,6 +137,7 @@ impl Server {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             lines,
             stderr,
+            rss_at_start: 0,
         };
         let first = server.next_line(PATIENCE).unwrap_or_else(|| {
             panic!(
@@ -147,7 +153,13 @@ impl Server {
             .as_str()
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("`listening` line without a socket address: {first}"));
+        server.rss_at_start = server.rss_bytes();
         server
+    }
+
+    /// The step's `VmRSS` when it started listening, read by the test.
+    pub fn rss_at_start(&self) -> u64 {
+        self.rss_at_start
     }
 
     /// The child's pid.
@@ -185,7 +197,8 @@ impl Server {
     }
 
     /// Wait for a memory line reporting `conns` connections and check its figures: a
-    /// resident set, a thread, and per-conn = (rss − base) / conns.
+    /// resident set, a thread, per-conn = (rss − base) / conns, and rss and base as
+    /// `/proc` gives them ([`memory::assert_line_agrees_with_proc`]).
     pub fn assert_memory_line_counts(&self, conns: u64) {
         let line = self.wait_for_memory_line(conns);
         assert!(line["rss_bytes"].as_u64() > Some(0), "{line}");
@@ -196,6 +209,7 @@ impl Server {
             line["base_rss_bytes"].as_u64().expect("base_rss_bytes"),
         );
         assert_eq!(per_conn, rss.saturating_sub(base) / conns, "{line}");
+        memory::assert_line_agrees_with_proc(self, &line);
     }
 
     /// Open a client connection with read and write timeouts, so no check can hang.
@@ -244,6 +258,14 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// How much a step may grow while a client floods it without reading. A correct step holds
+/// one read's worth for that client and stops reading it: one buffer of 4–64 KiB for the
+/// TCP steps, plus, for the WebSocket steps, the frame being read and its pending echo (64 KiB
+/// frames here) and step07's 128 KiB read buffer. Measured: at most 40 KiB (TCP steps),
+/// 330 KiB (step06), 390 KiB (step07). 1 MiB leaves more than twice that, and is a tenth of
+/// what the flood pushes before the kernel's socket buffers fill (~8–10 MiB).
+pub const FLOOD_GROWTH_LIMIT: u64 = 1 << 20;
 
 /// How many descriptors a step gets in the fd-exhaustion checks, and how many clients
 /// are sent at it: more than it can accept.
