@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::child::StepProcess;
-use crate::procfs::{self, KernelMemory};
+use crate::procfs::KernelMemory;
 
 /// Kernel memory per loopback connection, both ends, as measured on this kind of machine
 /// (~8–9 KiB: two sockets, their inodes, files, epoll entries). Used only to check, before
@@ -265,10 +265,10 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
     let mut server = StepProcess::start(&server_bin, &["--workers", &workers])?;
     let addr = server.wait_listening(Duration::from_secs(30))?;
     std::thread::sleep(Duration::from_millis(500));
-    let worker_pids = procfs::children_of(server.pid());
+    let worker_pids = common::children_of(server.pid());
     let bases: u64 = worker_pids
         .iter()
-        .filter_map(|&p| procfs::own_status(p).ok())
+        .filter_map(|&p| common::ProcStatus::read(p).ok())
         .map(|s| s.rss_bytes)
         .sum();
     m.worker_bases_bytes = Some(bases);
@@ -305,7 +305,7 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
     }
     let rss: u64 = worker_pids
         .iter()
-        .filter_map(|&p| procfs::own_status(p).ok())
+        .filter_map(|&p| common::ProcStatus::read(p).ok())
         .map(|s| s.rss_bytes)
         .sum();
     m.server_user_bytes = Some(rss.saturating_sub(bases));
@@ -313,7 +313,9 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
     if let Some(line) = server.memory_line(m.held, since, Duration::from_secs(10)) {
         m.server_line_per_conn = Some(line.line.per_conn_bytes);
     }
-    m.supervisor_rss_bytes = procfs::own_status(server.pid()).ok().map(|s| s.rss_bytes);
+    m.supervisor_rss_bytes = common::ProcStatus::read(server.pid())
+        .ok()
+        .map(|s| s.rss_bytes);
 
     eprintln!("report: measured; closing the connections");
     loadgen.stop();

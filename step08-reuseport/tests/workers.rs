@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use common::children_of;
 use indicatif::ProgressBar;
 use loadgen::{ConnectOptions, Pace, Pool, Target};
-use stepcheck::{PATIENCE, Server, children_of};
+use stepcheck::{PATIENCE, Server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_step08-reuseport");
 
