@@ -11,7 +11,8 @@ pub mod sys;
 
 pub use fdlimit::{FdLimit, raise_fd_limit};
 pub use meter::{
-    MemoryLine, MemoryMeter, ProcStatus, children_of, cpu_time, format_bytes, rss_bytes,
+    MemoryLine, MemoryMeter, ProcStatus, anon_rss_bytes, children_of, cpu_time, format_bytes,
+    rss_bytes,
 };
 pub use options::Options;
 pub use ratelog::RateLimitedLog;

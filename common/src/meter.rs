@@ -235,6 +235,20 @@ impl ProcStatus {
     }
 }
 
+/// `RssAnon` of `/proc/PID/status` in bytes (`pid` a number or `self`): the resident
+/// memory a process allocated, without the pages of its binary and libraries. Those are
+/// file-backed: under memory pressure the kernel drops them and reads them back later, so
+/// the full resident set of a process can shrink while it allocates. Growth in this figure
+/// is growth in what the process itself holds.
+pub fn anon_rss_bytes(pid: impl std::fmt::Display) -> io::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("RssAnon:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no RssAnon in /proc/PID/status"))
+}
+
 /// The pids whose parent is `parent` (field 4 of `/proc/PID/stat`): a supervisor's workers.
 pub fn children_of(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {

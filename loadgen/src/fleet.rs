@@ -26,9 +26,10 @@ pub struct Opened {
     pub failures: Failures,
     /// Held connections that the server has already closed.
     pub closed_by_server: usize,
-    /// This process's resident set now, with the connections held, in bytes.
+    /// This process's anonymous resident memory now, with the connections held, in bytes
+    /// (see [`common::anon_rss_bytes`]: what it allocated, not its binary's pages).
     pub rss_bytes: u64,
-    /// Its resident set before the first connection.
+    /// The same before the first connection.
     pub base_rss_bytes: u64,
 }
 

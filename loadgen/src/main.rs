@@ -171,7 +171,7 @@ async fn main() -> ExitCode {
 
 /// Every connection in this process.
 async fn alone(args: &Args, bar: &ProgressBar, start: Instant) -> Result<bool, String> {
-    let base_rss_bytes = common::rss_bytes();
+    let base_rss_bytes = anon_rss();
     let mut pool = Pool::new(args.connect_options());
     pool.grow_to(args.conns as usize, pace(args, 1), bar).await;
     bar.finish_and_clear();
@@ -337,7 +337,7 @@ async fn child(args: &Args) -> ExitCode {
     // it ignores the signal (a handler is installed and never awaited) and closes with
     // resets when the parent, which handles it, closes our stdin.
     let _sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
-    let base_rss_bytes = common::rss_bytes();
+    let base_rss_bytes = anon_rss();
     let mut pool = Pool::new(args.connect_options()).starting_at(args.first_index);
     let mut last_report = Instant::now();
     pool.grow_to_with(args.conns as usize, pace(args, 1), |held, failures| {
@@ -386,13 +386,18 @@ fn pace(args: &Args, processes: usize) -> Pace {
     }
 }
 
+/// This process's anonymous resident memory (0 if /proc cannot say).
+fn anon_rss() -> u64 {
+    common::anon_rss_bytes("self").unwrap_or(0)
+}
+
 /// What this process holds now, and what it costs.
 fn opened(pool: &Pool, base_rss_bytes: u64) -> Opened {
     Opened {
         held: pool.len(),
         failures: pool.failures.clone(),
         closed_by_server: pool.closed_by_server(),
-        rss_bytes: common::rss_bytes(),
+        rss_bytes: anon_rss(),
         base_rss_bytes,
     }
 }
@@ -417,7 +422,7 @@ fn print_opened(args: &Args, summary: &Summary) {
     );
     if let Some(per_conn) = o.rss_per_conn() {
         println!(
-            "loadgen memory: {} per held connection (rss {} over a base of {}{})",
+            "loadgen memory: {} per held connection (anonymous rss {} over a base of {}{})",
             common::format_bytes(per_conn),
             common::format_bytes(o.rss_bytes),
             common::format_bytes(o.base_rss_bytes),

@@ -172,7 +172,9 @@ pub struct Million {
     pub failures: String,
     pub open_seconds: f64,
     pub open_per_second: f64,
-    /// Σ workers' VmRSS − Σ their VmRSS before the first connection, from /proc.
+    /// Σ workers' anonymous resident memory (`RssAnon`) − the same before the first
+    /// connection, from /proc. Not VmRSS: at this scale the kernel reclaims file-backed
+    /// pages (the binary's) under memory pressure, and VmRSS can shrink while the heap grows.
     pub server_user_bytes: Option<u64>,
     pub server_user_per_conn: Option<u64>,
     /// Σ workers' VmRSS before the first connection.
@@ -262,7 +264,12 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
 
     KernelMemory::settle(Duration::from_secs(5));
     let workers = m.workers.to_string();
-    let mut server = StepProcess::start(&server_bin, &["--workers", &workers])?;
+    // A request head has 60 s instead of 10 to arrive: in a storm of a million connections
+    // on two cores, a client may wait that long for the CPU between connect and request.
+    let mut server = StepProcess::start(
+        &server_bin,
+        &["--workers", &workers, "--handshake-timeout", "60"],
+    )?;
     let addr = server.wait_listening(Duration::from_secs(30))?;
     std::thread::sleep(Duration::from_millis(500));
     let worker_pids = common::children_of(server.pid());
@@ -272,6 +279,7 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
         .map(|s| s.rss_bytes)
         .sum();
     m.worker_bases_bytes = Some(bases);
+    let anon_before = anon_sum(&worker_pids);
     let kernel_before = KernelMemory::read();
 
     let mut loadgen = Loadgen::start(&loadgen_bin, &format!("ws://{addr}/"), m.conns)?;
@@ -303,13 +311,9 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
         m.kernel_bytes = Some(total);
         m.kernel_per_conn = (m.held > 0).then(|| total / m.held as i64);
     }
-    let rss: u64 = worker_pids
-        .iter()
-        .filter_map(|&p| common::ProcStatus::read(p).ok())
-        .map(|s| s.rss_bytes)
-        .sum();
-    m.server_user_bytes = Some(rss.saturating_sub(bases));
-    m.server_user_per_conn = (m.held > 0).then(|| rss.saturating_sub(bases) / m.held as u64);
+    let grown = anon_sum(&worker_pids).saturating_sub(anon_before);
+    m.server_user_bytes = Some(grown);
+    m.server_user_per_conn = (m.held > 0).then(|| grown / m.held as u64);
     if let Some(line) = server.memory_line(m.held, since, Duration::from_secs(10)) {
         m.server_line_per_conn = Some(line.line.per_conn_bytes);
     }
@@ -323,6 +327,13 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
     m.softnet_drops = (drops_before, softnet_drops());
     drop(backlog);
     Ok(())
+}
+
+/// Σ `RssAnon` of `pids` (a worker that is gone counts 0).
+fn anon_sum(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|&p| common::anon_rss_bytes(p).ok())
+        .sum()
 }
 
 /// loadgen's binary, holding the connections until told to stop.
