@@ -1,0 +1,57 @@
+//! The behaviour every WebSocket step promises, checked against this step's binary.
+//!
+//! Where io_uring is not available (an old kernel, `kernel.io_uring_disabled`, a seccomp
+//! filter), each test says why and passes without running: there is nothing to test.
+
+use stepcheck::ws;
+
+const BIN: &str = env!("CARGO_BIN_EXE_step09-io-uring");
+
+/// `false`, with the reason on stderr, when this machine cannot run io_uring at all.
+///
+/// The trial ring is made and dropped on a thread of its own: the kernel's work for a ring
+/// it tears down can interrupt its thread's next blocking call (a socket read with a timeout
+/// then fails with `EINTR`), and the test's own thread has reads to make.
+fn available() -> bool {
+    let trial = std::thread::spawn(|| step09_io_uring::setup(1, 64).map(drop));
+    match trial.join().expect("the trial ring does not panic") {
+        Ok(()) => true,
+        Err(unavailable) => {
+            eprintln!("skipped: {unavailable}");
+            false
+        }
+    }
+}
+
+macro_rules! checks {
+    ($($(#[$doc:meta])* $name:ident => $check:expr;)*) => {
+        $($(#[$doc])* #[test] fn $name() { if available() { $check; } })*
+    };
+}
+
+checks! {
+    /// Text and binary messages come back unchanged, at every frame length encoding.
+    echoes_a_round_trip => ws::echo_round_trip(BIN, &[]);
+    /// 200 clients connected at once are all echoed.
+    echoes_200_concurrent_clients => ws::concurrent_clients_all_echoed(BIN, &[], 200);
+    /// A 1 MiB message comes back intact, through many receives and partial sends.
+    echoes_1_mib_intact_through_partial_writes => ws::large_message_echoed_intact(BIN, &[], 1 << 20);
+    /// A client that sends without reading neither stalls the others nor grows the server.
+    a_client_that_never_reads_stalls_nobody => ws::non_reading_client_does_not_stall_others(BIN, &[]);
+    /// Clients that vanish with a reset leave the server up and serving.
+    resets_leave_the_server_serving => ws::resets_leave_the_server_serving(BIN, &[], 50);
+    /// The memory line reports how many WebSocket connections are open.
+    memory_line_counts_connections => ws::memory_line_counts_connections(BIN, &[], 50);
+    /// At the fd limit the server neither dies nor spins, and serves again after.
+    survives_running_out_of_fds => ws::survives_running_out_of_fds(BIN, &[]);
+    /// A message sent in fragments comes back whole, as one message.
+    fragmented_message_echoed_whole => ws::fragmented_message_echoed_whole(BIN, &[]);
+    /// A ping is answered with a pong carrying the same payload.
+    ping_answered_with_pong => ws::ping_answered_with_pong(BIN, &[]);
+    /// A client's close is answered with a close, then the server hangs up.
+    close_handshake_answered => ws::close_handshake_answered(BIN, &[]);
+    /// A message over the 1 MiB limit closes that connection only, and is never echoed.
+    oversized_message_closes_only_that_connection => ws::oversized_message_closes_only_that_connection(BIN, &[], (1 << 20) + 1);
+    /// A request that is not a WebSocket upgrade is refused, and the server keeps serving.
+    bad_handshake_refused => ws::bad_handshake_refused(BIN, &[]);
+}
