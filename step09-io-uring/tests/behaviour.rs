@@ -1,27 +1,15 @@
 //! The behaviour every WebSocket step promises, checked against this step's binary.
 //!
 //! Where io_uring is not available (an old kernel, `kernel.io_uring_disabled`, a seccomp
-//! filter), each test says why and passes without running: there is nothing to test.
+//! filter), each test says why and passes without running, except under CI, where it
+//! fails (see `support/mod.rs`).
+
+mod support;
 
 use stepcheck::ws;
+use support::available;
 
 const BIN: &str = env!("CARGO_BIN_EXE_step09-io-uring");
-
-/// `false`, with the reason on stderr, when this machine cannot run io_uring at all.
-///
-/// The trial ring is made and dropped on a thread of its own: the kernel's work for a ring
-/// it tears down can interrupt its thread's next blocking call (a socket read with a timeout
-/// then fails with `EINTR`), and the test's own thread has reads to make.
-fn available() -> bool {
-    let trial = std::thread::spawn(|| step09_io_uring::setup(1, 64).map(drop));
-    match trial.join().expect("the trial ring does not panic") {
-        Ok(()) => true,
-        Err(unavailable) => {
-            eprintln!("skipped: {unavailable}");
-            false
-        }
-    }
-}
 
 macro_rules! checks {
     ($($(#[$doc:meta])* $name:ident => $check:expr;)*) => {

@@ -2,7 +2,9 @@
 //! loses nothing, and the budgets (a stall timeout, a cap on all buffered bytes, the
 //! handshake timeout) close the connection that breaks them, and only that one.
 //!
-//! Skipped, with the reason, where io_uring is not available (see `behaviour.rs`).
+//! Skipped, with the reason, where io_uring is not available (see `support/mod.rs`).
+
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,22 +12,10 @@ use std::thread;
 
 use stepcheck::Server;
 use stepcheck::ws::{self, assert_echo};
+use support::available;
 use tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_step09-io-uring");
-
-/// `false`, with the reason on stderr, when this machine cannot run io_uring at all. The
-/// trial ring lives and dies on a thread of its own (see `behaviour.rs`).
-fn available() -> bool {
-    let trial = thread::spawn(|| step09_io_uring::setup(1, 64).map(drop));
-    match trial.join().expect("the trial ring does not panic") {
-        Ok(()) => true,
-        Err(unavailable) => {
-            eprintln!("skipped: {unavailable}");
-            false
-        }
-    }
-}
 
 /// `len` bytes that are not all alike, different for each `seed`.
 fn pattern(seed: usize, len: usize) -> Vec<u8> {
