@@ -37,6 +37,9 @@ struct Args {
     buffer_size: u32,
 }
 
+/// The most memory the buffer ring may take.
+const MAX_POOL: u64 = 1 << 30;
+
 fn power_of_two(s: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
         Ok(n) if n.is_power_of_two() && n <= 1 << 15 => Ok(n),
@@ -46,6 +49,17 @@ fn power_of_two(s: &str) -> Result<u16, String> {
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
+    // Each option is checked by its parser; their product is checked here, before anything
+    // is allocated.
+    let pool = u64::from(args.ring_buffers) * u64::from(args.buffer_size);
+    if pool > MAX_POOL {
+        eprintln!(
+            "step09-io-uring: --ring-buffers × --buffer-size is {}: at most {}",
+            common::format_bytes(pool),
+            common::format_bytes(MAX_POOL)
+        );
+        std::process::exit(2);
+    }
     // Before the bind: a kernel without io_uring is told at once, and the buffer pool is in
     // the memory baseline (it is the same for 1 connection or 10 000).
     let uring = match step09_io_uring::setup(args.ring_buffers, args.buffer_size) {
