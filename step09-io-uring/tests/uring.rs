@@ -254,3 +254,41 @@ fn refuse_io_uring_setup() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Under a burst, one `io_uring_enter` submits and reaps many operations: 100 clients
+/// echoing at once cost the server well under one system call per message (step06's
+/// epoll loop makes about two: a read and a write). Counted with `perf stat`; skipped
+/// where perf cannot trace, except under CI.
+#[test]
+fn a_burst_costs_under_one_system_call_per_message() {
+    if !available() {
+        return;
+    }
+    let server = Server::start(BIN, &[]);
+    let clients: Vec<_> = (0..100).map(|_| ws::connect(&server)).collect();
+    let count = match stepcheck::syscalls::SyscallCount::start(server.pid()) {
+        Ok(count) => count,
+        Err(why) if std::env::var_os("CI").is_some() => panic!("CI counts system calls: {why}"),
+        Err(why) => return eprintln!("skipped: {why}"),
+    };
+    const ROUNDS: usize = 20;
+    thread::scope(|scope| {
+        for (seed, mut client) in clients.into_iter().enumerate() {
+            scope.spawn(move || {
+                for round in 0..ROUNDS {
+                    assert_echo(&mut client, Message::binary(pattern(seed + round, 64)));
+                }
+            });
+        }
+    });
+    let syscalls = count.finish().expect("perf counts");
+    let per_message = syscalls as f64 / (100 * ROUNDS) as f64;
+    eprintln!(
+        "{syscalls} system calls for {} messages: {per_message:.3} each",
+        100 * ROUNDS
+    );
+    assert!(
+        per_message < 1.0,
+        "{per_message:.2} system calls per echoed message: the submissions are not batched"
+    );
+}

@@ -5,6 +5,7 @@
 //! like. [`Server`] starts a step on a free port and reads its `--json` lines; [`tcp`] holds
 //! the checks for the raw-TCP echo steps (01–05).
 
+pub mod syscalls;
 pub mod tcp;
 pub mod ws;
 

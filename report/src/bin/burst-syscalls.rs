@@ -25,6 +25,8 @@ use std::time::Duration;
 use clap::Parser;
 use indicatif::ProgressBar;
 use loadgen::{ConnectOptions, Pace, Pool, Target};
+use stepcheck::proc_cpu_seconds;
+use stepcheck::syscalls::SyscallCount;
 
 /// Echo bursts against step06 (epoll) and step09 (io_uring): system calls, CPU and memory.
 #[derive(Parser, Debug)]
@@ -128,14 +130,21 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let idle_bytes_per_conn = (rss_bytes(pid)? as i64 - base_rss as i64) / conns as i64;
 
-        let perf = Perf::attach(pid);
-        let cpu_before = cpu_seconds(pid)?;
+        let count = SyscallCount::start(pid)
+            .inspect_err(|why| eprintln!("burst-syscalls: system calls not counted: {why}"))
+            .ok();
+        let cpu_before = proc_cpu_seconds(pid);
         let mut messages = 0;
         for _ in 0..args.rounds {
             messages += pool.echo_each(0, size, deadline).await.ok;
         }
-        let cpu = cpu_seconds(pid)? - cpu_before;
-        let syscalls = perf.and_then(Perf::finish);
+        let cpu = proc_cpu_seconds(pid) - cpu_before;
+        let syscalls = count.and_then(|count| {
+            count
+                .finish()
+                .inspect_err(|why| eprintln!("burst-syscalls: {why}"))
+                .ok()
+        });
         pool.close();
         if messages == 0 {
             return Err("no message was echoed".into());
@@ -187,60 +196,6 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// `perf stat` counting one process's system calls until [`Perf::finish`].
-struct Perf(Child);
-
-impl Perf {
-    /// `None` (with a line saying why) when perf cannot be started.
-    fn attach(pid: u32) -> Option<Perf> {
-        let child = Command::new("perf")
-            .args([
-                "stat",
-                "-x",
-                ",",
-                "-e",
-                "raw_syscalls:sys_enter",
-                "-p",
-                &pid.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn();
-        match child {
-            Ok(child) => {
-                // perf needs a moment to attach (longer on a busy machine); the bursts must
-                // not start before, and a SIGINT before perf is ready ends it without a count.
-                std::thread::sleep(Duration::from_secs(2));
-                Some(Perf(child))
-            }
-            Err(err) => {
-                eprintln!("burst-syscalls: cannot run perf ({err}): system calls not counted");
-                None
-            }
-        }
-    }
-
-    /// Stop counting (SIGINT, as Ctrl-C would) and read the count.
-    fn finish(self) -> Option<u64> {
-        let Perf(child) = self;
-        // SAFETY: kill only sends a signal, to the perf process we started (its pid).
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-        let output = child.wait_with_output().ok()?;
-        let text = String::from_utf8_lossy(&output.stderr);
-        // CSV: `COUNT,,raw_syscalls:sys_enter,...`
-        let count = text
-            .lines()
-            .find(|line| line.contains("raw_syscalls:sys_enter"))
-            .and_then(|line| line.split(',').next())
-            .and_then(|count| count.parse().ok());
-        if count.is_none() {
-            eprintln!("burst-syscalls: perf counted nothing: {}", text.trim());
-        }
-        count
-    }
-}
-
 /// VmRSS of `pid`, in bytes.
 fn rss_bytes(pid: u32) -> Result<u64, String> {
     let status =
@@ -257,20 +212,4 @@ fn rss_bytes(pid: u32) -> Result<u64, String> {
         })
         .map(|kib| kib * 1024)
         .ok_or_else(|| "no VmRSS in /proc/PID/status".into())
-}
-
-/// utime + stime of `pid` in seconds, from `/proc/PID/stat` (fields 14 and 15, counted after
-/// the command name, which is in parentheses and may hold spaces).
-fn cpu_seconds(pid: u32) -> Result<f64, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 1..]
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum();
-    // SAFETY: sysconf only reads a configuration value.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Ok(ticks as f64 / per_second as f64)
 }
