@@ -1,12 +1,14 @@
 //! The routine parts every step shares, so that a step's source holds only what it teaches:
-//! command-line options, the open-file limit, and the memory meter that prints the memory line.
+//! command-line options, the open-file limit, the memory meter that prints the memory line,
+//! and ([`sys`]) the syscall-result helper and errno predicates every event loop needs.
 
 mod fdlimit;
 mod meter;
 mod options;
+pub mod sys;
 
 pub use fdlimit::{FdLimit, raise_fd_limit};
-pub use meter::{MemoryLine, MemoryMeter, format_bytes, rss_bytes, thread_count};
+pub use meter::{MemoryLine, MemoryMeter, format_bytes};
 pub use options::Options;
 
 use std::io;
@@ -56,9 +58,7 @@ pub fn bind(
 /// `net.core.somaxconn` (4096 on current kernels).
 fn widen_backlog(listener: &TcpListener) -> io::Result<()> {
     // SAFETY: the fd is a bound, listening socket owned by `listener`; listen takes no pointers.
-    if unsafe { libc::listen(listener.as_raw_fd(), libc::c_int::MAX) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
+    sys::cvt(unsafe { libc::listen(listener.as_raw_fd(), libc::c_int::MAX) })?;
     Ok(())
 }
 

@@ -7,18 +7,22 @@
 //!
 //! Everything here is ordinary tokio: the lesson is in the servers, not in the client.
 
+mod burst;
 mod conn;
 mod failure;
 mod pool;
 mod srcaddr;
 mod stats;
+mod storm;
 mod target;
 
+pub use burst::Burst;
 pub use conn::{Conn, ConnectOptions, EchoError};
 pub use failure::{Failure, Failures};
 pub use pool::{Pace, Pick, Pool, payload};
 pub use srcaddr::SourceAddrs;
 pub use stats::{EchoStats, RttSummary, micros, percentile};
+pub use storm::Storm;
 pub use target::{Protocol, Target};
 
 /// File descriptors kept aside for everything that is not a connection (stdin/out/err,

@@ -38,12 +38,14 @@ pub enum Pick {
 
 /// The connections this process holds, and the failures met while opening them.
 pub struct Pool {
-    opts: ConnectOptions,
-    conns: Vec<Conn>,
+    /// How each new connection is opened.
+    pub(crate) opts: ConnectOptions,
+    /// The connections held, oldest first.
+    pub(crate) conns: Vec<Conn>,
     /// Failed attempts, by reason.
     pub failures: Failures,
     /// Attempts made so far; numbers each attempt, to pick its source address.
-    attempts: usize,
+    pub(crate) attempts: usize,
 }
 
 impl Pool {
@@ -199,7 +201,7 @@ pub fn payload(size: usize) -> Vec<u8> {
 
 /// Count one probe's outcome; a connection whose echo went missing or came back wrong
 /// is not used again.
-fn record(
+pub(crate) fn record(
     conn: &mut Conn,
     outcome: Result<Result<Duration, EchoError>, tokio::time::error::Elapsed>,
 ) -> EchoStats {

@@ -36,8 +36,8 @@ struct Args {
     #[arg(long)]
     conns: Option<usize>,
 
-    /// Only these steps, comma-separated: a name from the table (`step06-ws-epoll/per-conn`)
-    /// or a binary name for all its variants (`step06-ws-epoll`).
+    /// Only these steps, comma-separated: a name from the table (`step07-tokio/4k`)
+    /// or a binary name for all its variants (`step07-tokio`).
     #[arg(long, value_delimiter = ',', value_name = "STEP,...")]
     steps: Vec<String>,
 

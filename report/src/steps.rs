@@ -7,7 +7,7 @@ use loadgen::Protocol;
 /// One row of the report: a step binary, maybe with options that make a variant.
 #[derive(Debug, Clone, Copy)]
 pub struct StepSpec {
-    /// The name in the table, e.g. `step06-ws-epoll/per-conn`.
+    /// The name in the table, e.g. `step07-tokio/4k`.
     pub name: &'static str,
     /// The binary to run (its name in `target/<profile>/`).
     pub bin: &'static str,
@@ -55,14 +55,6 @@ pub const STEPS: &[StepSpec] = &[
     step("step04-poll", "step04-poll", Protocol::Tcp),
     step("step05-epoll", "step05-epoll", Protocol::Tcp),
     step("step06-ws-epoll", "step06-ws-epoll", Protocol::WebSocket),
-    StepSpec {
-        args: &["--buffers", "per-conn"],
-        ..step(
-            "step06-ws-epoll/per-conn",
-            "step06-ws-epoll",
-            Protocol::WebSocket,
-        )
-    },
     step("step07-tokio", "step07-tokio", Protocol::WebSocket),
     StepSpec {
         args: &["--read-buffer", "4096"],
@@ -133,13 +125,10 @@ mod tests {
             ["step04-poll", "step05-epoll"]
         );
         assert_eq!(
-            names(&["step06-ws-epoll"]),
-            ["step06-ws-epoll", "step06-ws-epoll/per-conn"]
+            names(&["step07-tokio"]),
+            ["step07-tokio", "step07-tokio/4k"]
         );
-        assert_eq!(
-            names(&["step06-ws-epoll/per-conn"]),
-            ["step06-ws-epoll/per-conn"]
-        );
+        assert_eq!(names(&["step07-tokio/4k"]), ["step07-tokio/4k"]);
         assert_eq!(names(&[]).len(), STEPS.len());
         assert!(
             select(&["step99".to_string()])

@@ -15,7 +15,6 @@ const ROWS: &[&str] = &[
     "step04-poll",
     "step05-epoll",
     "step06-ws-epoll",
-    "step06-ws-epoll/per-conn",
     "step07-tokio",
     "step07-tokio/4k",
 ];

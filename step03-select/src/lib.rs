@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use common::MemoryMeter;
+use common::sys::{client_gone, cvt, interrupted, is_disconnect, out_of_resources, would_block};
 
 /// One connection. Kept small on purpose: this struct, times 10 000, is most of what an
 /// idle connection costs us.
@@ -227,51 +228,6 @@ fn close(connections: &mut Vec<Conn>, i: usize) {
     connections.swap_remove(i);
 }
 
-fn would_block(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::WouldBlock
-}
-
-fn interrupted(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::Interrupted
-}
-
-/// Out of file descriptors (for this process, or the whole system), or of kernel memory
-/// for a new socket: retrying at once would fail at once.
-fn out_of_resources(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
-/// accept(2) reports errors of the connection it was about to return (the client reset
-/// it while it was queued, or the network under it failed): they end that one
-/// connection, never the server.
-fn client_gone(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::ConnectionAborted
-        || matches!(
-            err.raw_os_error(),
-            Some(
-                libc::EPROTO
-                    | libc::ENOPROTOOPT
-                    | libc::ENETDOWN
-                    | libc::ENONET
-                    | libc::EHOSTDOWN
-                    | libc::EHOSTUNREACH
-                    | libc::EOPNOTSUPP
-                    | libc::ENETUNREACH
-            )
-        )
-}
-
-/// The peer went away: the ordinary end of a connection, not worth a log line.
-fn is_disconnect(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-    )
-}
-
 /// Counts connections refused for an fd past FD_SETSIZE, and logs them at most once a
 /// second: a flood of them must not become a flood of log lines.
 #[derive(Default)]
@@ -368,13 +324,4 @@ fn select(readable: &mut FdSet, writable: &mut FdSet, timeout: Duration) -> io::
         )
     })?;
     Ok(ready as usize)
-}
-
-/// Turn a C-style return value (-1 and errno on failure) into an `io::Result`.
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
 }

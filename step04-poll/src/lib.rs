@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use common::MemoryMeter;
+use common::sys::{client_gone, cvt, interrupted, is_disconnect, out_of_resources, would_block};
 
 /// One connection. Kept small on purpose: this struct, times 10 000, is most of what an
 /// idle connection costs us.
@@ -207,51 +208,6 @@ fn close(pollfds: &mut Vec<libc::pollfd>, connections: &mut Vec<Conn>, i: usize)
     connections.swap_remove(i - 1);
 }
 
-fn would_block(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::WouldBlock
-}
-
-fn interrupted(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::Interrupted
-}
-
-/// Out of file descriptors (for this process, or the whole system), or of kernel memory
-/// for a new socket: retrying at once would fail at once.
-fn out_of_resources(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
-/// accept(2) reports errors of the connection it was about to return (the client reset
-/// it while it was queued, or the network under it failed): they end that one
-/// connection, never the server.
-fn client_gone(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::ConnectionAborted
-        || matches!(
-            err.raw_os_error(),
-            Some(
-                libc::EPROTO
-                    | libc::ENOPROTOOPT
-                    | libc::ENETDOWN
-                    | libc::ENONET
-                    | libc::EHOSTDOWN
-                    | libc::EHOSTUNREACH
-                    | libc::EOPNOTSUPP
-                    | libc::ENETUNREACH
-            )
-        )
-}
-
-/// The peer went away: the ordinary end of a connection, not worth a log line.
-fn is_disconnect(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-    )
-}
-
 // ---------------------------------------------------------------------------------------
 // The poll syscall.
 
@@ -286,13 +242,4 @@ fn poll(pollfds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
         )
     })?;
     Ok(ready as usize)
-}
-
-/// Turn a C-style return value (-1 and errno on failure) into an `io::Result`.
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
 }

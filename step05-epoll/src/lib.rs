@@ -4,13 +4,20 @@
 //! list, kept in the kernel); each `epoll_wait` hands back only the sockets that are ready
 //! (the ready list). A wake-up costs O(ready), not O(connections): 10 000 idle connections
 //! cost nothing per wake-up, and only a few dozen bytes each in this process.
+//!
+//! Layout: this file is the loop; `epoll.rs` wraps the three epoll syscalls.
+
+mod epoll;
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use common::MemoryMeter;
+use common::sys::{client_gone, interrupted, is_disconnect, out_of_resources, would_block};
+
+use epoll::{Epoll, READABLE, WRITABLE};
 
 /// One connection. Kept small on purpose: this struct, times 10 000, is most of what an
 /// idle connection costs us.
@@ -41,7 +48,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let epoll = Epoll::new()?;
-    epoll.register(listener.as_raw_fd(), READABLE)?;
+    epoll.register(listener.as_fd(), READABLE)?;
 
     // The fd is the connection's token and its index here: the kernel hands out the lowest
     // free fd, so the fds of live connections are dense and this Vec has few holes.
@@ -59,7 +66,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
 
         if accept_paused_until.is_some_and(|until| Instant::now() >= until) {
             accept_paused_until = None;
-            epoll.register(listener.as_raw_fd(), READABLE)?;
+            epoll.register(listener.as_fd(), READABLE)?;
         }
         let timeout = match accept_paused_until {
             Some(until) => until.saturating_duration_since(Instant::now()),
@@ -89,7 +96,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
                         eprintln!(
                             "step05-epoll: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}"
                         );
-                        epoll.deregister(listener.as_raw_fd())?;
+                        epoll.deregister(listener.as_fd())?;
                         accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     }
                     Err(err) => return Err(err),
@@ -111,17 +118,23 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
             } else {
                 handle_writable(conn)
             };
-            match result {
-                Ok(Next::Continue) => {}
-                Ok(Next::WaitWritable) => epoll.modify(fd, WRITABLE)?,
-                Ok(Next::WaitReadable) => epoll.modify(fd, READABLE)?,
-                Ok(Next::Close) => close(&epoll, &mut connections, &mut open, fd)?,
-                Err(err) => {
-                    if !is_disconnect(&err) {
-                        eprintln!("step05-epoll: connection fd {fd}: {err}; closing it");
-                    }
-                    close(&epoll, &mut connections, &mut open, fd)?;
+            let result = match result {
+                Ok(Next::Continue) => Ok(()),
+                // Watching the other direction is a syscall that can fail on its own
+                // (ENOMEM): like a failed read or write, that closes this connection only.
+                Ok(Next::WaitWritable) => epoll.modify(conn.stream.as_fd(), WRITABLE),
+                Ok(Next::WaitReadable) => epoll.modify(conn.stream.as_fd(), READABLE),
+                Ok(Next::Close) => {
+                    close(&epoll, &mut connections, &mut open, fd);
+                    continue;
                 }
+                Err(err) => Err(err),
+            };
+            if let Err(err) = result {
+                if !is_disconnect(&err) {
+                    eprintln!("step05-epoll: connection fd {fd}: {err}; closing it");
+                }
+                close(&epoll, &mut connections, &mut open, fd);
             }
         }
     }
@@ -149,7 +162,7 @@ fn accept_all(
         // fs.epoll.max_user_watches): close that one, keep serving the others.
         if let Err(err) = stream
             .set_nonblocking(true)
-            .and_then(|()| epoll.register(fd, READABLE))
+            .and_then(|()| epoll.register(stream.as_fd(), READABLE))
         {
             eprintln!("step05-epoll: cannot set up connection fd {fd}: {err}; closing it");
             continue;
@@ -216,141 +229,15 @@ fn write_some(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
 }
 
 /// Remove a connection from the interest list and close it.
-fn close(
-    epoll: &Epoll,
-    connections: &mut [Option<Conn>],
-    open: &mut usize,
-    fd: RawFd,
-) -> io::Result<()> {
-    epoll.deregister(fd)?;
-    // Dropping the TcpStream closes the fd.
-    connections[fd as usize] = None;
+fn close(epoll: &Epoll, connections: &mut [Option<Conn>], open: &mut usize, fd: RawFd) {
+    let conn = connections[fd as usize]
+        .take()
+        .expect("bug: closing a connection that is not open");
+    if let Err(err) = epoll.deregister(conn.stream.as_fd()) {
+        // Closing the socket's last fd takes it out of the interest list anyway.
+        eprintln!("step05-epoll: epoll_ctl(DEL) fd {fd}: {err}; closing it anyway");
+    }
     *open -= 1;
-    Ok(())
-}
-
-fn would_block(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::WouldBlock
-}
-
-fn interrupted(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::Interrupted
-}
-
-/// Out of file descriptors (for this process, or the whole system), or of kernel memory
-/// for a new socket: retrying at once would fail at once.
-fn out_of_resources(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
-/// accept(2) reports errors of the connection it was about to return (the client reset
-/// it while it was queued, or the network under it failed): they end that one
-/// connection, never the server.
-fn client_gone(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::ConnectionAborted
-        || matches!(
-            err.raw_os_error(),
-            Some(
-                libc::EPROTO
-                    | libc::ENOPROTOOPT
-                    | libc::ENETDOWN
-                    | libc::ENONET
-                    | libc::EHOSTDOWN
-                    | libc::EHOSTUNREACH
-                    | libc::EOPNOTSUPP
-                    | libc::ENETUNREACH
-            )
-        )
-}
-
-/// The peer went away: the ordinary end of a connection, not worth a log line.
-fn is_disconnect(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-    )
-}
-
-// ---------------------------------------------------------------------------------------
-// A small safe wrapper around the three epoll syscalls.
-
-/// Interest in reading: the peer sent bytes, or closed.
-const READABLE: u32 = libc::EPOLLIN as u32;
-/// Interest in writing: the kernel's send buffer has room again.
-const WRITABLE: u32 = libc::EPOLLOUT as u32;
-
-/// An epoll instance. Closed when dropped.
-struct Epoll {
-    /// The fd returned by `epoll_create1`: a handle on the kernel's interest and ready lists.
-    fd: OwnedFd,
-}
-
-impl Epoll {
-    fn new() -> io::Result<Epoll> {
-        // SAFETY: epoll_create1 takes no pointers. EPOLL_CLOEXEC: a child process we might
-        // exec does not inherit it.
-        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: `fd` was just returned by epoll_create1: open, and owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Epoll { fd })
-    }
-
-    /// Add `fd` to the interest list (EPOLL_CTL_ADD). Its events carry the fd as token.
-    fn register(&self, fd: RawFd, interest: u32) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, interest)
-    }
-
-    /// Change what we watch `fd` for (EPOLL_CTL_MOD).
-    fn modify(&self, fd: RawFd, interest: u32) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, interest)
-    }
-
-    /// Remove `fd` from the interest list (EPOLL_CTL_DEL).
-    fn deregister(&self, fd: RawFd) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_DEL, fd, 0)
-    }
-
-    /// The one place that calls epoll_ctl. O(log n): the interest list is a red-black tree.
-    fn ctl(&self, op: libc::c_int, fd: RawFd, interest: u32) -> io::Result<()> {
-        let mut event = libc::epoll_event {
-            events: interest,
-            u64: fd as u64,
-        };
-        // SAFETY: `self.fd` is an open epoll fd and `event` a valid epoll_event; the kernel
-        // copies it and keeps no pointer to it.
-        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut event) })?;
-        Ok(())
-    }
-
-    /// Wait up to `timeout` for ready fds and put their events in `events` (up to its
-    /// capacity; any others are reported on the next call). Returns how many.
-    fn wait(&self, events: &mut Vec<libc::epoll_event>, timeout: Duration) -> io::Result<usize> {
-        events.clear();
-        let max = events.capacity().min(libc::c_int::MAX as usize) as libc::c_int;
-        // Round up, so a 0.4 ms timeout sleeps 1 ms instead of spinning at 0.
-        let timeout_ms = timeout
-            .as_micros()
-            .div_ceil(1000)
-            .min(libc::c_int::MAX as u128) as libc::c_int;
-        // SAFETY: the kernel writes at most `max` events into the Vec's spare capacity,
-        // which holds at least `max` of them.
-        let n = cvt(unsafe {
-            libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms)
-        })?;
-        // SAFETY: the kernel initialised the first `n` events (n <= max <= capacity).
-        unsafe { events.set_len(n as usize) };
-        Ok(n as usize)
-    }
-}
-
-/// Turn a C-style return value (-1 and errno on failure) into an `io::Result`.
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+    // Dropping the TcpStream closes the fd.
+    drop(conn);
 }

@@ -15,7 +15,7 @@
 //! the key. After the blank line that ends those heads, both sides speak frames
 //! (see `frame.rs`).
 //!
-//! Everything here is a pure function of bytes: no sockets, no state. The event loop keeps
+//! Everything here works on bytes: no I/O, no state kept between calls. The event loop keeps
 //! the bytes of a head that has not fully arrived and calls [`parse_request`] again when
 //! more come in; that is all "resumable" needs to mean, because httparse does not remember
 //! anything between calls either.
@@ -24,8 +24,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha1::{Digest, Sha1};
 
-/// The longest request head we accept. Browsers send well under 2 KiB; 8 KiB is what
-/// nginx and most servers allow by default. Longer → `431`.
+/// The longest request head we accept, all lines together. Browsers send well under 2 KiB.
+/// (nginx, by default, allows 8 KiB per line and 4 × 8 KiB per head:
+/// `large_client_header_buffers 4 8k`.) Longer → `431`.
 pub const MAX_HEAD: usize = 8 * 1024;
 
 /// At most this many header lines. More → `431` as well.
@@ -161,7 +162,7 @@ pub fn switching_protocols(accept: &str) -> String {
 
 impl Reject {
     /// The status line, e.g. `HTTP/1.1 405 Method Not Allowed`.
-    pub fn status_line(self) -> &'static str {
+    fn status_line(self) -> &'static str {
         match self {
             Reject::HeadTooLarge => "HTTP/1.1 431 Request Header Fields Too Large",
             Reject::Malformed | Reject::NotWebSocket | Reject::BadKey => "HTTP/1.1 400 Bad Request",

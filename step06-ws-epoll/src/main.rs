@@ -3,17 +3,13 @@
 use std::time::Duration;
 
 use clap::Parser;
-use step06_ws_epoll::{Buffers, Config};
+use step06_ws_epoll::Config;
 
 /// WebSocket echo on one epoll loop, with a hand-made upgrade and lazy buffers.
 #[derive(Parser)]
 struct Args {
     #[command(flatten)]
     common: common::Options,
-
-    /// Where a connection's bytes live: one buffer for the loop, or tungstenite's per connection.
-    #[arg(long, value_enum, default_value_t = Buffers::Shared)]
-    buffers: Buffers,
 
     /// The largest message accepted, in bytes; a bigger one closes the connection with 1009.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
@@ -28,9 +24,8 @@ fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let (listener, meter) = common::bind("step06-ws-epoll", 9006, &args.common)?;
     let config = Config {
-        buffers: args.buffers,
         max_message: args.max_message,
         timeout: Duration::from_secs(args.handshake_timeout),
     };
-    step06_ws_epoll::serve(listener, meter.label(args.buffers.label()), config)
+    step06_ws_epoll::serve(listener, meter, config)
 }

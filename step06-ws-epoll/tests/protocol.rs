@@ -151,8 +151,7 @@ fn http_answer(server: &Server, request: &[u8]) -> String {
     String::from_utf8(answer).expect("the HTTP answer is text")
 }
 
-/// Each refused handshake gets its exact status, under both strategies (the handshake is
-/// ours in both).
+/// Each refused handshake gets its exact status.
 #[test]
 fn refused_handshakes_get_their_status() {
     let filler = format!("X-Filler: {}\r\n", "a".repeat(9000));
@@ -203,59 +202,54 @@ fn refused_handshakes_get_their_status() {
             "HTTP/1.1 400 Bad Request\r\n",
         ),
     ];
-    for buffers in ["shared", "per-conn"] {
-        let server = Server::start(BIN, &["--buffers", buffers]);
-        let mut bystander = open(&server);
-        for (what, request, status) in &cases {
-            let answer = http_answer(&server, request.as_bytes());
-            assert!(
-                answer.starts_with(status),
-                "{buffers}, {what}: expected {status:?}, got:\n{answer}"
-            );
-            assert_echo(&mut bystander, what);
-        }
-        let version = http_answer(&server, cases[4].1.as_bytes());
+    let server = Server::start(BIN, &[]);
+    let mut bystander = open(&server);
+    for (what, request, status) in &cases {
+        let answer = http_answer(&server, request.as_bytes());
         assert!(
-            version.contains("\r\nSec-WebSocket-Version: 13\r\n"),
-            "{version}"
+            answer.starts_with(status),
+            "{what}: expected {status:?}, got:\n{answer}"
         );
-        let plain = http_answer(&server, cases[7].1.as_bytes());
-        assert!(
-            plain.contains("WebSocket"),
-            "the plain GET answer says what this is:\n{plain}"
-        );
+        assert_echo(&mut bystander, what);
     }
+    let version = http_answer(&server, cases[4].1.as_bytes());
+    assert!(
+        version.contains("\r\nSec-WebSocket-Version: 13\r\n"),
+        "{version}"
+    );
+    let plain = http_answer(&server, cases[7].1.as_bytes());
+    assert!(
+        plain.contains("WebSocket"),
+        "the plain GET answer says what this is:\n{plain}"
+    );
 }
 
 /// A head sent in pieces is put back together; a first frame sent in the same segment as
 /// the head is kept, not dropped.
 #[test]
 fn a_head_in_pieces_and_a_frame_behind_the_head() {
-    for buffers in ["shared", "per-conn"] {
-        let server = Server::start(BIN, &["--buffers", buffers]);
+    let server = Server::start(BIN, &[]);
 
-        let mut pieces = server.connect();
-        pieces.set_nodelay(true).unwrap();
-        for chunk in upgrade_request().as_bytes().chunks(7) {
-            pieces.write_all(chunk).unwrap();
-            thread::sleep(Duration::from_millis(2));
-        }
-        let head = read_head(&mut pieces);
-        assert!(head.starts_with("HTTP/1.1 101 "), "{buffers}: {head}");
-        assert_echo(&mut pieces, "after a head in pieces");
-
-        let mut eager = server.connect();
-        let mut bytes = upgrade_request().into_bytes();
-        bytes.extend(frame(true, 1, b"right behind the head"));
-        eager.write_all(&bytes).unwrap();
-        let head = read_head(&mut eager);
-        assert!(head.starts_with("HTTP/1.1 101 "), "{buffers}: {head}");
-        assert_eq!(
-            read_frame(&mut eager),
-            (1, b"right behind the head".to_vec()),
-            "{buffers}"
-        );
+    let mut pieces = server.connect();
+    pieces.set_nodelay(true).unwrap();
+    for chunk in upgrade_request().as_bytes().chunks(7) {
+        pieces.write_all(chunk).unwrap();
+        thread::sleep(Duration::from_millis(2));
     }
+    let head = read_head(&mut pieces);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert_echo(&mut pieces, "after a head in pieces");
+
+    let mut eager = server.connect();
+    let mut bytes = upgrade_request().into_bytes();
+    bytes.extend(frame(true, 1, b"right behind the head"));
+    eager.write_all(&bytes).unwrap();
+    let head = read_head(&mut eager);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert_eq!(
+        read_frame(&mut eager),
+        (1, b"right behind the head".to_vec())
+    );
 }
 
 /// A client that never finishes its head (slowloris) is answered 408 and closed once the
@@ -385,35 +379,31 @@ fn close_is_answered_then_the_server_hangs_up() {
 /// payload; a pong is ignored; a frame cut across TCP segments is waited for.
 #[test]
 fn fragments_pings_and_frames_in_pieces() {
-    for buffers in ["shared", "per-conn"] {
-        let server = Server::start(BIN, &["--buffers", buffers]);
-        let mut client = open(&server);
-        let bytes = [
-            frame(false, 1, "frag".as_bytes()),
-            frame(true, 9, b"ping between fragments"),
-            frame(false, 0, &"mented €".as_bytes()[..9]), // "€" cut after its first byte
-            frame(true, 10, b"unsolicited pong"),
-            frame(true, 0, &"mented €".as_bytes()[9..]),
-        ]
-        .concat();
-        client.write_all(&bytes).unwrap();
-        assert_eq!(
-            read_frame(&mut client),
-            (10, b"ping between fragments".to_vec()),
-            "{buffers}"
-        );
-        assert_eq!(
-            read_frame(&mut client),
-            (1, "fragmented €".as_bytes().to_vec()),
-            "{buffers}"
-        );
+    let server = Server::start(BIN, &[]);
+    let mut client = open(&server);
+    let bytes = [
+        frame(false, 1, "frag".as_bytes()),
+        frame(true, 9, b"ping between fragments"),
+        frame(false, 0, &"mented €".as_bytes()[..9]), // "€" cut after its first byte
+        frame(true, 10, b"unsolicited pong"),
+        frame(true, 0, &"mented €".as_bytes()[9..]),
+    ]
+    .concat();
+    client.write_all(&bytes).unwrap();
+    assert_eq!(
+        read_frame(&mut client),
+        (10, b"ping between fragments".to_vec())
+    );
+    assert_eq!(
+        read_frame(&mut client),
+        (1, "fragmented €".as_bytes().to_vec())
+    );
 
-        // One binary frame of 70 000 bytes (64-bit length), written in small pieces.
-        let payload: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
-        for piece in frame(true, 2, &payload).chunks(9_000) {
-            client.write_all(piece).unwrap();
-            thread::sleep(Duration::from_millis(2));
-        }
-        assert_eq!(read_frame(&mut client), (2, payload), "{buffers}");
+    // One binary frame of 70 000 bytes (64-bit length), written in small pieces.
+    let payload: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    for piece in frame(true, 2, &payload).chunks(9_000) {
+        client.write_all(piece).unwrap();
+        thread::sleep(Duration::from_millis(2));
     }
+    assert_eq!(read_frame(&mut client), (2, payload));
 }

@@ -2,9 +2,10 @@
 //!
 //! The WebSocket echo of step06, written the way production Rust writes it: tokio and
 //! tokio-tungstenite, one task per connection, `async`/`await` instead of a hand-made
-//! event loop. Underneath, nothing new: tokio's reactor is mio, and mio on Linux is the
-//! same epoll_create1 / epoll_ctl / epoll_wait as step05 (`strace -f -e trace=epoll_wait`
-//! shows it). What changes is who holds each connection's state: step06 kept a small
+//! event loop. Underneath, the same three syscalls: tokio's reactor is mio, and mio on
+//! Linux calls epoll_create1 / epoll_ctl / epoll_wait as step05 does, but registers each
+//! socket once, edge-triggered, for reading and writing, with `EPOLLRDHUP` (`strace -f -e
+//! trace=epoll_ctl` shows it). What changes is who holds each connection's state: step06 kept a small
 //! `Conn` in a Vec indexed by fd; here every connection is a task, a future the compiler
 //! built from `handle_connection`, plus the buffers the WebSocket library gives it.
 

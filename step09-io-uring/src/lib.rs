@@ -34,6 +34,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use common::MemoryMeter;
+use common::sys::{client_gone, cvt, is_disconnect, out_of_resources};
 use io_uring::squeue::Entry as Sqe;
 use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{IoUring, Submitter, cqueue, opcode, squeue::SubmissionQueue};
@@ -407,7 +408,8 @@ impl Server {
         if matches!(conn.state, State::Closing) && conn.output.is_none() && !conn.shut {
             conn.shut = true;
             // SAFETY: the fd is open (owned by `conn`); shutdown takes no pointers.
-            if unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_WR) } == -1 {
+            if cvt(unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_WR) }).is_err() {
+                // The client is gone already.
                 conn.state = State::Gone;
             }
         }
@@ -690,42 +692,6 @@ fn fail(conn: &mut Conn, code: CloseCode, now: Second) {
     queue(conn, &close);
     conn.state = State::Closing;
     conn.since = now;
-}
-
-/// Out of file descriptors (for this process, or the whole system), or of kernel memory
-/// for a new socket: retrying at once would fail at once.
-fn out_of_resources(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
-/// accept(2) reports errors of the connection it was about to return: they end that one
-/// connection, never the server.
-fn client_gone(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::ConnectionAborted
-        || matches!(
-            err.raw_os_error(),
-            Some(
-                libc::EPROTO
-                    | libc::ENOPROTOOPT
-                    | libc::ENETDOWN
-                    | libc::ENONET
-                    | libc::EHOSTDOWN
-                    | libc::EHOSTUNREACH
-                    | libc::EOPNOTSUPP
-                    | libc::ENETUNREACH
-            )
-        )
-}
-
-/// The peer went away: the ordinary end of a connection, not worth a log line.
-fn is_disconnect(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-    )
 }
 
 #[cfg(test)]

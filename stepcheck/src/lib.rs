@@ -3,8 +3,10 @@
 //! Each step's `tests/behaviour.rs` calls these functions with
 //! `env!("CARGO_BIN_EXE_stepNN-name")`, so all steps are held to the same checks, like for
 //! like. [`Server`] starts a step on a free port and reads its `--json` lines; [`tcp`] holds
-//! the checks for the raw-TCP echo steps (01–05).
+//! the checks for the raw-TCP echo steps (01–05). [`inprocess`] runs a step's `serve` in the
+//! test's own process, for the faults a client cannot cause.
 
+pub mod inprocess;
 pub mod syscalls;
 pub mod tcp;
 pub mod ws;
@@ -23,6 +25,15 @@ use serde_json::Value;
 /// How long any single wait in these checks may take before it fails. Generous: the
 /// machines that run them are shared and noisy, and a hang must still end by itself.
 pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Connect to `addr` with read and write timeouts of [`PATIENCE`], so no check can hang.
+fn connect_patiently(addr: SocketAddr) -> TcpStream {
+    let stream =
+        TcpStream::connect(addr).unwrap_or_else(|err| panic!("cannot connect to {addr}: {err}"));
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.set_write_timeout(Some(PATIENCE)).unwrap();
+    stream
+}
 
 /// A step running in a child process, listening on a free loopback port. Dropping it kills
 /// the child (by its pid) and reaps it.
@@ -179,11 +190,7 @@ impl Server {
 
     /// Open a client connection with read and write timeouts, so no check can hang.
     pub fn connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.addr)
-            .unwrap_or_else(|err| panic!("cannot connect to {}: {err}", self.addr));
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        stream.set_write_timeout(Some(PATIENCE)).unwrap();
-        stream
+        connect_patiently(self.addr)
     }
 
     /// True while the child has not exited.

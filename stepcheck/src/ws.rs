@@ -3,8 +3,8 @@
 //! hand-made server can get wrong (fragments, ping, close, oversized messages, requests
 //! that are no upgrade).
 //!
-//! Each check takes the step's binary and extra arguments for it (e.g. `&["--buffers",
-//! "per-conn"]`), so one step can be held to every check under each of its settings.
+//! Each check takes the step's binary and extra arguments for it (e.g. `&["--read-buffer",
+//! "4096"]`), so one step can be held to every check under each of its settings.
 
 use std::io::{ErrorKind, Write};
 use std::net::TcpStream;

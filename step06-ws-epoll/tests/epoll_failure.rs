@@ -1,0 +1,85 @@
+//! An `epoll_ctl` that fails on one connection closes that connection; the server and
+//! every other connection carry on. No client can make epoll_ctl fail, so the server runs
+//! in this process and the test takes a connection out of its interest list behind its
+//! back: the loop's next MOD or DEL on that connection fails with ENOENT.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use clap::Parser;
+use step06_ws_epoll::Config;
+use stepcheck::inprocess::{self, InProcess};
+
+fn start() -> InProcess {
+    InProcess::start(|listener| {
+        let opts = common::Options::parse_from(["step06-ws-epoll"]);
+        let meter = common::MemoryMeter::new("step06-ws-epoll", &opts);
+        let config = Config {
+            max_message: 1 << 20,
+            timeout: Duration::from_secs(10),
+        };
+        step06_ws_epoll::serve(listener, meter, config)
+    })
+}
+
+/// Connect and upgrade: send the request head, read the `101` head.
+fn upgraded(server: &InProcess) -> TcpStream {
+    let mut stream = server.connect();
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("the 101 response head");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "), "{head:?}");
+    stream
+}
+
+/// A masked binary frame whose payload is `len` zero bytes (masked with a zero key, so
+/// sent as is).
+fn binary_frame(len: u16) -> Vec<u8> {
+    let mut frame = vec![0x82, 0x80 | 126];
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&[0; 4]); // the mask key
+    frame.resize(frame.len() + usize::from(len), 0);
+    frame
+}
+
+/// A fresh connection still upgrades and gets its message back: the server serves on.
+fn assert_serving(server: &InProcess, what: &str) {
+    assert!(server.is_serving(), "{what}: serve() returned");
+    let mut client = upgraded(server);
+    client.write_all(&binary_frame(3)).unwrap();
+    let mut echo = [0xffu8; 5];
+    client.read_exact(&mut echo).unwrap();
+    assert_eq!(echo, [0x82, 3, 0, 0, 0], "{what}");
+}
+
+/// A failed DEL (the client hung up) and a failed MOD (the echo had to wait for room) each
+/// close that connection only.
+#[test]
+fn a_failed_epoll_ctl_closes_only_that_connection() {
+    let server = start();
+
+    // DEL: the client hangs up before its handshake; the loop reads 0 and deregisters.
+    let mut hangs_up = server.connect();
+    server.fail_epoll_ctl_on(&mut hangs_up, |client| {
+        client.shutdown(Shutdown::Write).unwrap();
+    });
+    assert_serving(&server, "after a failed EPOLL_CTL_DEL");
+
+    // MOD: a client that sends messages and never reads fills both directions' buffers,
+    // so an echo is cut short and the loop asks to watch for writability.
+    let mut floods = upgraded(&server);
+    server.fail_epoll_ctl_on(&mut floods, |client| {
+        inprocess::flood_until_full(client, &binary_frame(60_000));
+    });
+    assert_serving(&server, "after a failed EPOLL_CTL_MOD");
+}
