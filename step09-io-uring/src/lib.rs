@@ -53,12 +53,10 @@ pub struct Config {
     /// frames, fragmented messages, unsent output). The connection that goes past it is
     /// closed with 1009.
     pub max_buffered: usize,
-    /// How long a client may take to send its whole request head, and, once we have sent
-    /// our close, to hang up.
-    pub handshake_timeout: Duration,
-    /// How long a connection may hold buffered bytes without any progress (no byte in, no
-    /// byte out) before it is closed with 1008.
-    pub stall_timeout: Duration,
+    /// How long a client may take to send its whole request head (then 408), a connection
+    /// may hold bytes without finishing what they belong to (then 1008), and a client may
+    /// take to hang up after our close. Step06's `--timeout`, with the same meaning.
+    pub timeout: Duration,
 }
 
 /// The rings and the buffer pool, set up before the server binds (so a kernel without
@@ -100,8 +98,8 @@ struct Conn {
     /// The socket. Dropping the `Conn` closes it, so a `Conn` is dropped only once the
     /// kernel has returned every operation on it.
     fd: OwnedFd,
-    /// The second of the last progress (or of the accept, while handshaking): the timeouts
-    /// count from here.
+    /// When the clock started: at the accept while handshaking, when it began to hold
+    /// bytes while open, when it began closing.
     since: Second,
     /// Where the conversation is, with the bytes (if any) this stage needs to keep.
     state: State,
@@ -309,13 +307,22 @@ impl Server {
         if op == RECV {
             received(conn, cqe, &mut self.bufs, &mut self.out, &self.config, now);
         } else {
-            sent(conn, cqe, now);
+            sent(conn, cqe);
         }
         self.settle(fd, submit)?;
 
-        // The budget: the connection that takes the server past it is the one refused.
         let after = self.held(fd);
         self.buffered = self.buffered + after - before;
+        // It holds bytes now, and did not before: from now on it has `timeout` to finish
+        // what they belong to (a frame, a message, sending its replies).
+        if before == 0
+            && after > 0
+            && let Some(conn) = self.connections[fd as usize].as_mut()
+            && matches!(conn.state, State::Open { .. })
+        {
+            conn.since = now;
+        }
+        // The budget: the connection that takes the server past it is the one refused.
         if after > 0 && self.buffered > self.config.max_buffered {
             if let Some(conn) = self.connections[fd as usize].as_mut() {
                 fail(conn, CloseCode::Size, now);
@@ -489,8 +496,7 @@ impl Server {
     /// Once a second: close the connections that ran out of time. A plain scan of the table
     /// (10 000 entries take microseconds), so no timer structure grows with traffic.
     fn expire(&mut self, now: Second, submit: &mut Submit) -> io::Result<()> {
-        let handshake = self.config.handshake_timeout.as_secs() as Second;
-        let stall = self.config.stall_timeout.as_secs() as Second;
+        let timeout = self.config.timeout.as_secs() as Second;
         for fd in 0..self.connections.len() as RawFd {
             let held = self.held(fd);
             let Some(conn) = self.connections[fd as usize].as_mut() else {
@@ -499,17 +505,17 @@ impl Server {
             let waited = now.saturating_sub(conn.since);
             match conn.state {
                 // Slowloris: the whole head must be in within the timeout.
-                State::Handshaking { .. } if waited >= handshake => {
+                State::Handshaking { .. } if waited >= timeout => {
                     conn.state = State::Closing;
                     conn.since = now;
                     queue(conn, handshake::TIMEOUT_RESPONSE.as_bytes());
                 }
-                // Bytes held, and nothing moved: 1008, the connection broke our policy.
-                State::Open { .. } if held > 0 && waited >= stall => {
+                // Bytes held, and nothing finished: 1008, the connection broke our policy.
+                State::Open { .. } if held > 0 && waited >= timeout => {
                     fail(conn, CloseCode::Policy, now);
                 }
                 // Our close is out (or stuck behind a client that does not read).
-                State::Closing if waited >= handshake => conn.state = State::Gone,
+                State::Closing if waited >= timeout => conn.state = State::Gone,
                 _ => continue,
             }
             let before = held;
@@ -578,10 +584,6 @@ fn handle_input(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Confi
         // We said our last word; what the client still sends is dropped.
         State::Closing | State::Gone => return,
     };
-    // Anything consumed is progress; a handshake's clock runs from the accept, though.
-    if !matches!(conn.state, State::Handshaking { .. }) {
-        conn.since = now;
-    }
     if flow == Flow::Close {
         conn.state = State::Closing;
         conn.since = now;
@@ -645,7 +647,7 @@ fn read_head(
 }
 
 /// A send completed: all of it, part of it, or not at all.
-fn sent(conn: &mut Conn, cqe: &cqueue::Entry, now: Second) {
+fn sent(conn: &mut Conn, cqe: &cqueue::Entry) {
     let output = conn
         .output
         .as_mut()
@@ -656,7 +658,6 @@ fn sent(conn: &mut Conn, cqe: &cqueue::Entry, now: Second) {
         // The kernel is done with these bytes: they are ours again. A short send leaves
         // the rest, which `settle` sends on.
         output.sending.drain(..result as usize);
-        conn.since = now;
         return;
     }
     // Cancelled (the connection is done) or failed (the client is gone): drop the output.

@@ -20,13 +20,11 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..=1 << 40))]
     max_buffered: u64,
 
-    /// Seconds a client has to send its whole request head (and to hang up after our close).
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    handshake_timeout: u64,
-
-    /// Seconds a connection may hold buffered bytes without progress before it gets 1008.
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    stall_timeout: u64,
+    /// Seconds a client has to send its whole request head (then 408), to finish a frame or
+    /// message or take its replies once it holds bytes (then 1008), and to hang up after our close.
+    #[arg(long, visible_alias = "handshake-timeout", value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
 
     /// Buffers in the provided buffer ring (a power of two, at most 32768).
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = power_of_two)]
@@ -79,8 +77,7 @@ fn main() -> std::io::Result<()> {
     let config = Config {
         max_message: args.max_message as usize,
         max_buffered: args.max_buffered as usize,
-        handshake_timeout: Duration::from_secs(args.handshake_timeout),
-        stall_timeout: Duration::from_secs(args.stall_timeout),
+        timeout: Duration::from_secs(args.timeout),
     };
     step09_io_uring::serve(listener, meter, uring, config)
 }

@@ -1,6 +1,6 @@
 //! What this step adds over step06, pinned on its real binary: the buffer ring running dry
-//! loses nothing, and the budgets (a stall timeout, a cap on all buffered bytes, the
-//! handshake timeout) close the connection that breaks them, and only that one.
+//! loses nothing, and the budgets (a timeout for bytes held, a cap on all buffered bytes,
+//! the handshake timeout) close the connection that breaks them, and only that one.
 //!
 //! Skipped, with the reason, where io_uring is not available (see `support/mod.rs`).
 
@@ -60,13 +60,13 @@ fn a_ring_that_runs_dry_loses_nothing() {
 }
 
 /// A connection that holds half a frame and goes quiet is closed with 1008 after
-/// `--stall-timeout`; an idle connection (holding nothing) is left alone.
+/// `--timeout`; an idle connection (holding nothing) is left alone.
 #[test]
 fn a_stalled_partial_frame_is_closed_with_1008() {
     if !available() {
         return;
     }
-    let server = Server::start(BIN, &["--stall-timeout", "1"]);
+    let server = Server::start(BIN, &["--timeout", "1"]);
     let mut idle = ws::connect(&server);
     let mut staller = ws::connect(&server).into_inner();
     let mut bytes = binary_header(1000);
@@ -136,13 +136,13 @@ fn past_max_buffered_the_connection_that_overflows_gets_1009() {
 }
 
 /// A client that never finishes its request head (slowloris) is answered 408 once
-/// `--handshake-timeout` has passed, then closed.
+/// `--timeout` has passed, then closed.
 #[test]
 fn an_unfinished_request_head_gets_408() {
     if !available() {
         return;
     }
-    let server = Server::start(BIN, &["--handshake-timeout", "1"]);
+    let server = Server::start(BIN, &["--timeout", "1"]);
     let mut slow = server.connect();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .unwrap();
