@@ -98,10 +98,8 @@ struct Conn {
     /// The socket. Dropping the `Conn` closes it, so a `Conn` is dropped only once the
     /// kernel has returned every operation on it.
     fd: OwnedFd,
-    /// When the clock started: at the accept while handshaking, when it began to hold
-    /// bytes while open, when it began closing.
-    since: Second,
-    /// Where the conversation is, with the bytes (if any) this stage needs to keep.
+    /// Where the conversation is, with the bytes (if any) this stage needs to keep, and
+    /// since when (the timeouts count from there).
     state: State,
     /// Replies on their way out. `None` for an idle connection: 8 bytes, no allocation.
     output: Option<Box<Output>>,
@@ -120,14 +118,21 @@ struct Conn {
     reason = "a Box<Vec> is 8 bytes, a Vec 24: the extra allocation is only for a head in pieces"
 )]
 enum State {
-    /// Waiting for the HTTP request head; `Some` only if it came in pieces.
-    Handshaking { head: Option<Box<Vec<u8>>> },
+    /// Waiting for the HTTP request head (`Some` only if it came in pieces), since the
+    /// accept.
+    Handshaking {
+        head: Option<Box<Vec<u8>>>,
+        since: Second,
+    },
     /// Upgraded: frames, decoded by step06's `frame.rs`. `None` unless something is
-    /// unfinished.
-    Open { partial: Option<Box<Partial>> },
+    /// unfinished; `since` is when it began to hold bytes.
+    Open {
+        partial: Option<Box<Partial>>,
+        since: Second,
+    },
     /// Our last bytes (a close frame or an HTTP error) are queued; what the client still
     /// sends is dropped until it hangs up.
-    Closing,
+    Closing { since: Second },
     /// Finished: waiting only for the kernel to return its operations, then closed.
     Gone,
 }
@@ -313,14 +318,19 @@ impl Server {
 
         let after = self.held(fd);
         self.buffered = self.buffered + after - before;
-        // It holds bytes now, and did not before: from now on it has `timeout` to finish
-        // what they belong to (a frame, a message, sending its replies).
-        if before == 0
-            && after > 0
-            && let Some(conn) = self.connections[fd as usize].as_mut()
-            && matches!(conn.state, State::Open { .. })
+        // The clock for bytes held starts when a connection begins to hold some, and starts
+        // again whenever it gets somewhere: it holds less than before (a frame or message
+        // finished), or the kernel took some of its replies (the client reads). A client
+        // that only adds to what we hold, a byte at a time or by not reading, runs out of it.
+        let progress = after < before || (op == SEND && cqe.result() > 0);
+        if after > 0
+            && (before == 0 || progress)
+            && let Some(Conn {
+                state: State::Open { since, .. },
+                ..
+            }) = self.connections[fd as usize].as_mut()
         {
-            conn.since = now;
+            *since = now;
         }
         // The budget: the connection that takes the server past it is the one refused.
         if after > 0 && self.buffered > self.config.max_buffered {
@@ -366,8 +376,10 @@ impl Server {
         }
         self.connections[index] = Some(Conn {
             fd,
-            since: self.now(),
-            state: State::Handshaking { head: None },
+            state: State::Handshaking {
+                head: None,
+                since: self.now(),
+            },
             output: None,
             reading: false,
             cancelling: false,
@@ -412,7 +424,7 @@ impl Server {
         }
 
         // 2. Closing and everything sent: send our FIN, then wait for the client's.
-        if matches!(conn.state, State::Closing) && conn.output.is_none() && !conn.shut {
+        if matches!(conn.state, State::Closing { .. }) && conn.output.is_none() && !conn.shut {
             conn.shut = true;
             // SAFETY: the fd is open (owned by `conn`); shutdown takes no pointers.
             if cvt(unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_WR) }).is_err() {
@@ -480,9 +492,12 @@ impl Server {
             return 0;
         };
         let state = match &conn.state {
-            State::Handshaking { head: Some(head) } => head.capacity(),
+            State::Handshaking {
+                head: Some(head), ..
+            } => head.capacity(),
             State::Open {
                 partial: Some(partial),
+                ..
             } => partial.heap_bytes(),
             _ => 0,
         };
@@ -502,20 +517,20 @@ impl Server {
             let Some(conn) = self.connections[fd as usize].as_mut() else {
                 continue;
             };
-            let waited = now.saturating_sub(conn.since);
+            // Whole seconds on both sides: "more than" makes it never sooner than the timeout.
+            let due = |since: Second| now.saturating_sub(since) > timeout;
             match conn.state {
                 // Slowloris: the whole head must be in within the timeout.
-                State::Handshaking { .. } if waited >= timeout => {
-                    conn.state = State::Closing;
-                    conn.since = now;
+                State::Handshaking { since, .. } if due(since) => {
+                    conn.state = State::Closing { since: now };
                     queue(conn, handshake::TIMEOUT_RESPONSE.as_bytes());
                 }
                 // Bytes held, and nothing finished: 1008, the connection broke our policy.
-                State::Open { .. } if held > 0 && waited >= timeout => {
+                State::Open { since, .. } if held > 0 && due(since) => {
                     fail(conn, CloseCode::Policy, now);
                 }
                 // Our close is out (or stuck behind a client that does not read).
-                State::Closing if waited >= timeout => conn.state = State::Gone,
+                State::Closing { since } if due(since) => conn.state = State::Gone,
                 _ => continue,
             }
             let before = held;
@@ -572,21 +587,23 @@ fn received(
 fn handle_input(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config, now: Second) {
     out.clear();
     let flow = match &mut conn.state {
-        State::Handshaking { head } => match read_head(head, input, out, config) {
+        State::Handshaking { head, .. } => match read_head(head, input, out, config) {
             Head::Incomplete => Flow::Open,
             Head::Refused => Flow::Close,
             Head::Upgraded { partial, flow } => {
-                conn.state = State::Open { partial };
+                conn.state = State::Open {
+                    partial,
+                    since: now,
+                };
                 flow
             }
         },
-        State::Open { partial } => frame::decode(partial, input, config.max_message, out),
+        State::Open { partial, .. } => frame::decode(partial, input, config.max_message, out),
         // We said our last word; what the client still sends is dropped.
-        State::Closing | State::Gone => return,
+        State::Closing { .. } | State::Gone => return,
     };
     if flow == Flow::Close {
-        conn.state = State::Closing;
-        conn.since = now;
+        conn.state = State::Closing { since: now };
     }
     queue(conn, out);
 }
@@ -691,8 +708,7 @@ fn fail(conn: &mut Conn, code: CloseCode, now: Second) {
     let mut close = Vec::new();
     frame::write_close(Some(code), b"", &mut close);
     queue(conn, &close);
-    conn.state = State::Closing;
-    conn.since = now;
+    conn.state = State::Closing { since: now };
 }
 
 #[cfg(test)]
@@ -704,6 +720,6 @@ mod tests {
     #[test]
     fn an_idle_connection_is_a_few_dozen_bytes() {
         let size = size_of::<Option<Conn>>();
-        assert!(size <= 40, "Option<Conn> is {size} bytes");
+        assert!(size <= 32, "Option<Conn> is {size} bytes");
     }
 }

@@ -84,6 +84,45 @@ fn a_stalled_partial_frame_is_closed_with_1008() {
     );
 }
 
+/// A frame dripped a byte at a time keeps adding to what the server holds without finishing
+/// anything: it is closed with 1008 after `--timeout` all the same, while it still drips.
+#[test]
+fn a_frame_dripped_byte_by_byte_is_closed_with_1008() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    if !available() {
+        return;
+    }
+    let server = Server::start(BIN, &["--timeout", "1"]);
+    let mut dripper = ws::connect(&server).into_inner();
+    dripper.write_all(&binary_header(1000)).unwrap();
+    let mut drip = dripper.try_clone().unwrap();
+    let closed = AtomicBool::new(false);
+    const BYTES: usize = 150;
+    thread::scope(|scope| {
+        // Bounded: at most 150 bytes, one every 100 ms; it stops once we got the close.
+        let dripping = scope.spawn(|| {
+            let mut sent = 0;
+            while sent < BYTES && !closed.load(Ordering::Relaxed) && drip.write_all(&[7]).is_ok() {
+                sent += 1;
+                thread::sleep(std::time::Duration::from_millis(100));
+            }
+            sent
+        });
+        assert_eq!(
+            read_close_code(&mut dripper),
+            Some(1008),
+            "a frame that only grows, never finishes, must end with a close frame, code 1008"
+        );
+        closed.store(true, Ordering::Relaxed);
+        let sent = dripping.join().unwrap();
+        assert!(
+            sent < BYTES,
+            "closed only after the client stopped dripping: each byte restarted the clock"
+        );
+    });
+}
+
 /// Two clients each send most of a 150 000-byte frame against `--max-buffered 200000`: the
 /// one that takes the server past the budget gets 1009, the other finishes and is echoed.
 #[test]
