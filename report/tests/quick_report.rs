@@ -17,6 +17,7 @@ const ROWS: &[&str] = &[
     "step06-ws-epoll",
     "step07-tokio",
     "step07-tokio/4k",
+    "step09-io-uring",
 ];
 
 /// Runs the report binary with `args`, writing into a fresh directory; returns its output

@@ -2,8 +2,9 @@
 //!
 //! The same WebSocket echo as step06, on io_uring instead of epoll.
 //!
-//! epoll tells you a socket is *ready*; you then make the read yourself, and the write, and
-//! the read that says `EAGAIN`: three system calls per echoed message. io_uring takes the
+//! epoll tells you a socket is *ready*; you then make the read yourself, and the write: two
+//! system calls per echoed message, besides `epoll_wait` (three where the loop reads until
+//! `EAGAIN`). io_uring takes the
 //! *operation*: you ask for the read, the kernel does it and tells you it is *done*, with
 //! the bytes already in your buffer. Requests and results travel through two rings of
 //! memory shared with the kernel, so one `io_uring_enter` submits every request queued
@@ -54,8 +55,8 @@ pub struct Config {
     /// closed with 1009.
     pub max_buffered: usize,
     /// How long a client may take to send its whole request head (then 408), a connection
-    /// may hold bytes without finishing what they belong to (then 1008), and a client may
-    /// take to hang up after our close. Step06's `--timeout`, with the same meaning.
+    /// may hold bytes without getting anywhere with them (then 1008), and a client may take
+    /// to hang up after our close. Step06's `--timeout`.
     pub timeout: Duration,
 }
 
