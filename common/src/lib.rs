@@ -1,15 +1,18 @@
 //! The routine parts every step shares, so that a step's source holds only what it teaches:
 //! command-line options, the open-file limit, the memory meter that prints the memory line,
-//! and ([`sys`]) the syscall-result helper and errno predicates every event loop needs.
+//! a rate-limited stderr log for errors that come in storms, and ([`sys`]) the
+//! syscall-result helper and errno predicates every event loop needs.
 
 mod fdlimit;
 mod meter;
 mod options;
+mod ratelog;
 pub mod sys;
 
 pub use fdlimit::{FdLimit, raise_fd_limit};
 pub use meter::{MemoryLine, MemoryMeter, format_bytes};
 pub use options::Options;
+pub use ratelog::RateLimitedLog;
 
 use std::io;
 use std::net::TcpListener;

@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -63,11 +64,14 @@ impl MemoryMeter {
             return;
         }
         let line = MemoryLine::measure(&self.step, conns, self.base_rss);
-        if self.json {
-            println!("{}", line.to_json());
-        } else {
-            println!("{line}");
-        }
+        let text = match self.json {
+            true => line.to_json(),
+            false => line.to_string(),
+        };
+        // Not `println!`, which panics when stdout is gone (`step05-epoll | head -1`, a
+        // closed terminal): the memory line is a report, and losing it must not take the
+        // server down. An error here (EPIPE, mostly) loses this line, nothing else.
+        let _ = writeln!(std::io::stdout(), "{text}");
         self.last_conns = conns;
         self.last_report = Some(Instant::now());
     }

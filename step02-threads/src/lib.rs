@@ -12,10 +12,45 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::MemoryMeter;
+use common::sys::{client_gone, is_disconnect, out_of_resources};
+use common::{MemoryMeter, RateLimitedLog};
 
 /// How long to stop accepting when the process is out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The largest `--stack-size` taken. Each thread maps its whole stack up front; past a
+/// gigabyte a few threads exhaust what the kernel lets a process map (and an echo needs a
+/// few KiB of it).
+pub const MAX_STACK_SIZE: usize = 1 << 30;
+
+/// `--stack-size`, checked when the options are parsed: a size no thread can be spawned
+/// with would start a server that drops every connection. Too small is refused (std would
+/// silently raise it to the platform minimum); the value is rounded up to whole pages, as
+/// the kernel maps them.
+pub fn parse_stack_size(s: &str) -> Result<usize, String> {
+    let bytes: usize = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of bytes"))?;
+    let page = page_size();
+    let minimum = libc::PTHREAD_STACK_MIN.next_multiple_of(page);
+    if bytes < minimum {
+        return Err(format!(
+            "{bytes} bytes is below this platform's minimum thread stack, {minimum} bytes"
+        ));
+    }
+    if bytes > MAX_STACK_SIZE {
+        return Err(format!(
+            "{bytes} bytes is more than the {MAX_STACK_SIZE} bytes (1 GiB) taken"
+        ));
+    }
+    Ok(bytes.next_multiple_of(page))
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page).unwrap_or(4096)
+}
 
 /// Serve raw-TCP echo on `listener`, a thread per connection. `stack_size` is each thread's
 /// stack in bytes (`None`: Rust's default, 2 MiB of address space, mostly never touched).
@@ -26,6 +61,9 @@ pub fn serve(
 ) -> io::Result<()> {
     let open = Arc::new(AtomicUsize::new(0));
     meter.report_in_background(Arc::clone(&open))?;
+    // Both failures come in storms (every queued client fails alike): a line a second.
+    let mut accept_log = RateLimitedLog::per_second();
+    let mut spawn_log = RateLimitedLog::per_second();
 
     loop {
         let stream = match listener.accept() {
@@ -37,7 +75,9 @@ pub fn serve(
             Err(err) if out_of_resources(&err) => {
                 // Out of file descriptors. Retrying at once would fail at once, in a busy
                 // loop; the clients can wait in the listen queue while threads finish.
-                eprintln!("step02-threads: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                accept_log.log(|| {
+                    format!("step02-threads: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}")
+                });
                 thread::sleep(ACCEPT_BACKOFF);
                 continue;
             }
@@ -61,7 +101,9 @@ pub fn serve(
             // No thread for this client (the process or the system is at its thread limit,
             // or out of memory for stacks). The closure, the stream and the guard in it
             // were dropped: the connection is closed and no longer counted.
-            eprintln!("step02-threads: cannot spawn a thread: {err}; closing that connection");
+            spawn_log.log(|| {
+                format!("step02-threads: cannot spawn a thread: {err}; closing that connection")
+            });
         }
     }
 }
@@ -79,43 +121,6 @@ fn handle_connection(mut stream: TcpStream) -> io::Result<()> {
     }
 }
 
-/// Out of file descriptors (for this process, or the whole system), or of kernel memory
-/// for a new socket: retrying at once would fail at once.
-fn out_of_resources(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
-/// accept(2) reports errors of the connection it was about to return (the client reset
-/// it while it was queued, or the network under it failed): they end that one
-/// connection, never the server.
-fn client_gone(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::ConnectionAborted
-        || matches!(
-            err.raw_os_error(),
-            Some(
-                libc::EPROTO
-                    | libc::ENOPROTOOPT
-                    | libc::ENETDOWN
-                    | libc::ENONET
-                    | libc::EHOSTDOWN
-                    | libc::EHOSTUNREACH
-                    | libc::EOPNOTSUPP
-                    | libc::ENETUNREACH
-            )
-        )
-}
-
-/// The peer went away: the ordinary end of a connection, not worth a log line.
-fn is_disconnect(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-    )
-}
-
 /// Counts one open connection for as long as it lives, however its thread ends.
 struct OpenGuard(Arc<AtomicUsize>);
 
@@ -129,5 +134,27 @@ impl OpenGuard {
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes no thread can have are refused with the reason; others are rounded up to pages.
+    #[test]
+    fn stack_size_is_checked_and_page_rounded() {
+        let minimum = libc::PTHREAD_STACK_MIN.next_multiple_of(page_size());
+        assert_eq!(parse_stack_size(&minimum.to_string()), Ok(minimum));
+        assert_eq!(
+            parse_stack_size(&(minimum + 1).to_string()),
+            Ok(minimum + page_size())
+        );
+        let too_small = parse_stack_size("100").unwrap_err();
+        assert!(too_small.contains(&minimum.to_string()), "{too_small}");
+        assert!(parse_stack_size(&(MAX_STACK_SIZE + 1).to_string()).is_err());
+        assert!(parse_stack_size("1099511627776").is_err()); // 1 TiB
+        assert!(parse_stack_size("-1").is_err());
+        assert!(parse_stack_size("2MiB").is_err());
     }
 }

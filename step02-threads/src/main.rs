@@ -7,9 +7,10 @@ struct Cli {
     #[command(flatten)]
     common: common::Options,
 
-    /// Stack size of each connection's thread, in bytes [default: Rust's, 2 MiB]. Only the
-    /// pages a thread touches become resident; the rest is address space.
-    #[arg(long, value_name = "BYTES")]
+    /// Stack size of each connection's thread, in bytes [default: Rust's, 2 MiB], from the
+    /// platform's minimum (16 KiB on x86-64 Linux) to 1 GiB, rounded up to whole pages. Only
+    /// the pages a thread touches become resident; the rest is address space.
+    #[arg(long, value_name = "BYTES", value_parser = step02_threads::parse_stack_size)]
     stack_size: Option<usize>,
 }
 

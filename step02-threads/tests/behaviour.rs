@@ -53,3 +53,44 @@ fn serves_with_a_small_stack() {
     let mut client = server.connect();
     stepcheck::assert_echo(&mut client, b"a 64 KiB stack is plenty for an echo\n");
 }
+
+/// A `--stack-size` no thread can have is refused at start with one line, instead of a
+/// server that starts and then drops every connection.
+#[test]
+fn impossible_stack_size_refused_at_start() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    for size in ["100", "1099511627776"] {
+        let mut child = Command::new(BIN)
+            .args(["--addr", "127.0.0.1:0", "--stack-size", size])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start step02-threads");
+        // Bounded: a step that starts serving is killed (by its pid) after PATIENCE.
+        let deadline = Instant::now() + stepcheck::PATIENCE;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let status = status.unwrap_or_else(|| {
+            panic!("step02-threads --stack-size {size} started serving instead of refusing")
+        });
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "--stack-size {size} was accepted");
+        assert!(
+            stderr.contains("--stack-size") && stderr.contains("bytes"),
+            "--stack-size {size} refused without saying why: {stderr}"
+        );
+    }
+}

@@ -10,8 +10,8 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use common::MemoryMeter;
 use common::sys::{client_gone, cvt, interrupted, is_disconnect, out_of_resources, would_block};
+use common::{MemoryMeter, RateLimitedLog};
 
 /// One connection. Kept small on purpose: this struct, times 10 000, is most of what an
 /// idle connection costs us.
@@ -35,6 +35,11 @@ enum Next {
     Close,
 }
 
+/// The read budget: one read of at most this many bytes per connection per wake-up. A
+/// connection with more to read is reported again on the next round (level-triggered),
+/// after every other ready connection has had its turn: one busy client starves nobody.
+const READ_BUDGET: usize = 64 * 1024;
+
 /// How long to stop accepting when the process is out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -47,9 +52,11 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
     let mut connections: Vec<Conn> = Vec::new();
     // One read buffer for every connection: a connection holds bytes only while the
     // kernel would not take its echo.
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; READ_BUDGET];
     // Set while we are out of file descriptors and not accepting.
     let mut accept_paused_until: Option<Instant> = None;
+    // Out of fds, accept fails ten times a second: say so once a second, with a count.
+    let mut accept_log = RateLimitedLog::per_second();
 
     loop {
         meter.tick(connections.len());
@@ -114,7 +121,11 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
                     // The listener stays readable while connections wait in its queue, so
                     // the next poll would return at once, fail again and spin. Stop
                     // watching it for a moment; the clients wait in the kernel.
-                    eprintln!("step04-poll: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    accept_log.log(|| {
+                        format!(
+                            "step04-poll: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}"
+                        )
+                    });
                     pollfds[0].events = 0;
                     accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                 }

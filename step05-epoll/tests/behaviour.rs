@@ -45,3 +45,9 @@ fn memory_line_counts_connections() {
 fn survives_running_out_of_fds() {
     tcp::survives_running_out_of_fds(BIN);
 }
+
+/// stdout closed (`step05-epoll | head -1`): the memory line is lost, the server serves on.
+#[test]
+fn survives_stdout_closed() {
+    tcp::survives_stdout_closed(BIN);
+}

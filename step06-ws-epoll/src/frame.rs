@@ -138,7 +138,7 @@ fn decode_frames(
         };
         let missing = header_len + payload_len - frame.len();
         let take = missing.min(input.len());
-        frame.reserve_exact(take);
+        grow(&mut frame, take, header_len + payload_len);
         frame.extend_from_slice(&input[..take]);
         input = &input[take..];
         if take < missing {
@@ -159,10 +159,9 @@ fn decode_frames(
             return Ok(keep_frame(partial, input.to_vec()));
         };
         let Some(payload) = input.get(header_len..header_len + payload_len) else {
-            // The header is, the payload is not: keep the start, reserving room for the rest.
-            let mut frame = Vec::with_capacity(header_len + payload_len);
-            frame.extend_from_slice(input);
-            return Ok(keep_frame(partial, frame));
+            // The header is, the payload is not: keep what came, and only that. The length
+            // is the client's word; memory is spent on bytes that actually arrive.
+            return Ok(keep_frame(partial, input.to_vec()));
         };
         if handle_frame(partial, &header, payload, max_message, out)? == Flow::Close {
             // Nothing after a close frame is read (RFC 6455, section 5.5.1).
@@ -171,6 +170,17 @@ fn decode_frames(
         input = &input[header_len + payload_len..];
     }
     Ok(Flow::Open)
+}
+
+/// Make room for `more` bytes in `frame`, a frame of `total` bytes in all: double what is
+/// there (so a big frame is copied O(1) times per byte, not once per read), but never past
+/// `total`. Room follows the bytes that arrived, never the length the header announced.
+fn grow(frame: &mut Vec<u8>, more: usize, total: usize) {
+    let needed = frame.len() + more;
+    if needed > frame.capacity() {
+        let target = needed.max(2 * frame.capacity()).min(total);
+        frame.reserve_exact(target - frame.len());
+    }
 }
 
 /// Store the start of an incomplete frame until more bytes arrive.
@@ -187,7 +197,8 @@ fn message_of(partial: &Option<Box<Partial>>) -> Option<&Message> {
 /// arrived, else the header, its length, and the payload's length.
 ///
 /// The checks happen here, on the header alone, so a frame that is too big is refused
-/// before a single byte of its payload is buffered.
+/// before a single byte of its payload is buffered. A length that passes is still only a
+/// promise: nothing is reserved for it (see [`grow`]).
 fn parse_header(
     bytes: &[u8],
     message: Option<&Message>,
@@ -210,6 +221,10 @@ fn parse_header(
     if header.mask.is_none() {
         return Err(CloseCode::Protocol);
     }
+    // A 64-bit length must leave its top bit clear (section 5.2).
+    if payload_len > i64::MAX as u64 {
+        return Err(CloseCode::Protocol);
+    }
     let already = message.map_or(0, |m| m.payload.len() as u64);
     match header.opcode {
         OpCode::Control(_) if !header.is_final || payload_len > MAX_CONTROL_PAYLOAD => {
@@ -227,12 +242,13 @@ fn parse_header(
         }
         OpCode::Data(_) => {}
     }
-    // The length fits in usize now: a control frame is ≤ 125 bytes, a data frame ≤ the limit.
-    Ok(Some((
-        header,
-        cursor.position() as usize,
-        payload_len as usize,
-    )))
+    // A control frame is ≤ 125 bytes, a data frame ≤ the limit, and the whole frame's length
+    // must fit in a usize too: checked, never wrapped, whatever limit was configured.
+    let header_len = cursor.position() as usize;
+    match usize::try_from(payload_len) {
+        Ok(len) if len.checked_add(header_len).is_some() => Ok(Some((header, header_len, len))),
+        _ => Err(CloseCode::Size),
+    }
 }
 
 /// Act on one whole frame whose header passed [`parse_header`]. `payload` is still masked.
@@ -640,6 +656,60 @@ pub(crate) mod tests {
         assert_eq!(
             run(&client_frame(true, 2, &vec![7; MAX])),
             (Flow::Open, vec![(2, vec![7; MAX])])
+        );
+    }
+
+    /// A header announcing a huge length holds only the bytes that came, however high the
+    /// limit; a length with its top bit set gets 1002; room grows with the bytes, no further.
+    #[test]
+    fn an_announced_length_reserves_nothing_up_front() {
+        for len in [1u64 << 40, (1 << 63) - 1] {
+            let mut header = vec![0x82, 0x80 | 127];
+            header.extend_from_slice(&len.to_be_bytes());
+            header.extend_from_slice(&[1, 2, 3, 4]);
+            header.extend_from_slice(&[0; 100]);
+            let (mut partial, mut out) = (None, Vec::new());
+            assert_eq!(
+                decode(&mut partial, &header, usize::MAX, &mut out),
+                Flow::Open
+            );
+            let held = partial.as_ref().map_or(0, |p| p.heap_bytes());
+            assert!(
+                held < 1024,
+                "a {len}-byte frame holds {held} bytes after 114"
+            );
+            assert_eq!(
+                decode(&mut partial, &[0; 1000], usize::MAX, &mut out),
+                Flow::Open
+            );
+            let held = partial.as_ref().map_or(0, |p| p.heap_bytes());
+            assert!(
+                held < 4096,
+                "a {len}-byte frame holds {held} bytes after 1114"
+            );
+        }
+        for len in [1u64 << 63, u64::MAX] {
+            let mut header = vec![0x82, 0x80 | 127];
+            header.extend_from_slice(&len.to_be_bytes());
+            header.extend_from_slice(&[1, 2, 3, 4]);
+            let (mut partial, mut out) = (None, Vec::new());
+            assert_eq!(
+                decode(&mut partial, &header, usize::MAX, &mut out),
+                Flow::Close
+            );
+            assert_eq!(server_frames(&out), [close(1002)], "a length of {len}");
+        }
+        // A frame that arrives in pieces never holds more than its own length.
+        let frame = client_frame(true, 2, &[9; 100_000]);
+        let (mut partial, mut out) = (None, Vec::new());
+        for piece in frame[..frame.len() - 1].chunks(30_000) {
+            decode(&mut partial, piece, MAX, &mut out);
+        }
+        let held = partial.as_ref().map_or(0, |p| p.heap_bytes());
+        assert!(
+            held <= frame.len(),
+            "{held} bytes held for a {}-byte frame",
+            frame.len()
         );
     }
 

@@ -39,6 +39,11 @@ const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 pub const TIMEOUT_RESPONSE: &str =
     "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
+/// What a client gets when the server holds all the bytes it may (`--max-buffered`) and its
+/// head, in pieces, would take more: `503`, try again later.
+pub const BUSY_RESPONSE: &str =
+    "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
 /// A request head that asked, correctly, to become a WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upgrade {
@@ -48,7 +53,8 @@ pub struct Upgrade {
     pub head_len: usize,
 }
 
-/// Why a request head is refused. Each becomes an HTTP error response, then a close.
+/// Why a request head is not upgraded. Each becomes an HTTP response (an error, or for a
+/// browser the page), then a close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
     /// The head is longer than [`MAX_HEAD`], or has more than 64 header lines: `431`.
@@ -57,9 +63,15 @@ pub enum Reject {
     Malformed,
     /// Not a `GET`: `405`.
     NotGet,
-    /// A plain HTTP request with no `Upgrade` header at all, e.g. a browser tab opened on
-    /// the address: `426` with a short text saying this is a WebSocket server.
+    /// No `Host` header, or more than one: `400`. HTTP/1.1 requires exactly one (RFC 9112,
+    /// section 3.2), and RFC 6455 (section 4.1) has the client send it.
+    BadHost,
+    /// A plain HTTP request with no `Upgrade` header at all, for another path than `/`:
+    /// `426` with a short text saying this is a WebSocket server.
     PlainHttp,
+    /// A plain `GET /`, a browser tab opened on the address: not refused but answered,
+    /// with `200` and the page of `page.rs`, which connects back as a WebSocket.
+    Page,
     /// Asked to upgrade, but not with `Upgrade: websocket` and a `Connection` header that
     /// holds the `upgrade` token: `400`.
     NotWebSocket,
@@ -102,9 +114,17 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Upgrade>, Reject> {
     }
 
     let headers = request.headers;
+    let mut hosts = header_values(headers, "host");
+    let (Some(_), None) = (hosts.next(), hosts.next()) else {
+        return Err(Reject::BadHost);
+    };
+
     let upgrade = header_values(headers, "upgrade");
     if upgrade.clone().next().is_none() {
-        return Err(Reject::PlainHttp);
+        return Err(match request.path {
+            Some("/") => Reject::Page,
+            _ => Reject::PlainHttp,
+        });
     }
     // Both headers are comma-separated token lists: `Connection: keep-alive, Upgrade` is
     // what Firefox sends. Tokens compare case-insensitively.
@@ -165,9 +185,12 @@ impl Reject {
     fn status_line(self) -> &'static str {
         match self {
             Reject::HeadTooLarge => "HTTP/1.1 431 Request Header Fields Too Large",
-            Reject::Malformed | Reject::NotWebSocket | Reject::BadKey => "HTTP/1.1 400 Bad Request",
+            Reject::Malformed | Reject::BadHost | Reject::NotWebSocket | Reject::BadKey => {
+                "HTTP/1.1 400 Bad Request"
+            }
             Reject::NotGet => "HTTP/1.1 405 Method Not Allowed",
             Reject::PlainHttp | Reject::BadVersion => "HTTP/1.1 426 Upgrade Required",
+            Reject::Page => "HTTP/1.1 200 OK",
         }
     }
 
@@ -175,9 +198,11 @@ impl Reject {
     /// body for whoever reads it with curl. The connection closes after it.
     pub fn response(self) -> String {
         let (extra_header, body) = match self {
+            Reject::Page => return crate::page::response(),
             Reject::HeadTooLarge => ("", "request head over 8 KiB\n"),
             Reject::Malformed => ("", "not an HTTP/1.1 request\n"),
             Reject::NotGet => ("Allow: GET\r\n", "a WebSocket handshake is a GET\n"),
+            Reject::BadHost => ("", "a request carries exactly one Host header\n"),
             Reject::PlainHttp => (
                 "Upgrade: websocket\r\n",
                 "This is a WebSocket echo server: connect with a WebSocket client, \
@@ -295,38 +320,47 @@ mod tests {
         assert_eq!(upgrade.accept, RFC_ACCEPT);
     }
 
-    /// Each bad request (not GET, not HTTP/1.1, no upgrade, bad version, bad key) has its reason.
+    /// Each bad request (not GET, no single Host, not HTTP/1.1, no upgrade, bad version, bad key) has its reason.
     #[test]
     fn refusals_map_to_their_status() {
-        let cases: [(&str, Reject); 9] = [
+        let cases: [(&str, Reject); 12] = [
             (
                 "POST / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
                 Reject::NotGet,
             ),
-            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", Reject::PlainHttp),
+            (
+                "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                Reject::BadHost,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+                Reject::BadHost,
+            ),
+            ("GET /x HTTP/1.1\r\nHost: x\r\n\r\n", Reject::PlainHttp),
+            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", Reject::Page),
             (
                 "GET / HTTP/1.0\r\nUpgrade: websocket\r\n\r\n",
                 Reject::Malformed,
             ),
             ("\x16\x03\x01 not http\r\n\r\n", Reject::Malformed),
             (
-                "GET / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
                 Reject::NotWebSocket,
             ),
             (
-                "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n\r\n",
                 Reject::NotWebSocket,
             ),
             (
-                "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\n\r\n",
                 Reject::BadVersion,
             ),
             (
-                "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
                 Reject::BadKey,
             ),
             (
-                "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
                  Sec-WebSocket-Key: c2hvcnQ=\r\n\r\n",
                 Reject::BadKey,
             ),

@@ -13,12 +13,19 @@
 //!
 //! - `handshake.rs`: the HTTP upgrade: parse the request head, answer `101` or refuse.
 //! - `frame.rs`: the frame decoder and the lazy per-connection state ([`frame::Partial`]).
-//! - `timer.rs`: the deadlines that close clients too slow to finish a handshake or a close.
+//! - `timer.rs`: the deadlines that close clients too slow to finish a handshake, what they
+//!   hold, or a close.
 //! - `epoll.rs`: the epoll wrapper, the same file as step05's.
+//! - `page.rs`: the page a browser gets for a plain `GET /`, to try the server from a tab.
+//!
+//! And `budget.rs`, the loop's accounting after each event: how many bytes all connections
+//! may hold, and for how long (it closes the connection that goes past either).
 
+mod budget;
 mod epoll;
 pub mod frame;
 pub mod handshake;
+mod page;
 mod timer;
 
 use std::io::{self, Read, Write};
@@ -26,9 +33,11 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use common::MemoryMeter;
 use common::sys::{client_gone, interrupted, is_disconnect, out_of_resources, would_block};
+use common::{MemoryMeter, RateLimitedLog};
+use tungstenite::protocol::frame::coding::CloseCode;
 
+use budget::{held, hold_to_budget};
 use epoll::{Epoll, READABLE, WRITABLE};
 use frame::{Flow, Partial};
 use timer::{Deadline, Timers};
@@ -38,9 +47,28 @@ use timer::{Deadline, Timers};
 pub struct Config {
     /// The largest message (all its fragments together) we accept; bigger → close 1009.
     pub max_message: usize,
-    /// How long a client may take to send its whole request head, and, once we have sent our
-    /// close, to read it and hang up. Past it, we close the connection.
+    /// The most bytes all connections together may hold: request heads in pieces,
+    /// unfinished frames, fragmented messages, output the kernel would not take yet. The
+    /// connection whose bytes would pass it is closed with 1009 (503 while it handshakes).
+    pub max_buffered: usize,
+    /// How long a client may take to send its whole request head, and, once we have sent
+    /// our close, to read it and hang up. Past it, we close the connection (408 for a head).
     pub timeout: Duration,
+    /// How long a connection may hold bytes without finishing anything (a frame, a message,
+    /// taking its pending output). Past it, we close the connection with 1008.
+    pub stall_timeout: Duration,
+}
+
+impl Default for Config {
+    /// 1 MiB per message, 64 MiB in all, 10 s for a handshake, 10 s to finish anything held.
+    fn default() -> Config {
+        Config {
+            max_message: 1 << 20,
+            max_buffered: 64 << 20,
+            timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// One connection. Kept small on purpose: this struct, times 10 000, is most of what an
@@ -72,9 +100,14 @@ enum State {
         /// When we give up on a client that is too slow to finish it (slowloris).
         deadline: Deadline,
     },
-    /// Upgraded: frames, decoded by `frame.rs`. `None` unless a frame or message is
-    /// unfinished.
-    Open { partial: Option<Box<Partial>> },
+    /// Upgraded: frames, decoded by `frame.rs`.
+    Open {
+        /// `None` unless a frame or message is unfinished.
+        partial: Option<Box<Partial>>,
+        /// While the connection holds bytes (`partial`, or unsent output): when it must
+        /// have finished something, or be closed (see `budget.rs`).
+        deadline: Deadline,
+    },
     /// We sent (or are sending) our last bytes: a close frame or an HTTP error.
     Closing {
         /// When we stop waiting for the client to hang up.
@@ -105,9 +138,19 @@ struct Shared {
     /// Connections that must do something by a deadline: finish their request head, or
     /// hang up after our close.
     timers: Timers,
-    /// The step's settings: the largest message, the timeout.
+    /// Connections that hold bytes: the deadline by which they must finish something.
+    stalls: Timers,
+    /// The bytes all connections hold right now (see [`held`]), kept under
+    /// `config.max_buffered`.
+    held: usize,
+    /// The step's settings: the message size, the budget, the timeouts.
     config: Config,
 }
+
+/// The read budget: one read of at most this many bytes per connection per wake-up. A
+/// connection with more to read is reported again on the next round (level-triggered),
+/// after every other ready connection has had its turn: one busy client starves nobody.
+const READ_BUDGET: usize = 64 * 1024;
 
 /// How long to stop accepting when the process is out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -122,15 +165,20 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
     // free fd, so the fds of live connections are dense and this Vec has few holes.
     let mut connections: Vec<Option<Conn>> = Vec::new();
     let mut open = 0;
+    let timers = Timers::new(config.timeout);
     let mut shared = Shared {
-        buf: vec![0u8; 64 * 1024],
+        buf: vec![0u8; READ_BUDGET],
         out: Vec::new(),
-        timers: Timers::new(config.timeout),
+        stalls: timers.with_timeout(config.stall_timeout),
+        timers,
+        held: 0,
         config,
     };
     let mut events = Vec::with_capacity(1024);
     // Set while we are out of file descriptors and not accepting.
     let mut accept_paused_until: Option<Instant> = None;
+    // Out of fds, accept fails ten times a second: say so once a second, with a count.
+    let mut accept_log = RateLimitedLog::per_second();
 
     loop {
         meter.tick(open);
@@ -139,7 +187,18 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             accept_paused_until = None;
             epoll.register(listener.as_fd(), READABLE)?;
         }
-        expire(&mut shared.timers, &epoll, &mut connections, &mut open);
+        // Under connect/close churn most deadlines go stale long before they are due.
+        for (timers, stalls) in [(&mut shared.timers, false), (&mut shared.stalls, true)] {
+            if timers.is_mostly_stale(open) {
+                timers.rebuild(connections.iter().enumerate().filter_map(|(fd, conn)| {
+                    let conn = conn.as_ref()?;
+                    let live = current_deadline(conn)?;
+                    (matches!(conn.state, State::Open { .. }) == stalls)
+                        .then_some((live, fd as RawFd))
+                }));
+            }
+        }
+        expire(&mut shared, &epoll, &mut connections, &mut open);
 
         // The timer: epoll_wait sleeps until a socket is ready or the timeout passes, so
         // the timeout is at most the time left until the earliest deadline.
@@ -147,8 +206,8 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             Some(until) => until.saturating_duration_since(Instant::now()),
             None => meter.period(),
         };
-        if let Some(left) = shared.timers.time_left() {
-            timeout = timeout.min(left);
+        for left in [shared.timers.time_left(), shared.stalls.time_left()] {
+            timeout = timeout.min(left.unwrap_or(Duration::MAX));
         }
 
         match epoll.wait(&mut events, timeout) {
@@ -171,9 +230,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
                         // The listener stays readable while connections wait in its queue,
                         // so a level-triggered loop would wake at once, fail again and spin.
                         // Stop watching it for a moment; the clients wait in the kernel.
-                        eprintln!(
-                            "step06-ws-epoll: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}"
-                        );
+                        accept_log.log(|| format!("step06-ws-epoll: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}"));
                         epoll.deregister(listener.as_fd())?;
                         accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     }
@@ -191,11 +248,15 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             // We watch one direction at a time, so the connection's state says which
             // event this is. Errors and hang-ups are reported either way and surface as
             // a failed read or write.
+            let before = held(conn);
             let result = if conn.unsent.is_none() {
                 handle_readable(conn, fd, &mut shared)
             } else {
                 handle_writable(conn)
             };
+            shared.held = shared.held + held(conn) - before;
+            let result =
+                result.and_then(|next| hold_to_budget(conn, fd, before, next, &mut shared));
             let result = match result {
                 Ok(Next::Continue) => Ok(()),
                 // Watching the other direction is a syscall that can fail on its own
@@ -203,7 +264,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
                 Ok(Next::WaitWritable) => epoll.modify(conn.stream.as_fd(), WRITABLE),
                 Ok(Next::WaitReadable) => epoll.modify(conn.stream.as_fd(), READABLE),
                 Ok(Next::Close) => {
-                    close(&epoll, &mut connections, &mut open, fd);
+                    close(&epoll, &mut connections, &mut open, &mut shared.held, fd);
                     continue;
                 }
                 Err(err) => Err(err),
@@ -212,7 +273,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
                 if !is_disconnect(&err) {
                     eprintln!("step06-ws-epoll: connection fd {fd}: {err}; closing it");
                 }
-                close(&epoll, &mut connections, &mut open, fd);
+                close(&epoll, &mut connections, &mut open, &mut shared.held, fd);
             }
         }
     }
@@ -283,7 +344,9 @@ fn handle_readable(conn: &mut Conn, fd: RawFd, shared: &mut Shared) -> io::Resul
 
     let flow = match &mut conn.state {
         State::Handshaking { .. } => read_head(conn, input, out, shared.config.max_message),
-        State::Open { partial } => frame::decode(partial, input, shared.config.max_message, out),
+        State::Open { partial, .. } => {
+            frame::decode(partial, input, shared.config.max_message, out)
+        }
         // We said our last word and sent our FIN; what the client still sends is dropped
         // until it hangs up too (read returns 0 above).
         State::Closing { .. } => return Ok(Next::Continue),
@@ -293,10 +356,15 @@ fn handle_readable(conn: &mut Conn, fd: RawFd, shared: &mut Shared) -> io::Resul
         conn.state = State::Closing { deadline };
     }
 
-    let written = write_some(&mut conn.stream, &shared.out)?;
-    if written < shared.out.len() {
+    send(conn, &shared.out)
+}
+
+/// Write `out` as far as the kernel takes it now, from a connection we are reading.
+fn send(conn: &mut Conn, out: &[u8]) -> io::Result<Next> {
+    let written = write_some(&mut conn.stream, out)?;
+    if written < out.len() {
         // The kernel's send buffer is full: keep the rest and wait until it drains.
-        conn.unsent = Some(Box::new(shared.out[written..].to_vec()));
+        conn.unsent = Some(Box::new(out[written..].to_vec()));
         return Ok(Next::WaitWritable);
     }
     match all_sent(conn) {
@@ -343,7 +411,11 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, max_message: usiz
             let early = &bytes[upgrade.head_len..];
             let mut partial = None;
             let flow = frame::decode(&mut partial, early, max_message, out);
-            conn.state = State::Open { partial };
+            // The deadline matters only once bytes are held; `hold_to_budget` sets it then.
+            conn.state = State::Open {
+                partial,
+                deadline: 0,
+            };
             flow
         }
     }
@@ -390,25 +462,48 @@ fn all_sent(conn: &mut Conn) -> Next {
 }
 
 /// Close the connections whose deadline has passed: clients that never finished their
-/// request head (slowloris), or never hung up after our close.
-fn expire(timers: &mut Timers, epoll: &Epoll, connections: &mut [Option<Conn>], open: &mut usize) {
-    let now = timers.now();
-    while let Some(fd) = timers.pop_due(now) {
-        // Most entries are stale: the connection finished its head long ago, or closed and
-        // its fd now belongs to a newer connection (whose own deadline is later). Only a
-        // connection whose own deadline has passed is closed.
+/// request head (slowloris), held bytes without finishing anything, or never hung up after
+/// our close.
+fn expire(shared: &mut Shared, epoll: &Epoll, connections: &mut [Option<Conn>], open: &mut usize) {
+    let now = shared.timers.now();
+    while let Some(fd) = shared
+        .timers
+        .pop_due(now)
+        .or_else(|| shared.stalls.pop_due(now))
+    {
+        // Many entries are stale: the connection finished its head or what it held long
+        // ago, or closed and its fd now belongs to a newer connection (whose own deadline
+        // is later). Only a connection whose own deadline has passed is closed.
         let Some(Some(conn)) = connections.get_mut(fd as usize) else {
             continue;
         };
+        if current_deadline(conn).is_none_or(|deadline| deadline > now) {
+            continue;
+        }
+        // Best effort: a slow client should learn why it is cut off.
         match conn.state {
-            State::Handshaking { deadline, .. } if deadline <= now => {
-                // Best effort: a slow client should learn why it is cut off.
+            State::Handshaking { .. } => {
                 let _ = conn.stream.write(handshake::TIMEOUT_RESPONSE.as_bytes());
             }
-            State::Closing { deadline } if deadline <= now => {}
-            _ => continue,
+            // 1008, "policy violation": it is not too big, it is too slow. (If our output
+            // is what it does not take, a close frame could not get past it anyway.)
+            State::Open { .. } if conn.unsent.is_none() => {
+                shared.out.clear();
+                frame::write_close(Some(CloseCode::Policy), b"", &mut shared.out);
+                let _ = conn.stream.write(&shared.out);
+            }
+            State::Open { .. } | State::Closing { .. } => {}
         }
-        close(epoll, connections, open, fd);
+        close(epoll, connections, open, &mut shared.held, fd);
+    }
+}
+
+/// The deadline a connection is held to right now, if any.
+fn current_deadline(conn: &Conn) -> Option<Deadline> {
+    match conn.state {
+        State::Handshaking { deadline, .. } | State::Closing { deadline } => Some(deadline),
+        State::Open { deadline, .. } if held(conn) > 0 => Some(deadline),
+        State::Open { .. } => None,
     }
 }
 
@@ -427,7 +522,13 @@ fn write_some(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
 }
 
 /// Remove a connection from the interest list and close it.
-fn close(epoll: &Epoll, connections: &mut [Option<Conn>], open: &mut usize, fd: RawFd) {
+fn close(
+    epoll: &Epoll,
+    connections: &mut [Option<Conn>],
+    open: &mut usize,
+    held_in_all: &mut usize,
+    fd: RawFd,
+) {
     let conn = connections[fd as usize]
         .take()
         .expect("bug: closing a connection that is not open");
@@ -436,7 +537,8 @@ fn close(epoll: &Epoll, connections: &mut [Option<Conn>], open: &mut usize, fd: 
         eprintln!("step06-ws-epoll: epoll_ctl(DEL) fd {fd}: {err}; closing it anyway");
     }
     *open -= 1;
-    // Dropping the TcpStream closes the fd.
+    *held_in_all -= held(&conn);
+    // Dropping the TcpStream closes the fd, and gives back the bytes the connection held.
     drop(conn);
 }
 

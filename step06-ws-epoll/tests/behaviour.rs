@@ -75,3 +75,15 @@ fn oversized_message_closes_only_that_connection() {
 fn bad_handshake_refused() {
     ws::bad_handshake_refused(BIN, &[]);
 }
+
+/// A client flooding pings does not starve a fresh one: one read per wake-up per connection.
+#[test]
+fn a_ping_flood_does_not_starve_a_fresh_client() {
+    ws::ping_flood_does_not_starve_a_fresh_client(BIN, &[]);
+}
+
+/// stdout closed (`step06-ws-epoll | head -1`): the memory line is lost, the server serves on.
+#[test]
+fn survives_stdout_closed() {
+    ws::survives_stdout_closed(BIN, &[]);
+}

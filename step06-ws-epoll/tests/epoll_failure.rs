@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::time::Duration;
 
 use clap::Parser;
 use step06_ws_epoll::Config;
@@ -15,11 +14,7 @@ fn start() -> InProcess {
     InProcess::start(|listener| {
         let opts = common::Options::parse_from(["step06-ws-epoll"]);
         let meter = common::MemoryMeter::new("step06-ws-epoll", &opts);
-        let config = Config {
-            max_message: 1 << 20,
-            timeout: Duration::from_secs(10),
-        };
-        step06_ws_epoll::serve(listener, meter, config)
+        step06_ws_epoll::serve(listener, meter, Config::default())
     })
 }
 

@@ -192,9 +192,24 @@ fn refused_handshakes_get_their_status() {
             "HTTP/1.1 400 Bad Request\r\n",
         ),
         (
-            "plain GET /",
-            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_string(),
+            "no Host",
+            upgrade_request().replace("Host: 127.0.0.1\r\n", ""),
+            "HTTP/1.1 400 Bad Request\r\n",
+        ),
+        (
+            "two Host headers",
+            upgrade_request().replace("Host: 127.0.0.1\r\n", "Host: a\r\nHost: b\r\n"),
+            "HTTP/1.1 400 Bad Request\r\n",
+        ),
+        (
+            "plain GET of another path than /",
+            "GET /chat HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_string(),
             "HTTP/1.1 426 Upgrade Required\r\n",
+        ),
+        (
+            "plain GET /, from a browser: the page",
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_string(),
+            "HTTP/1.1 200 OK\r\n",
         ),
         (
             "not HTTP",
@@ -217,7 +232,7 @@ fn refused_handshakes_get_their_status() {
         version.contains("\r\nSec-WebSocket-Version: 13\r\n"),
         "{version}"
     );
-    let plain = http_answer(&server, cases[7].1.as_bytes());
+    let plain = http_answer(&server, cases[9].1.as_bytes());
     assert!(
         plain.contains("WebSocket"),
         "the plain GET answer says what this is:\n{plain}"
@@ -353,6 +368,45 @@ fn broken_frames_get_their_close_code() {
     }
 }
 
+/// A frame header announcing a huge length costs only the bytes that came: nothing is
+/// reserved up front, whatever `--max-message` allows, and the server serves on. A length
+/// with its top bit set (RFC 6455, section 5.2 forbids it) gets 1002.
+#[test]
+fn a_huge_announced_length_reserves_nothing() {
+    let mut server = Server::start(BIN, &["--max-message", &usize::MAX.to_string()]);
+    let mut bystander = open(&server);
+    let before = server.rss_bytes();
+    let mut quiet = Vec::new();
+    for len in [1u64 << 40, (1 << 63) - 1] {
+        let mut client = open(&server);
+        let mut bytes = header_announcing(len);
+        bytes.extend_from_slice(&[0x55; 1000]);
+        client.write_all(&bytes).unwrap();
+        assert_echo(
+            &mut bystander,
+            &format!("after a header announcing {len} bytes"),
+        );
+        quiet.push(client);
+    }
+    assert!(server.is_running(), "the server died: {}", server.stderr());
+    let grown = server.rss_bytes().saturating_sub(before);
+    assert!(grown < 16 << 20, "the server grew by {grown} bytes");
+    for len in [1u64 << 63, u64::MAX] {
+        let mut client = open(&server);
+        client.write_all(&header_announcing(len)).unwrap();
+        expect_close(&mut client, 1002, &format!("a length of {len}"));
+        assert_echo(&mut bystander, "after a forbidden length");
+    }
+}
+
+/// The 14-byte header of a masked binary frame announcing `len` payload bytes.
+fn header_announcing(len: u64) -> Vec<u8> {
+    let mut header = vec![0x82, 0x80 | 127];
+    header.extend_from_slice(&len.to_be_bytes());
+    header.extend_from_slice(&[0xa1, 0x02, 0xc3, 0x74]);
+    header
+}
+
 /// The close handshake: a valid code is echoed, an empty close gets an empty close, and
 /// the server hangs up after either.
 #[test]
@@ -406,4 +460,122 @@ fn fragments_pings_and_frames_in_pieces() {
         thread::sleep(Duration::from_millis(2));
     }
     assert_eq!(read_frame(&mut client), (2, payload));
+}
+
+/// 100 clients that each send most of a 1 MiB frame and go quiet hold no more than
+/// `--max-buffered` together: each one that would pass it gets 1009 at once; the others,
+/// and a fragmented message left unfinished, get 1008 once `--timeout` passes. A bystander
+/// is served throughout.
+#[test]
+fn half_sent_frames_are_held_to_the_budget_and_the_timeout() {
+    const BUDGET: u64 = 16 << 20;
+    const CLIENTS: usize = 100;
+    let mut server = Server::start(
+        BIN,
+        &[
+            "--max-buffered",
+            &BUDGET.to_string(),
+            "--stall-timeout",
+            "2",
+        ],
+    );
+    let mut bystander = open(&server);
+    let base = server.peak_rss_bytes();
+
+    let mut fragment = open(&server);
+    fragment
+        .write_all(&frame(false, 1, b"the first half"))
+        .unwrap();
+    let mut most_of_a_frame = header_announcing(1 << 20);
+    most_of_a_frame.extend_from_slice(&vec![0x55; (1 << 20) - 1024]);
+    let quiet: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut client = open(&server);
+            client.write_all(&most_of_a_frame).unwrap();
+            client
+        })
+        .collect();
+    assert_echo(&mut bystander, "while 100 frames hang");
+
+    let mut codes = Vec::new();
+    for mut client in [fragment].into_iter().chain(quiet) {
+        let (opcode, payload) = read_frame(&mut client);
+        assert_eq!(opcode, 8, "a close frame, not {opcode} {payload:?}");
+        codes.push(u16::from_be_bytes([payload[0], payload[1]]));
+    }
+    let over_budget = codes.iter().filter(|&&code| code == 1009).count();
+    let timed_out = codes.iter().filter(|&&code| code == 1008).count();
+    assert_eq!(
+        over_budget + timed_out,
+        CLIENTS + 1,
+        "close codes: {codes:?}"
+    );
+    assert_eq!(
+        codes[0], 1008,
+        "the unfinished fragmented message: {codes:?}"
+    );
+    // Each quiet client held about 1 MiB: at most 16 of them fit in 16 MiB.
+    assert!(
+        timed_out <= 17,
+        "{timed_out} clients were held until the timeout"
+    );
+
+    let grown = server.peak_rss_bytes().saturating_sub(base);
+    assert!(
+        grown < BUDGET + (16 << 20),
+        "the server's peak grew by {} MiB with a budget of {} MiB",
+        grown >> 20,
+        BUDGET >> 20
+    );
+    assert_echo(&mut bystander, "after the budget and the timeout");
+    assert!(server.is_running(), "{}", server.stderr());
+}
+
+/// A client that never reads our echo holds it in our memory (unsent output) without
+/// progress: once `--timeout` passes it is closed, and the echo it never took is dropped.
+#[test]
+fn a_client_that_never_takes_its_echo_is_closed_after_the_timeout() {
+    // More than loopback's socket buffers can hold (a few MiB each way), so the rest of the
+    // echo must wait in the server.
+    const LEN: usize = 16 << 20;
+    let server = Server::start(
+        BIN,
+        &[
+            "--max-message",
+            &(2 * LEN).to_string(),
+            "--stall-timeout",
+            "1",
+        ],
+    );
+    let mut bystander = open(&server);
+    let mut client = open(&server);
+    client.write_all(&frame(true, 2, &vec![7; LEN])).unwrap();
+    assert_echo(&mut bystander, "while another client does not read");
+
+    // Read nothing until the server gives up (its memory line counts the bystander only),
+    // then everything the kernel still holds.
+    server.wait_for_memory_line(2);
+    server.wait_for_memory_line(1);
+    let mut got = Vec::new();
+    match client.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(err) if err.kind() == ErrorKind::ConnectionReset => {}
+        Err(err) => {
+            panic!("the server still holds the connection of a client that does not read: {err}")
+        }
+    }
+    assert!(
+        got.len() < LEN,
+        "the whole echo arrived ({} bytes): nothing was held",
+        got.len()
+    );
+    assert_echo(&mut bystander, "after the non-reader was closed");
+}
+
+/// Request heads that come in pieces count against `--max-buffered` too: with 64 KiB for
+/// everybody, 16 clients that each send 6 KiB of a head do not all fit. Those that would
+/// pass the budget get `503` at once; the others are upgraded when their heads complete.
+#[test]
+fn heads_in_pieces_are_held_to_the_budget() {
+    stepcheck::ws::heads_in_pieces_are_held_to_the_budget(BIN, &[]);
 }

@@ -8,17 +8,29 @@
 //! trace=epoll_ctl` shows it). What changes is who holds each connection's state: step06 kept a small
 //! `Conn` in a Vec indexed by fd; here every connection is a task, a future the compiler
 //! built from `handle_connection`, plus the buffers the WebSocket library gives it.
+//!
+//! - `budget.rs`: the socket wrapped to count what connections hold against
+//!   `--max-buffered`, and to close one that holds bytes without progress.
+//! - `refusal.rs`: the HTTP status for a refused handshake, and the `Host` check.
+
+mod budget;
+mod refusal;
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use common::MemoryMeter;
+use common::{MemoryMeter, RateLimitedLog};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
+
+use budget::{Budget, BudgetedStream};
 
 /// Options of this step on top of the ones every step takes.
 #[derive(clap::Parser, Debug, Clone)]
@@ -39,6 +51,21 @@ pub struct Args {
     /// Seconds a client has to complete the opening handshake (as in step06).
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub handshake_timeout: u64,
+
+    /// The largest message (all its fragments together) accepted, in bytes; a bigger one
+    /// closes the connection with 1009, as soon as a frame header announces it.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    pub max_message: u64,
+
+    /// Bytes all connections together may hold in partial frames, fragmented messages and
+    /// echoes not yet sent. A read past it closes its connection with 1009.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1 << 16..=1 << 40))]
+    pub max_buffered: u64,
+
+    /// Seconds a connection may hold buffered bytes without moving any, in or out; then
+    /// it is closed with 1008. An idle connection (holding nothing) is never timed out.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub stall_timeout: u64,
 }
 
 /// The two tokio schedulers. The figures per connection come out about the same; the
@@ -55,13 +82,23 @@ pub enum Runtime {
 impl Args {
     /// The WebSocket settings every connection gets.
     pub fn websocket_config(&self) -> WebSocketConfig {
-        let config = WebSocketConfig::default();
-        match self.read_buffer {
-            // `WebSocketConfig` is `#[non_exhaustive]`: it is built from the library's
-            // defaults with its builder methods, never as a struct literal.
-            Some(bytes) => config.read_buffer_size(bytes as usize),
-            None => config,
+        // `WebSocketConfig` is `#[non_exhaustive]`: it is built from the library's
+        // defaults with its builder methods, never as a struct literal.
+        let mut config = WebSocketConfig::default();
+        if let Some(bytes) = self.read_buffer {
+            config = config.read_buffer_size(bytes as usize);
         }
+        // `--max-message` for the message and for each frame: tungstenite refuses a frame
+        // from its header, before it buffers any of it.
+        let max_message = self.max_message as usize;
+        // Its write buffer is unbounded by default: a client that sends pings and never
+        // reads the pongs grew it without end. The loop below stops reading until each
+        // answer is out, so it holds one echo (and a control frame) at most.
+        let max_write = config.write_buffer_size + max_message + MAX_FRAME_OVERHEAD;
+        config
+            .max_message_size(Some(max_message))
+            .max_frame_size(Some(max_message))
+            .max_write_buffer_size(max_write)
     }
 
     /// What the memory line adds to the step's name (`step07-tokio/read-buffer-4KiB`), so
@@ -80,12 +117,28 @@ impl Args {
 /// once would spin at 100% CPU without ever succeeding.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Room for one frame header and one control frame (a pong or a close) next to an echo
+/// in tungstenite's write buffer.
+const MAX_FRAME_OVERHEAD: usize = 14 + 131;
+
+/// The bytes a client's control frame takes besides its payload: 2 of header, 4 of mask
+/// (a control frame's payload is at most 125 bytes, so its length fits the first byte).
+const CONTROL_FRAME_HEADER: usize = 6;
+
+/// How long a connection we fail gets to take our close frame before we hang up.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// What every connection's task is given.
 #[derive(Debug, Clone, Copy)]
 struct ConnConfig {
     websocket: WebSocketConfig,
     handshake_timeout: Duration,
+    stall_timeout: Duration,
 }
+
+/// Failed connections come in storms (a client churning 10 000 connections a second):
+/// one line a second for all of them, whichever thread runs their tasks.
+static CONNECTION_ERRORS: Mutex<RateLimitedLog> = Mutex::new(RateLimitedLog::per_second());
 
 /// Start the runtime chosen in `args` and serve WebSocket echo on `listener` until the
 /// process is killed.
@@ -101,11 +154,13 @@ pub fn serve(listener: std::net::TcpListener, meter: MemoryMeter, args: &Args) -
     let config = ConnConfig {
         websocket: args.websocket_config(),
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
+        stall_timeout: Duration::from_secs(args.stall_timeout),
     };
+    let budget = Arc::new(Budget::new(args.max_buffered as usize));
     // `block_on` runs the accept loop on this, the main thread; the connections' tasks run
     // on the runtime's workers (multi-thread) or on this thread too (current-thread). So
     // the memory line says `threads 3` on a 2-core machine, or `threads 1`.
-    runtime.block_on(accept_loop(listener, meter, config))
+    runtime.block_on(accept_loop(listener, meter, config, budget))
 }
 
 /// Accept connections forever, one task each.
@@ -113,6 +168,7 @@ async fn accept_loop(
     listener: std::net::TcpListener,
     meter: MemoryMeter,
     config: ConnConfig,
+    budget: Arc<Budget>,
 ) -> io::Result<()> {
     // `from_std` registers the socket with the runtime's epoll but leaves its mode alone:
     // it must already be non-blocking, or an accept on an empty queue would block the
@@ -125,18 +181,22 @@ async fn accept_loop(
     // `threads` figure then counts only the runtime's threads.
     tokio::spawn(report_memory(meter, Arc::clone(&open)));
 
-    let mut accept_errors = RateLimitedLog::new(Duration::from_secs(1));
+    let mut accept_errors = RateLimitedLog::per_second();
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 // Counted as open from accept on: the connection holds memory from here, even
                 // before its handshake is done.
                 let guard = OpenGuard::new(&open);
+                let stream = BudgetedStream::new(stream, Arc::clone(&budget), config.stall_timeout);
                 tokio::spawn(async move {
                     let _guard = guard; // counts down when the task ends, however it ends
                     if let Err(err) = handle_connection(stream, config).await {
                         if !peer_went_away(&err) {
-                            eprintln!("step07-tokio: {peer}: {err}");
+                            // A poisoned lock only means another task panicked mid-line.
+                            let mut log =
+                                CONNECTION_ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+                            log.log(|| format!("step07-tokio: {peer}: {err}"));
                         }
                     }
                 });
@@ -155,25 +215,118 @@ async fn accept_loop(
 /// This function is the connection's state: the compiler turns it into a state machine
 /// (a future) holding every local that lives across an `.await`, and `tokio::spawn`
 /// allocates it once per connection. That is step06's `Conn`, written for us.
-async fn handle_connection(stream: TcpStream, config: ConnConfig) -> tungstenite::Result<()> {
-    // A client that connects and says nothing must not hold its task forever.
-    let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(config.websocket));
+async fn handle_connection(
+    mut stream: BudgetedStream,
+    config: ConnConfig,
+) -> tungstenite::Result<()> {
+    // A client that connects and says nothing must not hold its task forever. The
+    // handshake borrows the stream, so that a refused client can still be answered.
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+        &mut stream,
+        refusal::require_host,
+        Some(config.websocket),
+    );
     let mut websocket = match tokio::time::timeout(config.handshake_timeout, handshake).await {
-        Ok(result) => result?,
+        Ok(Ok(websocket)) => websocket,
+        Ok(Err(err)) => {
+            if let Some(response) = refusal::response(&err) {
+                // Best effort: the client may be gone already.
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+            return Err(err);
+        }
         Err(_elapsed) => return Ok(()), // dropping the stream closes the connection
     };
-    while let Some(message) = websocket.next().await {
-        match message? {
+    websocket.get_mut().answered(None); // the request head
+    loop {
+        let message = match websocket.next().await {
+            Some(Ok(message)) => message,
+            // tungstenite answered the client's close, and is done.
+            None => return Ok(()),
+            Some(Err(err)) => return fail(&mut websocket, err).await,
+        };
+        let sent = match message {
             // `send` waits until the echo is written out. Meanwhile this task reads
             // nothing more, so a client that never reads cannot make it buffer without
             // end: the rule of steps 03-06, "stop reading while output is pending".
-            message @ (Message::Text(_) | Message::Binary(_)) => websocket.send(message).await?,
-            // tungstenite answers pings and the closing handshake by itself; after a
-            // close, `next()` returns `None`.
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+            message @ (Message::Text(_) | Message::Binary(_)) => {
+                let sent = websocket.send(message).await;
+                websocket.get_mut().answered(None);
+                sent
+            }
+            // tungstenite queues the pong by itself; wait until it is out before reading
+            // on, or a client that pings and never reads makes the pongs pile up.
+            Message::Ping(payload) => {
+                let sent = websocket.flush().await;
+                let frame = payload.len() + CONTROL_FRAME_HEADER;
+                websocket.get_mut().answered(Some(frame));
+                sent
+            }
+            Message::Pong(payload) => {
+                let frame = payload.len() + CONTROL_FRAME_HEADER;
+                websocket.get_mut().answered(Some(frame));
+                Ok(())
+            }
+            // tungstenite replies to a close by itself; after it, `next()` returns `None`.
+            Message::Close(_) | Message::Frame(_) => Ok(()),
+        };
+        if let Err(err) = sent {
+            return fail(&mut websocket, err).await;
         }
+        // Fairness: a client whose messages are already in tungstenite's buffer could be
+        // echoed for ever without the socket saying "not now". Each message spends one unit
+        // of tokio's cooperative budget (128 per turn); when it is spent, the task yields
+        // and the runtime runs the other connections.
+        tokio::task::coop::consume_budget().await;
     }
+}
+
+/// End a connection on an error: with a close frame saying why when the client broke a
+/// rule (RFC 6455 §7.1.7 "fail the WebSocket connection"), in silence when it left.
+async fn fail(
+    websocket: &mut WebSocketStream<&mut BudgetedStream>,
+    err: tungstenite::Error,
+) -> tungstenite::Result<()> {
+    let Some(code) = close_code(&err, websocket.get_ref().refusal()) else {
+        return Err(err);
+    };
+    let close = CloseFrame {
+        code,
+        reason: "".into(),
+    };
+    // Best effort, and bounded: a client that does not read will not take it.
+    let closing = async {
+        websocket.close(Some(close)).await?;
+        // Read until the client's close (or its hang-up), so that our close frame is not
+        // destroyed by a reset for unread bytes.
+        while let Some(Ok(_)) = websocket.next().await {}
+        Ok::<(), tungstenite::Error>(())
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
     Ok(())
+}
+
+/// The close code for a connection failed by `err`, if the client is owed one:
+///
+/// - 1002 (protocol error): a frame no client may send (unmasked, reserved bits, a
+///   continuation with nothing to continue, ...);
+/// - 1007 (invalid data): a text message that is not UTF-8;
+/// - 1009 (message too big): over `--max-message`, or a read the `--max-buffered` budget
+///   could not hold;
+/// - 1008 (policy violation): held buffered bytes without progress for `--stall-timeout`.
+///   Not 1009: nothing was too big; the client broke the rule that it keep moving, and
+///   1008 is the RFC's code for "a message that violates its policy" when no other fits.
+fn close_code(err: &tungstenite::Error, refusal: Option<CloseCode>) -> Option<CloseCode> {
+    use tungstenite::error::ProtocolError;
+    match err {
+        tungstenite::Error::Io(_) => refusal,
+        tungstenite::Error::Utf8(_) => Some(CloseCode::Invalid),
+        tungstenite::Error::Capacity(_) => Some(CloseCode::Size),
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        tungstenite::Error::Protocol(_) => Some(CloseCode::Protocol),
+        _ => None,
+    }
 }
 
 /// A peer that vanished (reset, closed without the closing handshake) is normal on a
@@ -220,39 +373,5 @@ impl OpenGuard {
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Prints at most one line per period and says how many it held back, so a storm of
-/// identical errors (10 000 accepts failing with EMFILE) cannot flood stderr.
-struct RateLimitedLog {
-    /// At most one line per period.
-    period: Duration,
-    /// When the last line was printed.
-    last: Option<Instant>,
-    /// Lines not printed since then.
-    held_back: u64,
-}
-
-impl RateLimitedLog {
-    fn new(period: Duration) -> RateLimitedLog {
-        RateLimitedLog {
-            period,
-            last: None,
-            held_back: 0,
-        }
-    }
-
-    fn log(&mut self, line: impl FnOnce() -> String) {
-        if self.last.is_some_and(|at| at.elapsed() < self.period) {
-            self.held_back += 1;
-            return;
-        }
-        match self.held_back {
-            0 => eprintln!("{}", line()),
-            n => eprintln!("{} ({n} more like it not shown)", line()),
-        }
-        self.last = Some(Instant::now());
-        self.held_back = 0;
     }
 }

@@ -32,9 +32,10 @@ fn echoes_200_concurrent_clients() {
 /// A 4 MiB message comes back intact, through partial writes, with both read-buffer sizes.
 #[test]
 fn echoes_4_mib_intact_through_partial_writes() {
-    // Under tungstenite's own limits (64 MiB a message, 16 MiB a frame), no flag needed.
-    ws::large_message_echoed_intact(BIN, DEFAULT, 4 << 20);
-    ws::large_message_echoed_intact(BIN, SMALL, 4 << 20);
+    // Over the default --max-message (1 MiB, as step06's), so the limit is raised.
+    ws::large_message_echoed_intact(BIN, &["--max-message", "4194304"], 4 << 20);
+    let small_and_large = [SMALL, &["--max-message", "4194304"]].concat();
+    ws::large_message_echoed_intact(BIN, &small_and_large, 4 << 20);
 }
 
 /// A client that sends without reading neither stalls the others nor grows the server.
@@ -83,11 +84,11 @@ fn close_handshake_answered() {
     ws::close_handshake_answered(BIN, DEFAULT);
 }
 
-/// A frame over tungstenite's 16 MiB limit closes that connection only, and is never echoed.
+/// A message over --max-message (1 MiB by default) closes that connection only, and is never echoed.
 #[test]
 fn oversized_message_closes_only_that_connection() {
-    // tungstenite refuses a frame over 16 MiB as soon as it has read its header.
-    ws::oversized_message_closes_only_that_connection(BIN, DEFAULT, (16 << 20) + 1);
+    // tungstenite refuses a frame over the limit as soon as it has read its header.
+    ws::oversized_message_closes_only_that_connection(BIN, DEFAULT, (1 << 20) + 1);
 }
 
 /// A request that is not a WebSocket upgrade is refused, and the server keeps serving.
@@ -114,4 +115,10 @@ fn silent_client_dropped_after_handshake_timeout() {
         Err(err) => panic!("the silent client was not dropped: {err}"),
     }
     server.wait_for_memory_line(0);
+}
+
+/// stdout closed (`step07-tokio | head -1`): the memory line is lost, the server serves on.
+#[test]
+fn survives_stdout_closed() {
+    ws::survives_stdout_closed(BIN, DEFAULT);
 }

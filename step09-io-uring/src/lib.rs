@@ -34,8 +34,8 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use common::MemoryMeter;
 use common::sys::{client_gone, cvt, is_disconnect, out_of_resources};
+use common::{MemoryMeter, RateLimitedLog};
 use io_uring::squeue::Entry as Sqe;
 use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{IoUring, Submitter, cqueue, opcode, squeue::SubmissionQueue};
@@ -45,20 +45,8 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use ring::{BUFFER_GROUP, BufRing, cqe_error};
 
-/// The step's own settings (the common ones are in `common::Options`).
-#[derive(Debug, Clone, Copy)]
-pub struct Config {
-    /// The largest message (all its fragments together) we accept; bigger → close 1009.
-    pub max_message: usize,
-    /// The most bytes all connections together may make us hold (request heads, partial
-    /// frames, fragmented messages, unsent output). The connection that goes past it is
-    /// closed with 1009.
-    pub max_buffered: usize,
-    /// How long a client may take to send its whole request head (then 408), a connection
-    /// may hold bytes without getting anywhere with them (then 1008), and a client may take
-    /// to hang up after our close. Step06's `--timeout`.
-    pub timeout: Duration,
-}
+/// The budgets, step06's own settings: the same options, the same meaning.
+pub use step06_ws_epoll::Config;
 
 /// The rings and the buffer pool, set up before the server binds (so a kernel without
 /// io_uring is told at once, and the pool sits in the memory baseline).
@@ -206,6 +194,8 @@ struct Server {
     accepting: bool,
     /// Set while we are out of file descriptors and not accepting.
     accept_paused_until: Option<Instant>,
+    /// Out of fds, accept fails ten times a second: say so once a second, with a count.
+    accept_log: RateLimitedLog,
     start: Instant,
     config: Config,
 }
@@ -227,6 +217,7 @@ pub fn serve(
         bufs,
         accepting: false,
         accept_paused_until: None,
+        accept_log: RateLimitedLog::per_second(),
         start: Instant::now(),
         config,
     };
@@ -306,6 +297,7 @@ impl Server {
             _ => unreachable!("bug: an operation we never submit"),
         }
         let before = self.held(fd);
+        let kept_before = self.kept(fd);
         let now = self.now();
         let Some(conn) = self.connections[fd as usize].as_mut() else {
             unreachable!("bug: a completion for fd {fd}, which has none in flight");
@@ -333,10 +325,11 @@ impl Server {
         {
             *since = now;
         }
-        // The budget: the connection that takes the server past it is the one refused.
-        if after > 0 && self.buffered > self.config.max_buffered {
+        // The budget: the connection that asked for more and takes the server past it is the
+        // one refused; the others did nothing wrong.
+        if self.kept(fd) > kept_before && self.buffered > self.config.max_buffered {
             if let Some(conn) = self.connections[fd as usize].as_mut() {
-                fail(conn, CloseCode::Size, now);
+                refuse(conn, now);
             }
             self.settle(fd, submit)?;
             let after_fail = self.held(fd);
@@ -357,7 +350,11 @@ impl Server {
             if out_of_resources(&err) {
                 // The clients wait in the kernel's queue. Stop accepting for a moment, or
                 // the accept would fail again at once, and again.
-                eprintln!("step09-io-uring: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                self.accept_log.log(|| {
+                    format!(
+                        "step09-io-uring: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}"
+                    )
+                });
                 self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                 if self.accepting {
                     self.cancel(self.listener.as_raw_fd(), submit)?;
@@ -487,8 +484,19 @@ impl Server {
         unsafe { submit.push(&cancel) }
     }
 
-    /// Bytes a connection holds on the heap right now (0 for none).
+    /// Bytes a connection holds on the heap right now (0 for none): what counts against
+    /// `--max-buffered`.
     fn held(&self, fd: RawFd) -> usize {
+        let in_flight = self.connections.get(fd as usize).and_then(Option::as_ref);
+        let in_flight = in_flight.and_then(|conn| conn.output.as_ref());
+        self.kept(fd) + in_flight.map_or(0, |o| o.sending.capacity())
+    }
+
+    /// What a connection makes us keep, besides the bytes of its send in flight: a head in
+    /// pieces, an unfinished frame or message, replies piling up behind the send. When this
+    /// grows past the budget, the connection is refused. (An echo on its way out is not a
+    /// reason to refuse anybody: the kernel is taking it.)
+    fn kept(&self, fd: RawFd) -> usize {
         let Some(Some(conn)) = self.connections.get(fd as usize) else {
             return 0;
         };
@@ -502,36 +510,33 @@ impl Server {
             } => partial.heap_bytes(),
             _ => 0,
         };
-        state
-            + conn
-                .output
-                .as_ref()
-                .map_or(0, |o| o.sending.capacity() + o.queued.capacity())
+        state + conn.output.as_ref().map_or(0, |o| o.queued.capacity())
     }
 
     /// Once a second: close the connections that ran out of time. A plain scan of the table
     /// (10 000 entries take microseconds), so no timer structure grows with traffic.
     fn expire(&mut self, now: Second, submit: &mut Submit) -> io::Result<()> {
         let timeout = self.config.timeout.as_secs() as Second;
+        let stall_timeout = self.config.stall_timeout.as_secs() as Second;
         for fd in 0..self.connections.len() as RawFd {
             let held = self.held(fd);
             let Some(conn) = self.connections[fd as usize].as_mut() else {
                 continue;
             };
             // Whole seconds on both sides: "more than" makes it never sooner than the timeout.
-            let due = |since: Second| now.saturating_sub(since) > timeout;
+            let due = |since: Second, timeout: Second| now.saturating_sub(since) > timeout;
             match conn.state {
                 // Slowloris: the whole head must be in within the timeout.
-                State::Handshaking { since, .. } if due(since) => {
-                    conn.state = State::Closing { since: now };
-                    queue(conn, handshake::TIMEOUT_RESPONSE.as_bytes());
+                State::Handshaking { since, .. } if due(since, timeout) => {
+                    last_words(conn, handshake::TIMEOUT_RESPONSE.as_bytes(), now);
                 }
-                // Bytes held, and nothing finished: 1008, the connection broke our policy.
-                State::Open { since, .. } if held > 0 && due(since) => {
-                    fail(conn, CloseCode::Policy, now);
+                // Bytes held, and nothing finished: 1008, "policy violation": it is not too
+                // big, it is too slow.
+                State::Open { since, .. } if held > 0 && due(since, stall_timeout) => {
+                    last_words(conn, &close_frame(CloseCode::Policy), now);
                 }
                 // Our close is out (or stuck behind a client that does not read).
-                State::Closing { since } if due(since) => conn.state = State::Gone,
+                State::Closing { since } if due(since, timeout) => conn.state = State::Gone,
                 _ => continue,
             }
             let before = held;
@@ -700,16 +705,34 @@ fn queue(conn: &mut Conn, bytes: &[u8]) {
     }
 }
 
-/// Fail the WebSocket connection: drop what it holds, queue a close with `code`.
-fn fail(conn: &mut Conn, code: CloseCode, now: Second) {
+/// Past `--max-buffered`: close the connection, telling it why as well as its stage
+/// allows: during the handshake `503` (the server is busy, the request is not wrong), after
+/// it a close frame with 1009, "message too big" (to be held here, now).
+fn refuse(conn: &mut Conn, now: Second) {
+    match conn.state {
+        State::Handshaking { .. } => last_words(conn, handshake::BUSY_RESPONSE.as_bytes(), now),
+        State::Open { .. } => last_words(conn, &close_frame(CloseCode::Size), now),
+        // It said its last word already: what it holds is our last bytes, on their way.
+        State::Closing { .. } | State::Gone => {}
+    }
+}
+
+/// Our last bytes to a connection (an HTTP error or a close frame): drop what it holds and
+/// what waits to be sent, queue them, and close once they are out.
+fn last_words(conn: &mut Conn, bytes: &[u8], now: Second) {
     if let Some(output) = conn.output.as_mut() {
         // `sending` is the kernel's until its completion; the rest can go.
         output.queued = Vec::new();
     }
+    queue(conn, bytes);
+    conn.state = State::Closing { since: now };
+}
+
+/// A close frame with `code`.
+fn close_frame(code: CloseCode) -> Vec<u8> {
     let mut close = Vec::new();
     frame::write_close(Some(code), b"", &mut close);
-    queue(conn, &close);
-    conn.state = State::Closing { since: now };
+    close
 }
 
 #[cfg(test)]

@@ -12,19 +12,24 @@ struct Args {
     common: common::Options,
 
     /// The largest message accepted, in bytes; a bigger one closes the connection with 1009.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..=1 << 40))]
-    max_message: u64,
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().max_message)]
+    max_message: usize,
 
-    /// The most bytes all connections together may make the server hold (heads, partial
-    /// frames, fragmented messages, unsent output); the connection that goes past it gets 1009.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..=1 << 40))]
+    /// The most bytes all connections together may hold (heads in pieces, unfinished
+    /// frames and messages, unsent output); the connection that would pass it is closed
+    /// with 1009 (503 while it handshakes).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20,
+          value_parser = clap::value_parser!(u64).range(1 << 16..=1 << 40))]
     max_buffered: u64,
 
-    /// Seconds a client has to send its whole request head (then 408), to finish a frame or
-    /// message or take its replies once it holds bytes (then 1008), and to hang up after our close.
-    #[arg(long, visible_alias = "handshake-timeout", value_name = "SECS", default_value_t = 10,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    timeout: u64,
+    /// Seconds a client has to send its whole request head (and to hang up after our close).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    handshake_timeout: u64,
+
+    /// Seconds a connection may hold bytes without finishing anything (a frame, a message,
+    /// taking its output); then it is closed with 1008. An idle connection has no deadline.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    stall_timeout: u64,
 
     /// Buffers in the provided buffer ring (a power of two, at most 32768).
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = power_of_two)]
@@ -75,9 +80,10 @@ fn main() -> std::io::Result<()> {
         common::format_bytes(uring.pool_bytes as u64)
     );
     let config = Config {
-        max_message: args.max_message as usize,
+        max_message: args.max_message,
         max_buffered: args.max_buffered as usize,
-        timeout: Duration::from_secs(args.timeout),
+        timeout: Duration::from_secs(args.handshake_timeout),
+        stall_timeout: Duration::from_secs(args.stall_timeout),
     };
     step09_io_uring::serve(listener, meter, uring, config)
 }

@@ -1,6 +1,6 @@
 //! What this step adds over step06, pinned on its real binary: the buffer ring running dry
-//! loses nothing, and the budgets (a timeout for bytes held, a cap on all buffered bytes,
-//! the handshake timeout) close the connection that breaks them, and only that one.
+//! loses nothing, and the budgets (a stall timeout for bytes held, a cap on all buffered
+//! bytes, the handshake timeout) close the connection that breaks them, and only that one.
 //!
 //! Skipped, with the reason, where io_uring is not available (see `support/mod.rs`).
 
@@ -60,13 +60,13 @@ fn a_ring_that_runs_dry_loses_nothing() {
 }
 
 /// A connection that holds half a frame and goes quiet is closed with 1008 after
-/// `--timeout`; an idle connection (holding nothing) is left alone.
+/// `--stall-timeout`; an idle connection (holding nothing) is left alone.
 #[test]
 fn a_stalled_partial_frame_is_closed_with_1008() {
     if !available() {
         return;
     }
-    let server = Server::start(BIN, &["--timeout", "1"]);
+    let server = Server::start(BIN, &["--stall-timeout", "1"]);
     let mut idle = ws::connect(&server);
     let mut staller = ws::connect(&server).into_inner();
     let mut bytes = binary_header(1000);
@@ -85,7 +85,7 @@ fn a_stalled_partial_frame_is_closed_with_1008() {
 }
 
 /// A frame dripped a byte at a time keeps adding to what the server holds without finishing
-/// anything: it is closed with 1008 after `--timeout` all the same, while it still drips.
+/// anything: it is closed with 1008 after `--stall-timeout` all the same, while it still drips.
 #[test]
 fn a_frame_dripped_byte_by_byte_is_closed_with_1008() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,7 +93,7 @@ fn a_frame_dripped_byte_by_byte_is_closed_with_1008() {
     if !available() {
         return;
     }
-    let server = Server::start(BIN, &["--timeout", "1"]);
+    let server = Server::start(BIN, &["--stall-timeout", "1"]);
     let mut dripper = ws::connect(&server).into_inner();
     dripper.write_all(&binary_header(1000)).unwrap();
     let mut drip = dripper.try_clone().unwrap();
@@ -174,14 +174,22 @@ fn past_max_buffered_the_connection_that_overflows_gets_1009() {
     assert!(server.is_running(), "{}", server.stderr());
 }
 
+/// Request heads that come in pieces count against `--max-buffered` too: past it, `503`.
+#[test]
+fn heads_in_pieces_are_held_to_the_budget() {
+    if available() {
+        ws::heads_in_pieces_are_held_to_the_budget(BIN, &[]);
+    }
+}
+
 /// A client that never finishes its request head (slowloris) is answered 408 once
-/// `--timeout` has passed, then closed.
+/// `--handshake-timeout` has passed, then closed.
 #[test]
 fn an_unfinished_request_head_gets_408() {
     if !available() {
         return;
     }
-    let server = Server::start(BIN, &["--timeout", "1"]);
+    let server = Server::start(BIN, &["--handshake-timeout", "1"]);
     let mut slow = server.connect();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .unwrap();

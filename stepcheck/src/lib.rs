@@ -51,7 +51,14 @@ impl Server {
     /// Start `bin --addr 127.0.0.1:0 --json --report-every 0.1 EXTRA...` and wait for its
     /// `listening` line.
     pub fn start(bin: &str, extra: &[&str]) -> Server {
-        Server::spawn(Server::command(bin, extra))
+        Server::spawn(Server::command(bin, extra), true)
+    }
+
+    /// Like [`Server::start`], then close our end of the step's stdout once its `listening`
+    /// line is read, as `step | head -1` or a closed terminal would: every memory line
+    /// after that meets a broken pipe.
+    pub fn start_with_stdout_closed(bin: &str, extra: &[&str]) -> Server {
+        Server::spawn(Server::command(bin, extra), false)
     }
 
     /// Like [`Server::start`], with the child's open-file limit (soft and hard) set to
@@ -72,7 +79,7 @@ impl Server {
                 Ok(())
             });
         }
-        Server::spawn(command)
+        Server::spawn(command, true)
     }
 
     fn command(bin: &str, extra: &[&str]) -> Command {
@@ -86,7 +93,9 @@ impl Server {
         command
     }
 
-    fn spawn(mut command: Command) -> Server {
+    /// Start `command`; `keep_stdout: false` stops reading (and closes) its stdout after
+    /// the first line.
+    fn spawn(mut command: Command, keep_stdout: bool) -> Server {
         let mut child = command
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}"));
@@ -111,8 +120,8 @@ impl Server {
                 let Ok(line) = line else { break };
                 let value = serde_json::from_str(&line)
                     .unwrap_or_else(|err| panic!("stdout line is not JSON ({err}): {line}"));
-                if tx.send(value).is_err() {
-                    break;
+                if tx.send(value).is_err() || !keep_stdout {
+                    break; // dropping `stdout` closes the pipe
                 }
             }
         });
@@ -205,13 +214,24 @@ impl Server {
 
     /// The child's resident set in bytes, from the `VmRSS:` line of `/proc/PID/status`.
     pub fn rss_bytes(&self) -> u64 {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// The child's peak resident set so far ("high water mark"), from `VmHWM:`: memory
+    /// held for a moment counts even if it was given back since.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        self.status_bytes("VmHWM:")
+    }
+
+    /// A `... kB` line of `/proc/PID/status`, in bytes.
+    fn status_bytes(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("the step's /proc status");
         let kib: u64 = status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("a VmRSS line");
+            .unwrap_or_else(|| panic!("a {field} line in /proc/PID/status"));
         kib * 1024
     }
 }
@@ -248,8 +268,10 @@ pub fn check_fd_exhaustion(
     thread::sleep(Duration::from_millis(500));
 
     let cpu_before = server.cpu_seconds();
+    let lines_before = server.stderr().lines().count();
     thread::sleep(Duration::from_secs(2));
     let cpu_used = server.cpu_seconds() - cpu_before;
+    let logged = server.stderr().lines().count() - lines_before;
     assert!(
         server.is_running(),
         "the server died at the fd limit:\n{}",
@@ -258,6 +280,12 @@ pub fn check_fd_exhaustion(
     assert!(
         cpu_used < 0.5,
         "the server used {cpu_used:.2} s of CPU in 2 s at the fd limit: it is spinning on accept"
+    );
+    // One line a second, with a count of the ones held back; 2 s may hold 3 starts of one.
+    assert!(
+        logged <= 3,
+        "the server logged {logged} lines in 2 s at the fd limit (at most one a second):\n{}",
+        server.stderr()
     );
 
     drop(clients);
@@ -273,6 +301,96 @@ pub fn check_fd_exhaustion(
             ),
         }
     }
+}
+
+/// Flood one connection and check that a fresh client is served in the middle of it.
+///
+/// `flooder` is connected (and upgraded, for WebSocket) already. One thread writes `chunk`
+/// `chunks` times as fast as the kernel takes it, another reads every reply (the server
+/// answers each chunk with `reply_per_chunk` bytes), so the flood never stalls on a full
+/// buffer: a loop that read this connection until it was empty would serve nobody else
+/// until the flood ends. Once the flood is under way, `serve_fresh` connects a new client
+/// and does one full exchange. The check counts, not times: when that exchange is done,
+/// the flooder must have had less than half of its replies. A server with a read budget
+/// per wake-up serves the fresh client within a round or two.
+pub fn check_flood_fairness(
+    flooder: TcpStream,
+    chunk: &[u8],
+    chunks: usize,
+    reply_per_chunk: usize,
+    serve_fresh: impl FnOnce(),
+) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let total = chunks * reply_per_chunk;
+    let replies = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut writer = flooder.try_clone().expect("clone the flooder's socket");
+    let chunk = chunk.to_vec();
+    let stop_writing = Arc::clone(&stop);
+    let writing = thread::spawn(move || {
+        for _ in 0..chunks {
+            if stop_writing.load(Ordering::Relaxed) || writer.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let mut reader = flooder.try_clone().expect("clone the flooder's socket");
+    let counted = Arc::clone(&replies);
+    let reading = thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        // Ends at end of file or an error: the shutdown below, or PATIENCE without a byte.
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            if counted.fetch_add(n, Ordering::Relaxed) + n >= total {
+                break;
+            }
+        }
+    });
+
+    // Wait until the server is busy with the flood.
+    let deadline = Instant::now() + PATIENCE;
+    while replies.load(Ordering::Relaxed) < 2 * reply_per_chunk {
+        assert!(
+            Instant::now() < deadline,
+            "no reply to the flood within {PATIENCE:?}"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    serve_fresh();
+    let replied = replies.load(Ordering::Relaxed);
+
+    // Stop the flood: the shutdown wakes both threads at once.
+    stop.store(true, Ordering::Relaxed);
+    let _ = flooder.shutdown(std::net::Shutdown::Both);
+    writing.join().expect("the flood writer panicked");
+    reading.join().expect("the flood reader panicked");
+    assert!(
+        replied < total / 2,
+        "a fresh client waited for the flood: the flooder had {replied} of its {total} reply \
+         bytes before the fresh client's exchange was done (a read budget per wake-up serves \
+         it within a round or two)"
+    );
+}
+
+/// A memory line never takes the step down: with its stdout closed (`step | head -1`),
+/// the step gets EPIPE on every memory line, and must keep serving. One connection is held
+/// and then closed, so that the count changes twice and two lines meet the broken pipe;
+/// then `serve_one` (one client's full exchange) must succeed.
+pub fn check_stdout_closed(bin: &str, extra: &[&str], serve_one: impl Fn(&Server)) {
+    let mut server = Server::start_with_stdout_closed(bin, extra);
+    // `--report-every 0.1`: a line is due within 0.1 s of each change; wait several.
+    let held = server.connect();
+    thread::sleep(Duration::from_millis(500));
+    drop(held);
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        server.is_running(),
+        "the step died when a memory line met a closed stdout:\n{}",
+        server.stderr()
+    );
+    serve_one(&server);
+    assert!(server.is_running(), "{}", server.stderr());
 }
 
 /// utime + stime of a process, in seconds.

@@ -273,3 +273,12 @@ pub fn clients_past_fd_setsize_are_closed(bin: &str, clients: usize) {
     }
     assert!(server.is_running());
 }
+
+/// With its stdout closed, the step keeps serving: a memory line that cannot be printed
+/// is lost, not fatal.
+pub fn survives_stdout_closed(bin: &str) {
+    crate::check_stdout_closed(bin, &[], |server| {
+        let mut client = server.connect();
+        assert_echo(&mut client, b"still serving with stdout closed");
+    });
+}

@@ -15,7 +15,7 @@ use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::{Message, WebSocket};
 
-use crate::{Server, check_fd_exhaustion, tcp};
+use crate::{Server, check_fd_exhaustion, check_flood_fairness, tcp};
 
 /// A client's end of a WebSocket connection over a plain blocking TCP stream.
 pub type Client = WebSocket<TcpStream>;
@@ -448,4 +448,121 @@ pub fn bad_handshake_refused(bin: &str, extra: &[&str]) {
         &mut client,
         Message::text("a good handshake after the bad ones"),
     );
+}
+
+/// One client floods pings (16 MiB of them, its pongs read as fast as they come); a client
+/// that connects meanwhile is upgraded and echoed long before the flood is over. Pings
+/// cost the server more work per byte than they cost the client, so a server that read
+/// the flooder until it was empty would serve nobody else until the flood ended.
+pub fn ping_flood_does_not_starve_a_fresh_client(bin: &str, extra: &[&str]) {
+    let server = Server::start(bin, extra);
+    let flooder = connect(&server).into_inner();
+    // An empty masked ping is 6 bytes; its pong is 2.
+    let ping = [0x89, 0x80, 0x1f, 0x2e, 0x3d, 0x4c];
+    let chunk = ping.repeat(10_000);
+    check_flood_fairness(flooder, &chunk, 280, 2 * 10_000, || {
+        let mut fresh = connect(&server);
+        assert_echo(&mut fresh, Message::text("served during a flood"));
+    });
+}
+
+/// With its stdout closed, the step keeps serving WebSocket clients: a memory line that
+/// cannot be printed is lost, not fatal.
+pub fn survives_stdout_closed(bin: &str, extra: &[&str]) {
+    crate::check_stdout_closed(bin, extra, |server| {
+        let mut client = connect(server);
+        assert_echo(
+            &mut client,
+            Message::text("still serving with stdout closed"),
+        );
+    });
+}
+
+/// One frame in wire format, built byte by byte so that a check can break any rule:
+/// `masked` as every client frame must be (RFC 6455 §5.3), or not; any opcode; a final
+/// fragment or not. The length takes the shortest of its three encodings.
+pub fn raw_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut wire = vec![(u8::from(fin) << 7) | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => wire.push(mask_bit | n as u8),
+        n @ 126..=0xffff => {
+            wire.push(mask_bit | 126);
+            wire.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            wire.push(mask_bit | 127);
+            wire.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if !masked {
+        wire.extend_from_slice(payload);
+        return wire;
+    }
+    // Any mask will do; a fixed one keeps the checks repeatable.
+    let mask = *b"mask";
+    wire.extend_from_slice(&mask);
+    wire.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    wire
+}
+
+/// Request heads that come in pieces count against `--max-buffered` too: with 64 KiB for
+/// everybody, 16 clients that each send 6 KiB of a head do not all fit. Those that would
+/// pass the budget get `503`; the others are upgraded when their heads complete, and a
+/// client already upgraded is served throughout.
+pub fn heads_in_pieces_are_held_to_the_budget(bin: &str, extra: &[&str]) {
+    use std::io::Read;
+
+    let args: Vec<&str> = extra
+        .iter()
+        .copied()
+        .chain(["--max-buffered", "65536"])
+        .collect();
+    let server = Server::start(bin, &args);
+    let mut bystander = connect(&server);
+    let request = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                   Sec-WebSocket-Version: 13\r\n\r\n";
+    let (start, rest) = request.split_at(request.find("Upgrade").expect("has an Upgrade header"));
+    let filler = format!("X-Filler: {}\r\n", "a".repeat(6000));
+    let mut slow: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut client = server.connect();
+            client
+                .write_all(format!("{start}{filler}").as_bytes())
+                .expect("send the start of a head");
+            client
+        })
+        .collect();
+    // Once all 17 are accepted (the memory line says so), the bystander's echo comes after
+    // the pieces sent before it were read.
+    server.wait_for_memory_line(17);
+    assert_echo(&mut bystander, Message::text("while 16 heads hang"));
+
+    let mut statuses = Vec::new();
+    for client in &mut slow {
+        // A refused client's socket may be closed already: its answer is in its buffer.
+        let _ = client.write_all(rest.as_bytes());
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+            match client.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+        statuses.push(String::from_utf8_lossy(head.get(9..12).unwrap_or(b"---")).into_owned());
+    }
+    let busy = statuses.iter().filter(|status| *status == "503").count();
+    let upgraded = statuses.iter().filter(|status| *status == "101").count();
+    assert_eq!(
+        busy + upgraded,
+        16,
+        "every head ends in 503 or 101: {statuses:?}"
+    );
+    assert!(
+        busy >= 6 && upgraded >= 1,
+        "16 heads of 6 KiB do not all fit in 64 KiB, and the first ones do: {statuses:?}"
+    );
+    assert_echo(&mut bystander, Message::text("after the heads"));
 }
