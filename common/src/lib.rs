@@ -10,7 +10,7 @@ mod ratelog;
 pub mod sys;
 
 pub use fdlimit::{FdLimit, raise_fd_limit};
-pub use meter::{MemoryLine, MemoryMeter, format_bytes};
+pub use meter::{MemoryLine, MemoryMeter, ProcStatus, cpu_time, format_bytes};
 pub use options::Options;
 pub use ratelog::RateLimitedLog;
 
@@ -71,7 +71,9 @@ mod tests {
     use std::time::Duration;
 
     /// Connections past std's backlog of 128 are queued by the kernel, not dropped, even
-    /// when nobody accepts them.
+    /// when nobody accepts them. Breaks if `widen_backlog` leaves std's 128 (connection 130
+    /// or so times out). Where `net.core.somaxconn` is 128 or less the kernel caps any
+    /// backlog there, so the test cannot tell, and says so on the terminal.
     #[test]
     fn backlog_holds_more_than_stds_128() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -81,14 +83,26 @@ mod tests {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(4096);
+        if somaxconn <= 128 {
+            // Straight to stderr, not through eprintln!, which the test harness captures.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!(
+                    "backlog_holds_more_than_stds_128: NOT CHECKED: net.core.somaxconn is \
+                     {somaxconn}, so no backlog can exceed std's 128 here\n"
+                )
+                .as_bytes(),
+            );
+            return;
+        }
+        // One past std's backlog of 128 at least (a backlog of n queues n + 1 connections).
         let clients = somaxconn.min(1000);
         // A dropped handshake is retried after a second: a short timeout catches it.
-        let queued: Vec<_> = (0..clients)
+        let _queued: Vec<_> = (0..clients)
             .map(|i| {
                 std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
                     .unwrap_or_else(|err| panic!("connection {i} was not queued: {err}"))
             })
             .collect();
-        assert_eq!(queued.len(), clients);
     }
 }

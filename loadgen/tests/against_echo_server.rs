@@ -1,7 +1,6 @@
 //! loadgen against tiny echo servers started inside the test: what it counts as held,
 //! served, ok, lost, mismatched and refused.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,16 +24,17 @@ enum Behaviour {
     CloseEveryOther,
 }
 
-/// A raw TCP server on a free loopback port; returns its address and the peers it saw.
-async fn tcp_server(behaviour: Behaviour) -> (SocketAddr, Arc<Mutex<HashSet<IpAddr>>>) {
+/// A raw TCP server on a free loopback port; returns its address and the peers' addresses
+/// in the order it accepted them.
+async fn tcp_server(behaviour: Behaviour) -> (SocketAddr, Arc<Mutex<Vec<IpAddr>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let peers = Arc::new(Mutex::new(HashSet::new()));
+    let peers = Arc::new(Mutex::new(Vec::new()));
     let seen = peers.clone();
     tokio::spawn(async move {
         let mut accepted = 0;
         while let Ok((mut stream, peer)) = listener.accept().await {
-            seen.lock().unwrap().insert(peer.ip());
+            seen.lock().unwrap().push(peer.ip());
             accepted += 1;
             if matches!(behaviour, Behaviour::CloseEveryOther) && accepted % 2 == 0 {
                 drop(stream);
@@ -213,21 +213,32 @@ async fn refused_connections_are_counted_by_reason() {
     assert_eq!(pool.failures.by_count(), vec![(&Failure::Refused, 20)]);
 }
 
-/// --src-addrs: connections leave from each address of the range in turn.
+/// --src-addrs: connections leave from each address of the range in turn, in order:
+/// opened one at a time, the server accepts them from .2, .3, .4, .2, ... (random picking
+/// would pass one time in 3^9). Breaks if the address is not chosen by connection index.
 #[tokio::test]
 async fn source_addresses_are_spread_round_robin() {
     let (addr, peers) = tcp_server(Behaviour::Echo).await;
     let mut opts = ConnectOptions::new(format!("tcp://{addr}").parse().unwrap());
     opts.src_addrs = Some("127.0.0.2-127.0.0.4".parse().unwrap());
     let mut pool = Pool::new(opts);
-    pool.grow_to(9, Pace::default(), &ProgressBar::hidden())
-        .await;
+    let one_at_a_time = Pace {
+        concurrency: 1,
+        ..Pace::default()
+    };
+    pool.grow_to(9, one_at_a_time, &ProgressBar::hidden()).await;
     assert_eq!(pool.len(), 9, "failures: {}", pool.failures.short());
     // The server saw each accept before the client counted the echo back.
     assert_eq!(pool.echo_each(0, 8, DEADLINE).await.ok, 9);
     let seen = peers.lock().unwrap().clone();
-    let expected: HashSet<IpAddr> = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
-        .map(|a| a.parse().unwrap())
-        .into();
-    assert_eq!(seen, expected);
+    let in_turn: Vec<IpAddr> = [2, 3, 4]
+        .into_iter()
+        .cycle()
+        .take(9)
+        .map(|last| IpAddr::from([127, 0, 0, last]))
+        .collect();
+    assert_eq!(
+        seen, in_turn,
+        "source addresses in the order connections were opened"
+    );
 }

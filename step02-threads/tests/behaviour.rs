@@ -40,18 +40,76 @@ fn memory_line_counts_connections() {
     tcp::memory_line_counts_connections(BIN, 50);
 }
 
+/// A thread per connection costs over 8 KiB each, held to /proc: the touched pages of its
+/// stack and glibc's per-thread state. Breaks if connections stop getting threads, or the
+/// memory line stops measuring them.
+#[test]
+fn an_idle_connection_costs_over_8_kib() {
+    tcp::idle_connection_cost_within(BIN, 1000, 8 << 10..);
+}
+
 /// At the fd limit the server neither dies nor spins, and serves again after.
 #[test]
 fn survives_running_out_of_fds() {
     tcp::survives_running_out_of_fds(BIN);
 }
 
-/// `--stack-size` is honoured: a 64 KiB stack serves an echo.
+/// `--stack-size` is applied: with `--stack-size 65536` every connection's thread has a
+/// 64 KiB stack (its mapping in /proc/PID/maps), where by default it has Rust's 2 MiB, and
+/// it still echoes. Breaks if the option is not passed on to the thread builder.
 #[test]
-fn serves_with_a_small_stack() {
-    let server = stepcheck::Server::start(BIN, &["--stack-size", "65536"]);
-    let mut client = server.connect();
-    stepcheck::assert_echo(&mut client, b"a 64 KiB stack is plenty for an echo\n");
+fn stack_size_sets_each_connections_stack() {
+    const CLIENTS: usize = 10;
+    for (extra, stack) in [
+        (&["--stack-size", "65536"][..], 64 << 10),
+        (&[][..], 2 << 20),
+    ] {
+        let server = stepcheck::Server::start(BIN, extra);
+        let _clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let mut client = server.connect();
+                stepcheck::assert_echo(&mut client, b"echoed from a thread of its own\n");
+                client
+            })
+            .collect();
+        let stacks = thread_stacks(server.pid());
+        let of_that_size = stacks.iter().filter(|&&size| size == stack).count();
+        assert!(
+            of_that_size >= CLIENTS,
+            "with {extra:?}, {of_that_size} thread stacks of {stack} B for {CLIENTS} connections; \
+             stack sizes seen: {stacks:?}"
+        );
+    }
+}
+
+/// The sizes of a process's thread stacks: each is an anonymous read-write mapping right
+/// above its guard, a small mapping with no access at all (glibc puts one page there).
+fn thread_stacks(pid: u32) -> Vec<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("/proc/PID/maps");
+    // Each line: `start-end perms offset dev inode [path]`, sorted by address.
+    let mappings: Vec<(u64, u64, &str, bool)> = maps
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (start, end) = fields[0].split_once('-').expect("start-end");
+            let hex = |n| u64::from_str_radix(n, 16).expect("a hex address");
+            (hex(start), hex(end), fields[1], fields.len() == 5)
+        })
+        .collect();
+    mappings
+        .windows(2)
+        .filter_map(|pair| {
+            let [
+                (_, guard_end, guard_perms, _),
+                (start, end, perms, anonymous),
+            ] = pair
+            else {
+                unreachable!("windows(2) gives pairs");
+            };
+            let is_guard = *guard_perms == "---p" && guard_end - pair[0].0 <= 64 << 10;
+            (is_guard && guard_end == start && *perms == "rw-p" && *anonymous).then(|| end - start)
+        })
+        .collect()
 }
 
 /// A `--stack-size` no thread can have is refused at start with one line, instead of a

@@ -40,6 +40,13 @@ fn memory_line_counts_connections() {
     tcp::memory_line_counts_connections(BIN, 50);
 }
 
+/// No thread per connection: an idle one costs under 256 B, held to /proc. Breaks if a
+/// connection grows a buffer or a thread of its own, or the memory line stops measuring.
+#[test]
+fn an_idle_connection_costs_under_256_bytes() {
+    tcp::idle_connection_cost_within(BIN, 1000, ..256);
+}
+
 /// At the fd limit the server neither dies nor spins, and serves again after.
 #[test]
 fn survives_running_out_of_fds() {

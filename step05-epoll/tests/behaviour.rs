@@ -40,6 +40,14 @@ fn memory_line_counts_connections() {
     tcp::memory_line_counts_connections(BIN, 50);
 }
 
+/// A slot in the interest list and a small `Conn`: an idle connection costs under 128 B,
+/// held to /proc. Breaks if a connection grows a buffer of its own, or the memory line
+/// stops measuring.
+#[test]
+fn an_idle_connection_costs_under_128_bytes() {
+    tcp::idle_connection_cost_within(BIN, 2000, ..128);
+}
+
 /// At the fd limit the server neither dies nor spins, and serves again after.
 #[test]
 fn survives_running_out_of_fds() {

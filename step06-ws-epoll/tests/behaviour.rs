@@ -64,16 +64,26 @@ fn close_handshake_answered() {
     ws::close_handshake_answered(BIN, &[]);
 }
 
-/// A message over the 1 MiB limit closes that connection only, and is never echoed.
+/// A message over the 1 MiB limit, in one frame or in fragments, is closed with 1009 and
+/// never echoed; the others are served. Breaks if the limit is removed.
 #[test]
-fn oversized_message_closes_only_that_connection() {
-    ws::oversized_message_closes_only_that_connection(BIN, &[], (1 << 20) + 1);
+fn oversized_message_closed_with_1009() {
+    ws::oversized_message_closed_with_1009(BIN, &[], (1 << 20) + 1, 1);
+    ws::oversized_message_closed_with_1009(BIN, &[], (1 << 20) + 1, 3);
 }
 
 /// A request that is not a WebSocket upgrade is refused, and the server keeps serving.
 #[test]
 fn bad_handshake_refused() {
     ws::bad_handshake_refused(BIN, &[]);
+}
+
+/// One shared read buffer, per-connection buffers only while a frame is partial: an idle
+/// WebSocket connection costs under 128 B, held to /proc. Breaks if each connection keeps
+/// buffers of its own, or the memory line stops measuring.
+#[test]
+fn an_idle_connection_costs_under_128_bytes() {
+    ws::idle_connection_cost_within(BIN, &[], 2000, ..128);
 }
 
 /// A client flooding pings does not starve a fresh one: one read per wake-up per connection.

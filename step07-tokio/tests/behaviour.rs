@@ -59,6 +59,21 @@ fn memory_line_counts_connections() {
     ws::memory_line_counts_connections(BIN, SMALL, 20);
 }
 
+/// tungstenite's 128 KiB read buffer, allocated up front: an idle connection costs over
+/// 64 KiB, held to /proc. Breaks if the default buffer shrinks, or the memory line stops
+/// measuring.
+#[test]
+fn an_idle_connection_costs_over_64_kib_by_default() {
+    ws::idle_connection_cost_within(BIN, DEFAULT, 300, 64 << 10..);
+}
+
+/// `--read-buffer 4096` brings an idle connection under 16 KiB, held to /proc. Breaks if
+/// the option is ignored (the default 128 KiB buffer comes back).
+#[test]
+fn read_buffer_4096_brings_a_connection_under_16_kib() {
+    ws::idle_connection_cost_within(BIN, SMALL, 1000, ..16 << 10);
+}
+
 /// At the fd limit the server neither dies nor spins, on either runtime, and serves again after.
 #[test]
 fn survives_running_out_of_fds() {
@@ -84,11 +99,14 @@ fn close_handshake_answered() {
     ws::close_handshake_answered(BIN, DEFAULT);
 }
 
-/// A message over --max-message (1 MiB by default) closes that connection only, and is never echoed.
+/// A message over --max-message (1 MiB by default), in one frame or in fragments, is
+/// answered with close code 1009 and never echoed, even to a client that would accept it;
+/// the others are served. Breaks if the limit is removed, or if the step hangs up without
+/// saying why.
 #[test]
-fn oversized_message_closes_only_that_connection() {
-    // tungstenite refuses a frame over the limit as soon as it has read its header.
-    ws::oversized_message_closes_only_that_connection(BIN, DEFAULT, (1 << 20) + 1);
+fn oversized_message_closed_with_1009() {
+    ws::oversized_message_closed_with_1009(BIN, DEFAULT, (1 << 20) + 1, 1);
+    ws::oversized_message_closed_with_1009(BIN, DEFAULT, (1 << 20) + 1, 3);
 }
 
 /// A request that is not a WebSocket upgrade is refused, and the server keeps serving.

@@ -38,8 +38,19 @@ checks! {
     ping_answered_with_pong => ws::ping_answered_with_pong(BIN, &[]);
     /// A client's close is answered with a close, then the server hangs up.
     close_handshake_answered => ws::close_handshake_answered(BIN, &[]);
-    /// A message over the 1 MiB limit closes that connection only, and is never echoed.
-    oversized_message_closes_only_that_connection => ws::oversized_message_closes_only_that_connection(BIN, &[], (1 << 20) + 1);
+    /// A message over the 1 MiB limit, in one frame or in fragments, is closed with 1009 and
+    /// never echoed; the others are served.
+    oversized_message_closed_with_1009 => {
+        ws::oversized_message_closed_with_1009(BIN, &[], (1 << 20) + 1, 1);
+        ws::oversized_message_closed_with_1009(BIN, &[], (1 << 20) + 1, 3)
+    };
     /// A request that is not a WebSocket upgrade is refused, and the server keeps serving.
     bad_handshake_refused => ws::bad_handshake_refused(BIN, &[]);
+    /// No buffer of its own while idle (the ring's buffers are the kernel's to pick): an
+    /// idle WebSocket connection costs under 128 B, held to /proc.
+    an_idle_connection_costs_under_128_bytes => ws::idle_connection_cost_within(BIN, &[], 2000, ..128);
+    /// A client flooding pings does not starve a fresh one.
+    a_ping_flood_does_not_starve_a_fresh_client => ws::ping_flood_does_not_starve_a_fresh_client(BIN, &[]);
+    /// stdout closed (`step09-io-uring | head -1`): the memory line is lost, the server serves on.
+    survives_stdout_closed => ws::survives_stdout_closed(BIN, &[]);
 }

@@ -3,10 +3,15 @@
 //! Each step's `tests/behaviour.rs` calls these functions with
 //! `env!("CARGO_BIN_EXE_stepNN-name")`, so all steps are held to the same checks, like for
 //! like. [`Server`] starts a step on a free port and reads its `--json` lines; [`tcp`] holds
-//! the checks for the raw-TCP echo steps (01–05). [`inprocess`] runs a step's `serve` in the
-//! test's own process, for the faults a client cannot cause.
+//! the checks for the raw-TCP echo steps (01–05), [`ws`] those for the WebSocket steps
+//! (06–07), and [`memory`] holds every step's memory line to `/proc`. [`inprocess`] runs a
+//! step's `serve` in the test's own process, for the faults a client cannot cause.
+//! [`chromium`] starts the headless browser that the browser and slide checks drive, and
+//! [`syscalls`] counts a step's system calls with `perf`.
 
+pub mod chromium;
 pub mod inprocess;
+pub mod memory;
 pub mod syscalls;
 pub mod tcp;
 pub mod ws;
@@ -20,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::MemoryLine;
 use serde_json::Value;
 
 /// How long any single wait in these checks may take before it fails. Generous: the
@@ -45,6 +51,9 @@ pub struct Server {
     lines: Receiver<Value>,
     /// Everything the step wrote to stderr so far, for failure messages.
     stderr: Arc<Mutex<String>>,
+    /// The step's `VmRSS` read by the test when its `listening` line arrived, before any
+    /// connection: what the memory line's `base` is held to.
+    rss_at_start: u64,
 }
 
 impl Server {
@@ -131,6 +140,7 @@ impl Server {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             lines,
             stderr,
+            rss_at_start: 0,
         };
         let first = server.next_line(PATIENCE).unwrap_or_else(|| {
             panic!(
@@ -146,7 +156,13 @@ impl Server {
             .as_str()
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("`listening` line without a socket address: {first}"));
+        server.rss_at_start = server.rss_bytes();
         server
+    }
+
+    /// The step's `VmRSS` when it started listening, read by the test.
+    pub fn rss_at_start(&self) -> u64 {
+        self.rss_at_start
     }
 
     /// The child's pid.
@@ -184,17 +200,21 @@ impl Server {
     }
 
     /// Wait for a memory line reporting `conns` connections and check its figures: a
-    /// resident set, a thread, and per-conn = (rss − base) / conns.
+    /// resident set, a thread, per-conn = (rss − base) / conns, and rss and base as
+    /// `/proc` gives them ([`memory::assert_line_agrees_with_proc`]).
     pub fn assert_memory_line_counts(&self, conns: u64) {
-        let line = self.wait_for_memory_line(conns);
-        assert!(line["rss_bytes"].as_u64() > Some(0), "{line}");
-        assert!(line["threads"].as_u64() >= Some(1), "{line}");
-        let per_conn = line["per_conn_bytes"].as_u64().expect("per_conn_bytes");
-        let (rss, base) = (
-            line["rss_bytes"].as_u64().expect("rss_bytes"),
-            line["base_rss_bytes"].as_u64().expect("base_rss_bytes"),
+        let value = self.wait_for_memory_line(conns);
+        // Read with the type the meter prints it with: every field present and typed.
+        let line: MemoryLine = serde_json::from_value(value.clone())
+            .unwrap_or_else(|err| panic!("not a memory line ({err}): {value}"));
+        assert!(line.rss_bytes > 0, "{value}");
+        assert!(line.threads >= 1, "{value}");
+        assert_eq!(
+            line.per_conn_bytes,
+            line.rss_bytes.saturating_sub(line.base_rss_bytes) / conns,
+            "{value}"
         );
-        assert_eq!(per_conn, rss.saturating_sub(base) / conns, "{line}");
+        memory::assert_line_agrees_with_proc(self, &value);
     }
 
     /// Open a client connection with read and write timeouts, so no check can hang.
@@ -207,9 +227,12 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// CPU time (user + system) the child has used so far, from `/proc/PID/stat`.
+    /// CPU time (user + system) the child has used so far, all its threads (see
+    /// [`common::cpu_time`]).
     pub fn cpu_seconds(&self) -> f64 {
-        proc_cpu_seconds(self.pid())
+        common::cpu_time(self.pid())
+            .expect("the step's /proc CPU time")
+            .as_secs_f64()
     }
 
     /// The child's resident set in bytes, from the `VmRSS:` line of `/proc/PID/status`.
@@ -243,6 +266,14 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// How much a step may grow while a client floods it without reading. A correct step holds
+/// one read's worth for that client and stops reading it: one buffer of 4–64 KiB for the
+/// TCP steps, plus, for the WebSocket steps, the frame being read and its pending echo (64 KiB
+/// frames here) and step07's 128 KiB read buffer. Measured: at most 40 KiB (TCP steps),
+/// 330 KiB (step06), 390 KiB (step07). 1 MiB leaves more than twice that, and is a tenth of
+/// what the flood pushes before the kernel's socket buffers fill (~8–10 MiB).
+pub const FLOOD_GROWTH_LIMIT: u64 = 1 << 20;
 
 /// How many descriptors a step gets in the fd-exhaustion checks, and how many clients
 /// are sent at it: more than it can accept.
@@ -391,19 +422,6 @@ pub fn check_stdout_closed(bin: &str, extra: &[&str], serve_one: impl Fn(&Server
     );
     serve_one(&server);
     assert!(server.is_running(), "{}", server.stderr());
-}
-
-/// utime + stime of a process, in seconds.
-pub fn proc_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    // The command name (field 2) may hold spaces; the fields we want follow its `)`.
-    let after_name = &stat[stat.rfind(')').expect("stat has a (comm) field") + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // After the name: state is field 3, so utime (14) and stime (15) sit at 11 and 12.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf only reads a configuration value.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    ticks as f64 / per_second as f64
 }
 
 /// Send `message` and read back exactly as many bytes, asserting they are the same.

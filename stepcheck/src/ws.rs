@@ -8,14 +8,16 @@
 
 use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
+use std::ops::RangeBounds;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::Frame;
-use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::{Message, WebSocket};
 
-use crate::{Server, check_fd_exhaustion, check_flood_fairness, tcp};
+use crate::{FLOOD_GROWTH_LIMIT, Server, check_fd_exhaustion, check_flood_fairness, memory, tcp};
 
 /// A client's end of a WebSocket connection over a plain blocking TCP stream.
 pub type Client = WebSocket<TcpStream>;
@@ -23,13 +25,18 @@ pub type Client = WebSocket<TcpStream>;
 /// Connect to the step and do the opening handshake (an HTTP `GET` with `Upgrade:
 /// websocket`, answered by `101 Switching Protocols`).
 pub fn connect(server: &Server) -> Client {
-    handshake(server.connect(), server).unwrap_or_else(|err| panic!("{err}"))
+    handshake(server.connect(), server, None).unwrap_or_else(|err| panic!("{err}"))
 }
 
-/// The opening handshake over an already connected stream; the error says what went wrong.
-fn handshake(stream: TcpStream, server: &Server) -> Result<Client, String> {
+/// The opening handshake over an already connected stream, with the client library's
+/// default limits (`None`) or others; the error says what went wrong.
+fn handshake(
+    stream: TcpStream,
+    server: &Server,
+    config: Option<WebSocketConfig>,
+) -> Result<Client, String> {
     let url = format!("ws://{}/", server.addr);
-    match tungstenite::client(url.as_str(), stream) {
+    match tungstenite::client::client_with_config(url.as_str(), stream, config) {
         Ok((client, _response)) => Ok(client),
         // The stream has a read timeout: "interrupted" means no answer came in time.
         Err(tungstenite::HandshakeError::Interrupted(_)) => Err(format!(
@@ -165,9 +172,15 @@ pub fn large_message_echoed_intact(bin: &str, extra: &[&str], len: usize) {
 }
 
 /// A client that sends messages and never reads the echoes fills its socket buffers; the
-/// server must stop reading it (its output stays bounded) and keep serving everybody else.
+/// server must stop reading it (it grows by less than [`FLOOD_GROWTH_LIMIT`]) and keep
+/// serving everybody else. Breaks if the server keeps reading a client whose echoes it
+/// cannot send, even into a buffer of a few MiB.
 pub fn non_reading_client_does_not_stall_others(bin: &str, extra: &[&str]) {
     let server = Server::start(bin, extra);
+    // A first client, echoed once, so that what the server allocates once (its read buffer,
+    // step07's runtime) is in the baseline and not counted as the flood's.
+    let mut first = connect(&server);
+    assert_echo(&mut first, Message::text("a first echo"));
     let base_rss = server.rss_bytes();
 
     // The flooder shakes hands, then writes ready-made frames straight to the socket: a
@@ -212,8 +225,9 @@ pub fn non_reading_client_does_not_stall_others(bin: &str, extra: &[&str]) {
         "the flooder sent all 256 MiB: the server kept reading a client that never reads"
     );
     assert!(
-        grown < 32 << 20,
-        "the server grew by {grown} bytes while a client sent {sent} bytes without reading"
+        grown < FLOOD_GROWTH_LIMIT,
+        "the server grew by {grown} bytes (limit {FLOOD_GROWTH_LIMIT}) while a client sent \
+         {sent} bytes without reading"
     );
     drop(flooder);
 }
@@ -254,7 +268,8 @@ pub fn resets_leave_the_server_serving(bin: &str, extra: &[&str], clients: usize
 }
 
 /// The memory line counts WebSocket connections: `clients` after their handshakes, 0 after
-/// they close.
+/// they close, with the resident set `/proc` gives. Breaks if the count or the figures
+/// drift from what the process holds.
 pub fn memory_line_counts_connections(bin: &str, extra: &[&str], clients: usize) {
     let server = Server::start(bin, extra);
     let mut all: Vec<Client> = (0..clients).map(|_| connect(&server)).collect();
@@ -268,6 +283,22 @@ pub fn memory_line_counts_connections(bin: &str, extra: &[&str], clients: usize)
     server.wait_for_memory_line(0);
 }
 
+/// `conns` idle WebSocket connections (each echoed once) cost what the memory line says,
+/// held to `/proc`, and what each connection added to the resident set lies in `band` (bytes).
+pub fn idle_connection_cost_within(
+    bin: &str,
+    extra: &[&str],
+    conns: usize,
+    band: impl RangeBounds<u64>,
+) {
+    let server = Server::start(bin, extra);
+    memory::assert_per_conn_within(&server, conns, band, |server| {
+        let mut client = connect(server);
+        assert_echo(&mut client, Message::text("idle from now on"));
+        client
+    });
+}
+
 /// Run out of file descriptors: the server must neither die nor spin at 100% CPU while
 /// the listen queue holds connections it cannot accept, and must serve WebSocket clients
 /// again once descriptors free up.
@@ -277,7 +308,7 @@ pub fn survives_running_out_of_fds(bin: &str, extra: &[&str]) {
         stream
             .set_read_timeout(Some(Duration::from_secs(2)))
             .map_err(|e| e.to_string())?;
-        let mut client = handshake(stream, server)?;
+        let mut client = handshake(stream, server, None)?;
         client
             .send(Message::text("room again?"))
             .map_err(|e| e.to_string())?;
@@ -339,7 +370,6 @@ pub fn ping_answered_with_pong(bin: &str, extra: &[&str]) {
 /// which the server closes the TCP connection.
 pub fn close_handshake_answered(bin: &str, extra: &[&str]) {
     use tungstenite::protocol::CloseFrame;
-    use tungstenite::protocol::frame::coding::CloseCode;
 
     let server = Server::start(bin, extra);
     let mut client = connect(&server);
@@ -369,28 +399,69 @@ pub fn close_handshake_answered(bin: &str, extra: &[&str]) {
     server.wait_for_memory_line(0);
 }
 
-/// A message of `len` bytes, over the step's limit, closes that connection (with close
-/// code 1009, "message too big", or without a word) and no other: it is never echoed.
-pub fn oversized_message_closes_only_that_connection(bin: &str, extra: &[&str], len: usize) {
-    let mut server = Server::start(bin, extra);
-    let mut bystander = connect(&server);
-    let mut client = connect(&server);
-
-    // The server may hang up as soon as it has read the frame's header, before the rest
-    // is sent: then sending fails with a reset or a broken pipe, which is fine here.
-    let sent = client.send(Message::binary(pattern(len)));
-    match (sent, client.read()) {
-        (_, Ok(Message::Close(_))) => {}
-        (_, Ok(other)) => panic!(
+/// A message of `len` bytes, over the step's limit, sent in `fragments` frames, is answered
+/// with a close frame carrying 1009, "message too big" (RFC 6455 §7.4.1), never with its
+/// echo, and every other connection is still served. The client here accepts messages of
+/// any size, so an echo would be seen, not refused by the client's own limit.
+/// Breaks if the step's frame or message limit is removed (the echo comes back), or if the
+/// step hangs up without saying why.
+pub fn oversized_message_closed_with_1009(bin: &str, extra: &[&str], len: usize, fragments: usize) {
+    match answer_to_an_oversized_message(bin, extra, len, fragments) {
+        Ok(Message::Close(Some(close))) if close.code == CloseCode::Size => {}
+        Ok(Message::Close(close)) => panic!(
+            "a {len}-byte message, over the limit, was answered with close {close:?}, not 1009"
+        ),
+        Ok(other) => panic!(
             "a {len}-byte message, over the limit, was answered with a {}-byte {} message",
             other.len(),
             kind(&other)
         ),
-        (_, Err(tungstenite::Error::Io(err))) if timed_out(&err) => {
-            panic!("a {len}-byte message, over the limit, got no answer: the connection stays open")
+        Err(err) => panic!(
+            "a {len}-byte message, over the limit, got no close frame with 1009 before the \
+             connection ended: {err}"
+        ),
+    }
+}
+
+/// Send a `len`-byte binary message in `fragments` frames from a client without size limits,
+/// and return what comes back first (pings and pongs skipped). Checks that the step does not
+/// leave the connection open and silent, stays up, and still echoes a bystander.
+fn answer_to_an_oversized_message(
+    bin: &str,
+    extra: &[&str],
+    len: usize,
+    fragments: usize,
+) -> tungstenite::Result<Message> {
+    let mut server = Server::start(bin, extra);
+    let mut bystander = connect(&server);
+    let unlimited = WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    let mut client =
+        handshake(server.connect(), &server, Some(unlimited)).unwrap_or_else(|err| panic!("{err}"));
+
+    let message = pattern(len);
+    let piece_len = len.div_ceil(fragments);
+    let pieces = message.chunks(piece_len).count();
+    for (i, piece) in message.chunks(piece_len).enumerate() {
+        let opcode = match i {
+            0 => OpCode::Data(Data::Binary),
+            _ => OpCode::Data(Data::Continue),
+        };
+        let frame = Frame::message(piece.to_vec(), opcode, i + 1 == pieces);
+        // The step may hang up as soon as it has read a header over its limit, before the
+        // rest is sent: then sending fails (reset, broken pipe), and what it said before
+        // hanging up is read below.
+        if client.send(Message::Frame(frame)).is_err() {
+            break;
         }
-        // Closed, reset, or a broken pipe: the connection is gone, as it should be.
-        (_, Err(_)) => {}
+    }
+    let answer = read_data(&mut client);
+    if let Err(tungstenite::Error::Io(err)) = &answer {
+        assert!(
+            !timed_out(err),
+            "a {len}-byte message, over the limit, got no answer: the connection stays open"
+        );
     }
     assert!(
         server.is_running(),
@@ -398,6 +469,7 @@ pub fn oversized_message_closes_only_that_connection(bin: &str, extra: &[&str], 
         server.stderr()
     );
     assert_echo(&mut bystander, Message::text("the others are still served"));
+    answer
 }
 
 /// True for what a read timeout on a blocking socket looks like.

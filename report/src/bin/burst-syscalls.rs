@@ -25,7 +25,6 @@ use std::time::Duration;
 use clap::Parser;
 use indicatif::ProgressBar;
 use loadgen::{ConnectOptions, Pace, Pool, Target};
-use stepcheck::proc_cpu_seconds;
 use stepcheck::syscalls::SyscallCount;
 
 /// Echo bursts against step06 (epoll) and step09 (io_uring): system calls, CPU and memory.
@@ -133,12 +132,12 @@ async fn measure(
         let count = SyscallCount::start(pid)
             .inspect_err(|why| eprintln!("burst-syscalls: system calls not counted: {why}"))
             .ok();
-        let cpu_before = proc_cpu_seconds(pid);
+        let cpu_before = cpu_seconds(pid)?;
         let mut messages = 0;
         for _ in 0..args.rounds {
             messages += pool.echo_each(0, size, deadline).await.ok;
         }
-        let cpu = proc_cpu_seconds(pid) - cpu_before;
+        let cpu = cpu_seconds(pid)? - cpu_before;
         let syscalls = count.and_then(|count| {
             count
                 .finish()
@@ -196,20 +195,16 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// VmRSS of `pid`, in bytes.
+/// VmRSS of `pid`, in bytes (`/proc/PID/status`, read by `common` as the report does).
 fn rss_bytes(pid: u32) -> Result<u64, String> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map(|kib| kib * 1024)
-        .ok_or_else(|| "no VmRSS in /proc/PID/status".into())
+    common::ProcStatus::read(pid)
+        .map(|status| status.rss_bytes)
+        .map_err(|err| format!("/proc/{pid}/status: {err}"))
+}
+
+/// User + system CPU time of `pid`, in seconds (`/proc/PID/stat`, read by `common`).
+fn cpu_seconds(pid: u32) -> Result<f64, String> {
+    common::cpu_time(pid)
+        .map(|time| time.as_secs_f64())
+        .map_err(|err| format!("/proc/{pid}/stat: {err}"))
 }
