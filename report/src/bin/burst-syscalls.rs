@@ -8,7 +8,8 @@
 //!   `perf stat -p PID` attached only for the bursts. Every system call the server's
 //!   process makes counts: reads, writes, `epoll_wait`, `io_uring_enter`, and the memory
 //!   line's reading of `/proc/self/statm` (once a second at most, so a handful);
-//! - **CPU time**, user + system, from `/proc/PID/stat` before and after the bursts;
+//! - **CPU time**, user + system, from the process's CPU-time clock before and after the
+//!   bursts (`common::cpu_time`, to the nanosecond);
 //! - **idle memory**: resident set growth per connection after one message on each and a
 //!   pause, from `/proc/PID/status` (the step's own line says the same; the report
 //!   cross-checks the two).
@@ -202,7 +203,7 @@ fn rss_bytes(pid: u32) -> Result<u64, String> {
         .map_err(|err| format!("/proc/{pid}/status: {err}"))
 }
 
-/// User + system CPU time of `pid`, in seconds (`/proc/PID/stat`, read by `common`).
+/// User + system CPU time of `pid`, in seconds (its CPU-time clock, read by `common`).
 fn cpu_seconds(pid: u32) -> Result<f64, String> {
     common::cpu_time(pid)
         .map(|time| time.as_secs_f64())
