@@ -431,9 +431,10 @@ impl Server {
             }
         }
 
-        // 3. Reading: read while nothing is waiting behind a send in flight. Output that
-        // piles up means the client reads slower than it writes: stop reading it, so its
-        // bytes wait in its socket (and TCP slows it down), not in our memory.
+        // 3. Reading: read until `PAUSE_READING_AT` bytes of replies wait behind the send in
+        // flight. Output that piles up means the client reads slower than it writes: stop
+        // reading it, so its bytes wait in its socket (and TCP slows it down), not in our
+        // memory.
         let backlog = conn
             .output
             .as_ref()
