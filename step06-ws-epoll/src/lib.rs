@@ -187,7 +187,8 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             accept_paused_until = None;
             epoll.register(listener.as_fd(), READABLE)?;
         }
-        // Under connect/close churn most deadlines go stale long before they are due.
+        // Under connect/close churn most deadlines go stale long before they are due. A
+        // connection's deadline sits in one queue: `stalls` while open, `timers` otherwise.
         for (timers, stalls) in [(&mut shared.timers, false), (&mut shared.stalls, true)] {
             if timers.is_mostly_stale(open) {
                 timers.rebuild(connections.iter().enumerate().filter_map(|(fd, conn)| {
@@ -230,7 +231,9 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
                         // The listener stays readable while connections wait in its queue,
                         // so a level-triggered loop would wake at once, fail again and spin.
                         // Stop watching it for a moment; the clients wait in the kernel.
-                        accept_log.log(|| format!("step06-ws-epoll: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}"));
+                        accept_log.log(|| {
+                            format!("step06-ws-epoll: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}")
+                        });
                         epoll.deregister(listener.as_fd())?;
                         accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     }
