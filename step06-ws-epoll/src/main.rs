@@ -12,8 +12,9 @@ struct Args {
     common: common::Options,
 
     /// The largest message accepted, in bytes; a bigger one closes the connection with 1009.
-    #[arg(long, value_name = "BYTES", default_value_t = Config::default().max_message)]
-    max_message: usize,
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().max_message as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_message: u64,
 
     /// The most bytes all connections together may hold (heads in pieces, unfinished
     /// frames and messages, unsent output); the connection that would pass it is closed
@@ -38,7 +39,7 @@ fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let (listener, meter) = common::bind("step06-ws-epoll", 9006, &args.common)?;
     let config = Config {
-        max_message: args.max_message,
+        max_message: args.max_message as usize,
         max_buffered: args.max_buffered as usize,
         timeout: Duration::from_secs(args.handshake_timeout),
         stall_timeout: Duration::from_secs(args.stall_timeout),
