@@ -10,7 +10,7 @@ mod ratelog;
 pub mod sys;
 
 pub use fdlimit::{FdLimit, raise_fd_limit};
-pub use meter::{MemoryLine, MemoryMeter, format_bytes};
+pub use meter::{MemoryLine, MemoryMeter, ProcStatus, cpu_time, format_bytes};
 pub use options::Options;
 pub use ratelog::RateLimitedLog;
 

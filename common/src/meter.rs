@@ -1,7 +1,9 @@
-use std::io::Write;
+use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use crate::Options;
 
@@ -92,15 +94,26 @@ impl MemoryMeter {
     }
 }
 
-/// One memory line's figures.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One memory line's figures, and its `--json` form: declared once here, printed by the
+/// meter and read back by the behaviour suites and the report with this same type.
+///
+/// As JSON it is one object on one line, tagged `"event":"memory"`:
+/// `{"event":"memory","step":"step05-epoll","conns":10000,"rss_bytes":…,"base_rss_bytes":…,
+/// "per_conn_bytes":…,"threads":1}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename = "memory")]
 pub struct MemoryLine {
+    /// The step's name, with its variant if any (`step06-ws-epoll/shared`).
     pub step: String,
+    /// Connections the step holds.
     pub conns: usize,
+    /// Resident set now.
     pub rss_bytes: u64,
+    /// Resident set after bind, before the first accept.
     pub base_rss_bytes: u64,
     /// (rss − base) / conns, 0 without connections.
     pub per_conn_bytes: u64,
+    /// Threads in the process now.
     pub threads: usize,
 }
 
@@ -133,15 +146,12 @@ impl MemoryLine {
 
     /// The `--json` form: one object on one line.
     pub fn to_json(&self) -> String {
-        format!(
-            r#"{{"event":"memory","step":"{}","conns":{},"rss_bytes":{},"base_rss_bytes":{},"per_conn_bytes":{},"threads":{}}}"#,
-            self.step,
-            self.conns,
-            self.rss_bytes,
-            self.base_rss_bytes,
-            self.per_conn_bytes,
-            self.threads
-        )
+        serde_json::to_string(self).expect("bug: a struct of strings and integers serializes")
+    }
+
+    /// A `--json` stdout line read back: `None` unless it is a memory line.
+    pub fn from_json(line: &str) -> Option<MemoryLine> {
+        serde_json::from_str(line).ok()
     }
 }
 
@@ -184,20 +194,76 @@ pub fn rss_bytes() -> u64 {
 
 /// This process's thread count, from the `Threads:` line of `/proc/self/status`.
 pub fn thread_count() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Threads:"))
-                .and_then(|n| n.trim().parse().ok())
+    ProcStatus::read("self").map_or(0, |status| status.threads)
+}
+
+/// A few lines of `/proc/PID/status`: what the kernel says a process holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStatus {
+    /// `VmRSS`: resident set in bytes, the counter the memory line reads (through statm).
+    pub rss_bytes: u64,
+    /// `Threads`.
+    pub threads: usize,
+}
+
+impl ProcStatus {
+    /// Read `/proc/PID/status`; `pid` is a number, or `self`.
+    pub fn read(pid: impl std::fmt::Display) -> io::Result<ProcStatus> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        ProcStatus::parse(&text).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no VmRSS/Threads in /proc/PID/status",
+            )
         })
-        .unwrap_or(0)
+    }
+
+    fn parse(text: &str) -> Option<ProcStatus> {
+        let field = |name: &str| -> Option<u64> {
+            let line = text.lines().find_map(|line| line.strip_prefix(name))?;
+            line.split_whitespace().next()?.parse().ok()
+        };
+        Some(ProcStatus {
+            rss_bytes: field("VmRSS:")? * 1024,
+            threads: field("Threads:")? as usize,
+        })
+    }
+}
+
+/// CPU time (user + system) a process has used so far, all its threads together, those
+/// that have exited included, to the nanosecond: the process's CPU-time clock
+/// (`clock_getcpuclockid`), which the kernel keeps for any process we may inspect.
+pub fn cpu_time(pid: u32) -> io::Result<Duration> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `clock` is a valid, writable clockid_t; the call only stores into it.
+    let err = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
+    if err != 0 {
+        // This one returns the error number instead of setting errno.
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; `clock` came from the kernel just above.
+    crate::sys::cvt(unsafe { libc::clock_gettime(clock, &mut now) })?;
+    Ok(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's own CPU time.
+    fn thread_cpu() -> Duration {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid, writable timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+        Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+    }
 
     /// Per-connection cost is RSS growth over the baseline per connection; 0 if none or no growth.
     #[test]
@@ -251,5 +317,57 @@ mod tests {
     fn reads_its_own_process() {
         assert!(rss_bytes() > 0, "statm reading failed");
         assert!(thread_count() >= 1);
+    }
+
+    /// A JSON memory line reads back into the same figures; other events are not memory lines.
+    #[test]
+    fn json_line_reads_back_and_other_events_do_not() {
+        let line = MemoryLine::new("step06-ws-epoll/shared", 2000, 5_000_000, 4_000_000, 1);
+        assert_eq!(MemoryLine::from_json(&line.to_json()), Some(line));
+        assert_eq!(
+            MemoryLine::from_json(r#"{"event":"listening","addr":"127.0.0.1:1"}"#),
+            None
+        );
+        assert_eq!(MemoryLine::from_json("step05-epoll  conns 1"), None);
+    }
+
+    /// /proc/PID/status yields the resident set in bytes and the thread count.
+    #[test]
+    fn status_gives_rss_in_bytes_and_threads() {
+        let text = "Name:\tstep05-epoll\nVmPeak:\t  20000 kB\nVmRSS:\t    2048 kB\nThreads:\t1\n";
+        assert_eq!(
+            ProcStatus::parse(text),
+            Some(ProcStatus {
+                rss_bytes: 2048 * 1024,
+                threads: 1
+            })
+        );
+        assert_eq!(ProcStatus::parse("Name:\tx\n"), None);
+    }
+
+    /// CPU time counts what a thread used after it exited, to the millisecond.
+    #[test]
+    fn cpu_time_keeps_what_exited_threads_used() {
+        const WORK: Duration = Duration::from_millis(20);
+        let pid = std::process::id();
+        let before = cpu_time(pid).unwrap();
+        // A thread that works until its own CPU clock says WORK (at most 5 s of wall
+        // clock on a busy machine), then exits.
+        std::thread::spawn(|| {
+            let started = Instant::now();
+            let mut x = 0u64;
+            while thread_cpu() < WORK && started.elapsed() < Duration::from_secs(5) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        })
+        .join()
+        .unwrap();
+        let used = cpu_time(pid).unwrap() - before;
+        assert!(
+            used >= WORK,
+            "the exited thread's {WORK:?} of CPU are not counted: {used:?}"
+        );
+        // Past the largest pid Linux allows (2^22).
+        assert!(cpu_time(99_999_999).is_err(), "no such process");
     }
 }

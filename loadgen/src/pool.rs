@@ -177,6 +177,14 @@ impl Pool {
         stats.finish()
     }
 
+    /// Close the newest connections with a reset until `n` are held; the oldest stay, so
+    /// connection 0 (the round-trip probe) keeps its place.
+    pub fn shrink_to(&mut self, n: usize) {
+        for conn in self.conns.drain(n.min(self.conns.len())..) {
+            conn.abort();
+        }
+    }
+
     /// Close every connection with a reset (see [`Conn::abort`]).
     pub fn close(self) {
         for conn in self.conns {

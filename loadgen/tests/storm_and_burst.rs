@@ -66,6 +66,11 @@ async fn a_storm_opens_every_connection_and_echoes_once_on_each() {
     // A second storm adds to the same pool.
     let more = pool.storm(20, 64, SIZE, Duration::from_secs(10)).await;
     assert_eq!((more.opened, pool.len()), (20, 320));
+    // Shrinking closes the newest and keeps the rest usable.
+    pool.shrink_to(5);
+    assert_eq!(pool.len(), 5);
+    let burst = pool.burst(1, SIZE, Duration::from_secs(10)).await;
+    assert_eq!(burst.echo.ok, 5, "{}", burst.echo);
 }
 
 /// A burst sends one message on every connection per round: rounds × connections echoes.

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::procfs::{self, ProcStatus};
+use common::{MemoryLine, ProcStatus};
+
+use crate::procfs;
 
 /// How often the step prints its memory line (at most), in seconds: often enough that the
 /// report waits little for a fresh one.
@@ -21,17 +23,6 @@ const REPORT_EVERY: &str = "0.2";
 
 /// Stderr lines kept to explain a step that failed.
 const STDERR_TAIL: usize = 8;
-
-/// One `{"event":"memory",...}` line, as the step printed it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct MemoryLine {
-    pub step: String,
-    pub conns: usize,
-    pub rss_bytes: u64,
-    pub base_rss_bytes: u64,
-    pub per_conn_bytes: u64,
-    pub threads: usize,
-}
 
 /// A memory line, with what /proc said about the step the moment the line was read.
 #[derive(Debug, Clone)]
@@ -204,7 +195,7 @@ fn read_stdout_line(pid: u32, line: &str, seen: &Mutex<Seen>) {
                 .listening = event.addr
         }
         "memory" => {
-            let Ok(memory) = serde_json::from_str::<MemoryLine>(line) else {
+            let Some(memory) = MemoryLine::from_json(line) else {
                 return;
             };
             // Read /proc now, as close as we can to the moment the step measured itself.

@@ -5,18 +5,27 @@
 //! (in this process), and measures what the step costs: connections held and served at
 //! once, resident memory per connection (from /proc, checked against the step's own memory
 //! line), kernel memory per connection (from /proc/slabinfo), threads, CPU time, and the
-//! round trip on one connection as idle connections pile up. It prints a Markdown table,
-//! writes `report.json`, and draws two SVG charts into `--out`.
+//! round trip on one connection as idle connections pile up (with the CPU each echo costs
+//! the step), and the busy side: a storm of new connections, a burst of messages on all of
+//! them at once. It prints three Markdown tables (memory, latency, busy), writes
+//! `report.json`, and draws the SVG charts into `--out`.
+//!
+//! Layout: `steps.rs` lists the rows; `child.rs` runs one step and reads its lines;
+//! `measure.rs` puts it through the plan (with `sweep.rs` for the round trips and
+//! `kernel.rs` for the slab figures, `procfs.rs` reading /proc/slabinfo); `output.rs`
+//! writes the tables and `charts.rs` the pictures.
 //!
 //! A step joins the report by having a line in `steps.rs`; one whose binary is missing or
 //! exits before listening becomes a row that says so.
 
 mod charts;
 mod child;
+mod kernel;
 mod measure;
 mod output;
 mod procfs;
 mod steps;
+mod sweep;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -25,20 +34,20 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use measure::{Plan, StepResult};
+use measure::{Batch, Plan, StepResult};
 use output::Report;
 
 /// Run every step against N connections and report what each costs.
 #[derive(Parser, Debug)]
 #[command(name = "report")]
 struct Args {
-    /// Connections per step [default: 10000, or what the open-file limit allows; 2000 with --quick].
-    #[arg(long)]
+    /// Connections per step, at least 1 [default: 10000, or what the open-file limit allows; 2000 with --quick].
+    #[arg(long, value_parser = at_least_one)]
     conns: Option<usize>,
 
-    /// Only these steps, comma-separated: a name from the table (`step07-tokio/4k`)
-    /// or a binary name for all its variants (`step07-tokio`).
-    #[arg(long, value_delimiter = ',', value_name = "STEP,...")]
+    /// Only these steps, comma-separated: a name from the table (`step07-tokio/4k`) or a
+    /// binary name for all its variants (`step07-tokio`).
+    #[arg(long, value_delimiter = ',', value_name = "STEP,...", value_parser = known_step)]
     steps: Vec<String>,
 
     /// Small N and short waits, for CI: under a minute in a debug build.
@@ -50,8 +59,32 @@ struct Args {
     out: Option<PathBuf>,
 
     /// Run the step binaries found in DIR instead of building them first.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = existing_dir)]
     bin_dir: Option<PathBuf>,
+}
+
+/// `--conns`: a whole number of connections, at least one.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("at least 1 connection is needed".into()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(format!("not a number of connections: {err}")),
+    }
+}
+
+/// `--steps`: each name must be in the table.
+fn known_step(name: &str) -> Result<String, String> {
+    steps::select(&[name.to_string()]).map(|_| name.to_string())
+}
+
+/// `--bin-dir`: a directory that exists.
+fn existing_dir(text: &str) -> Result<PathBuf, String> {
+    let dir = PathBuf::from(text);
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(format!("no directory at {text}"))
+    }
 }
 
 /// The workspace root: this crate's parent directory.
@@ -63,18 +96,20 @@ fn workspace_root() -> &'static Path {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let specs = match steps::select(&args.steps) {
-        Ok(specs) => specs,
-        Err(err) => {
-            eprintln!("report: {err}");
-            return ExitCode::from(2);
-        }
-    };
+    let specs = steps::select(&args.steps).expect("bug: --steps names were checked by clap");
+    if let Some(dir) = &args.bin_dir
+        && let Some(missing) = specs.iter().find(|s| !dir.join(s.bin).is_file())
+    {
+        eprintln!(
+            "report: no {} in {}: build the steps first (cargo build --release --workspace \
+             --bins), or leave out --bin-dir",
+            missing.bin,
+            dir.display()
+        );
+        return ExitCode::from(2);
+    }
 
-    let wanted = args
-        .conns
-        .unwrap_or(if args.quick { 2000 } else { 10_000 })
-        .max(1);
+    let wanted = args.conns.unwrap_or(if args.quick { 2000 } else { 10_000 });
     let conns = match common::raise_fd_limit() {
         // loadgen's sockets are in this process, each step's in its own: both need N fds.
         Ok(limit) if wanted > loadgen::max_conns(limit.soft) => {
@@ -114,13 +149,21 @@ fn main() -> ExitCode {
 
     let plan = Plan {
         conns,
-        probes: 1000,
-        warmup: 50,
-        echo_probes: if args.quick { 100 } else { 200 },
         message_size: 64,
         served_deadline: Duration::from_secs(if args.quick { 2 } else { 3 }),
+        echo_probes: if args.quick { 100 } else { 200 },
         probe_deadline: Duration::from_secs(2),
-        probe_time: Duration::from_secs(2),
+        batch: Batch {
+            warmup: 20,
+            max: if args.quick { 200 } else { 400 },
+            min: if args.quick { 50 } else { 100 },
+            time: Duration::from_millis(if args.quick { 300 } else { 500 }),
+        },
+        sweep_passes: 3,
+        kernel_chunks: 5,
+        storm_in_flight: 256,
+        storms: 2,
+        burst_rounds: 3,
     };
 
     let started = Instant::now();
@@ -143,8 +186,7 @@ fn main() -> ExitCode {
         results.push(result);
     }
 
-    let report = Report {
-        conns,
+    let mut report = Report {
         quick: args.quick,
         profile: bin_dir
             .file_name()
@@ -156,27 +198,45 @@ fn main() -> ExitCode {
             .map(|s| s.to_string())
             .collect(),
         wall_seconds: started.elapsed().as_secs_f64(),
+        plan,
         steps: results,
+        tables: String::new(),
     };
-    print!("{}", output::markdown(&report));
+    let scans = |name: &str| steps::STEPS.iter().any(|s| s.name == name && s.scans);
+    let markdown = output::markdown(&report, &scans);
+    print!("{markdown}");
+    report.tables = markdown;
 
     let json = serde_json::to_string_pretty(&report).expect("bug: the report serializes");
-    let written = [
+    let mut written = vec![(
+        "report.json",
         std::fs::write(out_dir.join("report.json"), json + "\n").map_err(|e| e.to_string()),
-        charts::memory_per_conn(&report.steps, &out_dir.join("memory-per-conn.svg"))
-            .map_err(|e| e.to_string()),
-        charts::rtt_vs_idle(&report.steps, &out_dir.join("rtt-vs-idle.svg"))
-            .map_err(|e| e.to_string()),
-    ];
-    for err in written.iter().filter_map(|w| w.as_ref().err()) {
-        eprintln!("report: cannot write into {}: {err}", out_dir.display());
+    )];
+    for (name, draw) in charts::ALL {
+        written.push((
+            name,
+            draw(&report.steps, &out_dir.join(name)).map_err(|e| e.to_string()),
+        ));
+    }
+    for (name, result) in &written {
+        if let Err(err) = result {
+            eprintln!(
+                "report: cannot write {name} into {}: {err}",
+                out_dir.display()
+            );
+        }
     }
     eprintln!(
-        "report: wrote report.json, memory-per-conn.svg, rtt-vs-idle.svg into {}",
+        "report: wrote {} into {}",
+        written
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", "),
         out_dir.display()
     );
 
-    if report.steps.iter().any(|r| r.error.is_none()) && written.iter().all(Result::is_ok) {
+    if report.steps.iter().any(|r| r.error.is_none()) && written.iter().all(|(_, r)| r.is_ok()) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -215,17 +275,25 @@ fn one_line(r: &StepResult) -> String {
     if let Some(err) = &r.error {
         return format!("{:>24}: not measured: {err}", r.step);
     }
+    let user = r.memory.as_ref().and_then(|m| m.rss_per_conn_bytes);
     format!(
-        "{:>24}: {} held, {} served, RSS {} per conn, kernel {} per conn, p50 {} ({:.1} s)",
+        "{:>24}: {} held, {} served, RSS {} per conn, kernel {} per conn, p50 {}, \
+         storm {}, burst {} ({:.1} s)",
         r.step,
-        r.held,
-        r.served,
-        r.rss_per_conn_proc.map_or("–".into(), common::format_bytes),
-        r.kernel_per_conn.map_or("–".into(), |k| match k {
-            0.. => common::format_bytes(k as u64),
-            _ => format!("−{}", common::format_bytes(k.unsigned_abs())),
-        }),
-        r.rtt_p50_us.map_or("–".into(), output::micros),
+        r.conns.held,
+        r.conns.served,
+        user.map_or("–".into(), common::format_bytes),
+        r.kernel
+            .as_ref()
+            .map_or("–".into(), |k| output::signed_bytes(k.per_conn_bytes)),
+        r.idle_rtt()
+            .map_or("–".into(), |p| output::micros(p.p50_us)),
+        r.storm
+            .as_ref()
+            .map_or("–".into(), |s| output::rate(s.conns_per_s)),
+        r.burst
+            .as_ref()
+            .map_or("–".into(), |b| output::rate(b.msgs_per_s)),
         r.wall_seconds
     )
 }

@@ -1,54 +1,138 @@
 //! One step, measured: start it, connect in stages, time round trips at each stage, read
-//! its memory three ways (its own line, /proc, the kernel's slabs), then end it.
+//! its memory three ways (its own line, /proc, the kernel's slabs), push it through a burst
+//! and a storm, sweep the round trip again on the way down and up, then end it.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::MemoryLine;
 use indicatif::ProgressBar;
 use loadgen::{ConnectOptions, EchoStats, Pace, Pick, Pool, Protocol, Target};
 use serde::Serialize;
 
 use crate::child::{Sample, StepProcess};
+use crate::kernel::KernelChunks;
 use crate::procfs::{self, KernelMemory};
 use crate::steps::{self, StepSpec};
+use crate::sweep::{SweepPoint, Visits};
 
 /// Fewer connections than this, and the kernel figure per connection is mostly noise.
-const MIN_CONNS_FOR_KERNEL: usize = 100;
-
-/// Round trips timed at each sweep point, however slow they are: enough for a steady median.
-const MIN_PROBES: usize = 200;
-
-/// Chunks the last stretch of connections is opened in, for the kernel's figures.
-const KERNEL_CHUNKS: usize = 5;
+pub const MIN_CONNS_FOR_KERNEL: usize = 100;
 
 /// How hard to push each step; the same for every step, so rows compare like for like.
-#[derive(Debug, Clone)]
+/// The table's footnotes are written from these same values.
+#[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     /// Connections each step is asked to hold (before its own cap).
     pub conns: usize,
-    /// Round trips timed at each sweep point, on one connection, after a warm-up.
-    pub probes: usize,
-    /// Round trips sent first and not counted: the first ones pay for cold caches.
-    pub warmup: usize,
-    /// Echo probes on random connections at the end, checked byte for byte.
-    pub echo_probes: usize,
-    /// Bytes per echo message.
+    /// Bytes per echo message, everywhere.
     pub message_size: usize,
     /// How long the echo on every connection may take before the rest count as not served.
     pub served_deadline: Duration,
+    /// Echo probes on random connections at the end, checked byte for byte.
+    pub echo_probes: usize,
     /// One probe not back by then is lost.
     pub probe_deadline: Duration,
-    /// Stop timing round trips at one sweep point after this long (past [`MIN_PROBES`]).
-    pub probe_time: Duration,
+    /// The round trips timed at each sweep point, each time it is visited.
+    pub batch: Batch,
+    /// Times each sweep point is visited: up, down, up again… Interleaved, so that a busy
+    /// moment on the machine spoils one visit of a point, not all of them.
+    pub sweep_passes: usize,
+    /// Chunks the last stretch of connections is opened in, for the kernel's figures.
+    pub kernel_chunks: usize,
+    /// Connection attempts in flight at once during the storm.
+    pub storm_in_flight: usize,
+    /// Storms per step; the fastest is reported.
+    pub storms: usize,
+    /// Rounds of the burst: one message on every connection at once, each round.
+    pub burst_rounds: usize,
 }
 
-/// Round trip with `conns` connections held (one of them the probe).
+/// One visit of a sweep point: round trips one after another on one connection.
 #[derive(Debug, Clone, Serialize)]
-pub struct SweepPoint {
-    pub conns: usize,
-    pub p50_us: f64,
-    pub p99_us: f64,
+pub struct Batch {
+    /// Sent first and not counted: the first ones pay for cold caches.
+    pub warmup: usize,
+    /// At most this many timed.
+    pub max: usize,
+    /// At least this many timed, however slow they are: enough for a steady median.
+    pub min: usize,
+    /// Past `min`, stop after this long (poll at 10 000 idle takes milliseconds each).
+    pub time: Duration,
+}
+
+/// The step, as the table and `report.json` name it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StepResult {
+    pub step: String,
+    pub bin: String,
+    pub protocol: String,
+    pub args: Vec<String>,
+    /// Why the step has no figures, if it has none.
+    pub error: Option<String>,
+    /// Problems met along the way, printed under the tables.
+    pub notes: Vec<String>,
+    pub conns: Conns,
+    /// What it costs in user space, `None` without a memory line.
+    pub memory: Option<UserMemory>,
+    /// What its connections cost in the kernel, `None` where unreadable or too few.
+    pub kernel: Option<KernelFigure>,
+    /// Echo probes on random connections at the end.
+    pub echo: EchoCounts,
+    /// CPU the step used over the whole run.
+    pub cpu_seconds: Option<f64>,
+    /// Round trip on one connection against connections held; the last point is at `held`.
+    pub sweep: Vec<SweepPoint>,
+    pub storm: Option<StormResult>,
+    pub burst: Option<BurstResult>,
+    pub wall_seconds: f64,
+}
+
+/// How many connections, from both sides.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Conns {
+    /// Connections the report asked for (after the step's cap).
+    pub asked: usize,
+    /// Connections open from loadgen's side when measured.
+    pub held: usize,
+    /// Connections whose one message came back while all were sent at once.
+    pub served: usize,
+    /// Connections the step says it holds, in its memory line.
+    pub server: Option<usize>,
+    /// Failed attempts by reason, e.g. `3 timed out`.
+    pub failures: String,
+}
+
+/// User-space memory: the step's line and /proc, read at the same moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserMemory {
+    /// (VmRSS − VmRSS just before the first connection) / the step's count, from /proc.
+    pub rss_per_conn_bytes: Option<u64>,
+    /// The resident sets from /proc and from the line agree (see [`agree`]).
+    pub rss_agree: Option<bool>,
+    /// VmRSS when the line arrived, `None` if the step had exited.
+    pub proc_rss_bytes: Option<u64>,
+    /// VmRSS once the step had settled, before the first connection.
+    pub proc_base_rss_bytes: u64,
+    pub threads: Option<usize>,
+    /// The step's own memory line.
+    pub line: MemoryLine,
+}
+
+/// Kernel memory per connection: growth of the socket caches and kernel stacks / held.
+/// Covers BOTH ends of each loopback connection (the step's socket and loadgen's).
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelFigure {
+    /// The median of `chunks_per_conn`.
+    pub per_conn_bytes: i64,
+    /// Each cache's share of the median chunk's growth, per connection.
+    pub by_cache: BTreeMap<String, i64>,
+    /// Growth per connection while each chunk of the last stretch opened, sorted.
+    pub chunks_per_conn: Vec<i64>,
 }
 
 /// Outcome counts of the echo probes.
@@ -60,53 +144,46 @@ pub struct EchoCounts {
     pub failed: usize,
 }
 
-/// One row of the report. `None` figures were not measured (the step failed, or the
-/// kernel's figures are unreadable).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct StepResult {
-    pub step: String,
-    pub bin: String,
-    pub protocol: String,
-    pub args: Vec<String>,
-    /// Why the step has no figures, if it has none.
-    pub error: Option<String>,
-    /// Problems met along the way, for the notes column.
-    pub notes: Vec<String>,
-    /// Connections the report asked for (after the step's cap).
-    pub asked: usize,
-    /// Connections open from loadgen's side when measured.
-    pub held: usize,
-    /// Connections whose one message came back while all were sent at once.
-    pub served: usize,
-    /// Connections the step says it holds, in its memory line.
-    pub server_conns: Option<usize>,
-    /// (VmRSS − VmRSS just before the first connection) / server_conns, /proc/PID/status.
-    pub rss_per_conn_proc: Option<u64>,
-    /// per_conn_bytes from the step's own memory line.
-    pub rss_per_conn_line: Option<u64>,
-    /// The resident sets from /proc and from the line, read together, within [`agree`]'s tolerance.
-    pub rss_agree: Option<bool>,
-    pub rss_bytes_proc: Option<u64>,
-    pub base_rss_bytes_proc: Option<u64>,
-    pub rss_bytes_line: Option<u64>,
-    pub base_rss_bytes_line: Option<u64>,
-    /// Growth of the socket caches and kernel stacks / held: covers BOTH ends of each
-    /// loopback connection (the step's socket and loadgen's), since both live in this kernel.
-    /// The median of [`StepResult::kernel_chunks_per_conn`].
-    pub kernel_per_conn: Option<i64>,
-    /// Each cache's share of the median chunk's growth, per connection.
-    pub kernel_growth_per_conn: BTreeMap<String, i64>,
-    /// Growth per connection while each chunk of the last stretch opened, sorted.
-    pub kernel_chunks_per_conn: Vec<i64>,
-    pub threads: Option<usize>,
-    pub cpu_seconds: Option<f64>,
-    /// Round trip on one connection with `held` connections open.
-    pub rtt_p50_us: Option<f64>,
-    pub rtt_p99_us: Option<f64>,
+impl From<&EchoStats> for EchoCounts {
+    fn from(stats: &EchoStats) -> EchoCounts {
+        EchoCounts {
+            ok: stats.ok,
+            lost: stats.lost,
+            mismatched: stats.mismatched,
+            failed: stats.failed,
+        }
+    }
+}
+
+/// Many clients arriving at once.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormResult {
+    /// Connections opened in the storm.
+    pub conns: usize,
+    pub conns_per_s: f64,
+    pub connect_p50_us: f64,
+    pub connect_p99_us: f64,
+    /// The step's CPU time over the storm / connections opened.
+    pub server_cpu_us_per_conn: Option<f64>,
+    /// Their first echoes.
     pub echo: EchoCounts,
-    pub connect_failures: String,
-    pub sweep: Vec<SweepPoint>,
-    pub wall_seconds: f64,
+}
+
+/// Every connection speaking at once, several rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct BurstResult {
+    /// Connections that each sent one message per round.
+    pub conns: usize,
+    pub rounds: usize,
+    pub msgs_per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    /// The step's CPU time over the burst / echoes back.
+    pub server_cpu_us_per_msg: Option<f64>,
+    /// (highest VmRSS during the burst − VmRSS before the first connection) / held.
+    pub peak_rss_per_conn_bytes: Option<u64>,
+    pub echo: EchoCounts,
 }
 
 impl StepResult {
@@ -122,6 +199,11 @@ impl StepResult {
             ..StepResult::default()
         }
     }
+
+    /// The round trip with every connection held: the sweep's last point.
+    pub fn idle_rtt(&self) -> Option<&SweepPoint> {
+        self.sweep.last()
+    }
 }
 
 /// Run one step through the whole plan. Never fails: a step that cannot be measured
@@ -135,8 +217,8 @@ pub async fn measure(
     let started = Instant::now();
     let mut result = StepResult::new(spec);
     let points = steps::points(spec, plan.conns);
-    result.asked = *points.last().expect("bug: there is always a last point");
-    bar.set_length(result.asked as u64);
+    result.conns.asked = *points.last().expect("bug: there is always a last point");
+    bar.set_length(result.conns.asked as u64);
 
     let bin = bin_dir.join(spec.bin);
     if !bin.exists() {
@@ -145,274 +227,439 @@ pub async fn measure(
     }
     bar.set_message("starting");
     KernelMemory::settle(Duration::from_secs(3));
-    let mut step = match StepProcess::start(&bin, spec.args) {
+    let step = match start(&bin, spec).await {
         Ok(step) => step,
         Err(err) => {
             result.error = Some(err);
             return result;
         }
     };
-    // Blocking: polls the child for up to 15 s. Nothing else runs on this thread meanwhile.
-    let addr = match step.wait_listening(Duration::from_secs(15)) {
-        Ok(addr) => addr,
-        Err(err) => {
-            result.error = Some(err);
-            return result;
-        }
-    };
-    // Our baseline: the step's resident set once it has settled, just before the first
-    // connection. The step's own baseline is taken right after bind, before it allocated
-    // whatever it allocates at start-up (a shared read buffer, a runtime's worker threads);
-    // its per-connection figure spreads that over the connections, ours does not.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let base = match procfs::status(step.pid()) {
-        Ok(status) => status,
-        Err(err) => {
-            result.error = Some(format!(
-                "cannot read /proc/{}/status: {err}{}",
-                step.pid(),
-                step.last_words()
-            ));
-            return result;
-        }
-    };
-    if let Err(err) = run(
+    let mut run = Run {
         spec,
         plan,
-        &points,
-        &mut step,
-        addr,
-        base.rss_bytes,
+        points: &points,
+        step,
         bar,
-        &mut result,
-    )
-    .await
-    {
+        sweep: BTreeMap::new(),
+    };
+    if let Err(err) = run.all(&mut result).await {
         result.error = Some(err);
     }
-    drop(step); // killed and reaped
+    result.sweep = run.sweep.into_values().filter_map(Visits::point).collect();
+    drop(run.step); // killed and reaped
     result.wall_seconds = started.elapsed().as_secs_f64();
     result
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; a struct for these would only move the list
-async fn run(
-    spec: &StepSpec,
-    plan: &Plan,
-    points: &[usize],
-    step: &mut StepProcess,
-    addr: std::net::SocketAddr,
-    base_rss_proc: u64,
-    bar: &ProgressBar,
-    result: &mut StepResult,
-) -> Result<(), String> {
-    let url = match spec.protocol {
-        Protocol::Tcp => format!("tcp://{addr}"),
-        Protocol::WebSocket => format!("ws://{addr}/"),
-    };
-    let mut opts = ConnectOptions::new(url.parse::<Target>()?);
-    opts.timeout = Duration::from_secs(5);
-    let mut pool = Pool::new(opts);
-    let mut served = EchoStats::default();
-    let top = *points.last().expect("bug: there is always a last point");
-    // Filled in when the top is reached.
-    let mut kernel = KernelChunks::default();
-    let mut last_connection_at = Instant::now();
+/// A step started, listening, and settled.
+struct Started {
+    process: StepProcess,
+    addr: SocketAddr,
+    /// Our baseline: the step's resident set once it has settled, just before the first
+    /// connection. The step's own baseline is taken right after bind, before it allocated
+    /// whatever it allocates at start-up (a shared read buffer, a runtime's worker threads);
+    /// its per-connection figure spreads that over the connections, ours does not.
+    base_rss: u64,
+}
 
-    for &point in points {
-        let is_top = point == top;
-        if is_top {
-            (kernel, last_connection_at) = open_top(&mut pool, point, plan, bar, &mut served).await;
-        } else {
-            open(&mut pool, point, plan, bar, &mut served).await;
+async fn start(bin: &Path, spec: &StepSpec) -> Result<Started, String> {
+    let mut process = StepProcess::start(bin, spec.args)?;
+    // Blocking: polls the child for up to 15 s. Nothing else runs on this thread meanwhile.
+    let addr = process.wait_listening(Duration::from_secs(15))?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base_rss = procfs::status(process.pid())
+        .map_err(|err| {
+            format!(
+                "cannot read /proc/{}/status: {err}{}",
+                process.pid(),
+                process.last_words()
+            )
+        })?
+        .rss_bytes;
+    Ok(Started {
+        process,
+        addr,
+        base_rss,
+    })
+}
+
+/// One step's measurement under way: what it needs, and the sweep's visits so far.
+struct Run<'a> {
+    spec: &'a StepSpec,
+    plan: &'a Plan,
+    /// Connection counts of the sweep, the last one the top.
+    points: &'a [usize],
+    step: Started,
+    bar: &'a ProgressBar,
+    /// Round trips by connection count, over every visit.
+    sweep: BTreeMap<usize, Visits>,
+}
+
+impl Run<'_> {
+    /// The whole plan: up the sweep (memory and kernel at the top), the burst, the storm,
+    /// then down and up the sweep again.
+    async fn all(&mut self, result: &mut StepResult) -> Result<(), String> {
+        let top = *self
+            .points
+            .last()
+            .expect("bug: there is always a last point");
+        let mut pool = self.pool()?;
+        let mut served = EchoStats::default();
+
+        // Up: open each stage, time round trips; the last stretch in chunks for the kernel.
+        let mut kernel = KernelChunks::default();
+        let mut last_connection_at = Instant::now();
+        for &point in self.points {
+            if point == top {
+                (kernel, last_connection_at) = self.open_top(&mut pool, point, &mut served).await;
+            } else {
+                self.open(&mut pool, point, &mut served).await;
+            }
+            if pool.is_empty() {
+                return Err(format!("no connection opened: {}", pool.failures.short()));
+            }
+            self.visit(&mut pool, point == top).await;
         }
-        if pool.is_empty() {
-            return Err(format!("no connection opened: {}", pool.failures.short()));
+        result.conns.held = pool.len();
+        result.conns.served = served.ok;
+        result.conns.failures = pool.failures.short();
+        if pool.failures.total() > 0 {
+            result.notes.push(format!(
+                "{} connects failed: {}",
+                pool.failures.total(),
+                pool.failures.short()
+            ));
         }
-        if spec.sweep || is_top {
-            bar.set_message(format!("round trips with {} held", pool.len()));
-            let stats = round_trips(&mut pool, plan).await;
-            match stats.summary() {
-                Some(summary) => {
-                    let point = SweepPoint {
-                        conns: pool.len(),
-                        p50_us: us(summary.p50),
-                        p99_us: us(summary.p99),
-                    };
-                    if is_top {
-                        result.rtt_p50_us = Some(point.p50_us);
-                        result.rtt_p99_us = Some(point.p99_us);
-                    }
-                    result.sweep.push(point);
+
+        self.bar.set_message("memory");
+        // The memory line for the full count was printed when the last connection arrived,
+        // before the round trips; it is in the samples already, or arrives within a period.
+        let sample = self.step.process.memory_line(
+            result.conns.held,
+            last_connection_at,
+            Duration::from_millis(2500),
+        );
+        fill_memory(result, sample, self.step.base_rss);
+        kernel.fill(result);
+
+        self.bar.set_message("echo probes");
+        let echo = pool
+            .probe(
+                Pick::Random,
+                self.plan.echo_probes,
+                self.plan.message_size,
+                self.plan.probe_deadline,
+            )
+            .await;
+        result.echo = EchoCounts::from(&echo);
+
+        if self.spec.busy {
+            result.burst = Some(self.burst(&mut pool).await);
+            // The storm, `plan.storms` times; the fastest stands (a busy machine only ever
+            // slows a storm down). Each time: reset every connection, wait until the step
+            // has seen them all go (its memory line says 0), so that its CPU time in the
+            // storm is the storm's alone; then let them all arrive again at once.
+            for _ in 0..self.plan.storms.max(1) {
+                let closed_at = Instant::now();
+                pool.close();
+                self.step
+                    .process
+                    .memory_line(0, closed_at, Duration::from_secs(3));
+                pool = self.pool()?;
+                let storm = self.storm(&mut pool, top).await;
+                if result
+                    .storm
+                    .as_ref()
+                    .is_none_or(|best| storm.conns_per_s > best.conns_per_s)
+                {
+                    result.storm = Some(storm);
                 }
-                None => result
-                    .notes
-                    .push(format!("no round trip at {} held ({stats})", pool.len())),
             }
         }
-    }
-    result.held = pool.len();
-    result.served = served.ok;
-    result.connect_failures = pool.failures.short();
-    if pool.failures.total() > 0 {
-        result.notes.push(format!(
-            "{} connects failed: {}",
-            pool.failures.total(),
-            pool.failures.short()
-        ));
-    }
 
-    bar.set_message("memory");
-    // The memory line for the full count was printed when the last connection arrived,
-    // before the round trips; it is in the samples already, or arrives within a period.
-    let sample = step.memory_line(result.held, last_connection_at, Duration::from_millis(2500));
-    fill_memory(result, sample, base_rss_proc);
-    kernel.fill(result);
-
-    bar.set_message("echo probes");
-    let echo = pool
-        .probe(
-            Pick::Random,
-            plan.echo_probes,
-            plan.message_size,
-            plan.probe_deadline,
-        )
-        .await;
-    result.echo = EchoCounts {
-        ok: echo.ok,
-        lost: echo.lost,
-        mismatched: echo.mismatched,
-        failed: echo.failed,
-    };
-
-    result.cpu_seconds = procfs::cpu_seconds(step.pid()).ok();
-    if !step.is_running() {
-        result.notes.push(format!(
-            "the step exited during the run{}",
-            step.last_words()
-        ));
-    }
-    // Reset every connection: no TIME_WAIT left to skew the next step's kernel figures.
-    pool.close();
-    Ok(())
-}
-
-/// Open the last stretch up to `top`, in chunks with a look at the kernel's figures around
-/// each, then the very last connection on its own. Returns the kernel's figures and when
-/// the last connection was asked for.
-///
-/// The kernel's figures are machine-wide, and other processes open and close sockets too:
-/// a burst from elsewhere spoils a chunk or two, and the median skips them. The last
-/// connection opens after the others' echoes, so the count changes once more and the step
-/// prints a memory line that includes what a connection costs after its first message (a
-/// WebSocket step allocates then).
-async fn open_top(
-    pool: &mut Pool,
-    top: usize,
-    plan: &Plan,
-    bar: &ProgressBar,
-    served: &mut EchoStats,
-) -> (KernelChunks, Instant) {
-    let from = pool.len();
-    let end = top.saturating_sub(1).max(from);
-    let mut kernel = KernelChunks {
-        // A handful of connections is lost in the noise of a whole machine's kernel (and in
-        // the slab allocator's per-CPU caches): no kernel figure for so few.
-        too_few: end - from < MIN_CONNS_FOR_KERNEL,
-        ..KernelChunks::default()
-    };
-    let chunks = if kernel.too_few { 1 } else { KERNEL_CHUNKS };
-    let mut before = KernelMemory::read().filter(|_| !kernel.too_few);
-    for k in 1..=chunks {
-        let added = open(pool, from + (end - from) * k / chunks, plan, bar, served).await;
-        let after = KernelMemory::read();
-        if let (Some(before), Some(after), 1..) = (&before, &after, added) {
-            kernel.add(before, after, added);
+        // Down and up again, timing round trips at each point on the way.
+        if self.spec.sweep {
+            for pass in 1..self.plan.sweep_passes {
+                let order: Vec<usize> = if pass % 2 == 1 {
+                    self.points.iter().rev().copied().collect()
+                } else {
+                    self.points.to_vec()
+                };
+                for point in order {
+                    if point < pool.len() {
+                        pool.shrink_to(point);
+                    } else {
+                        self.open(&mut pool, point, &mut served).await;
+                    }
+                    self.visit(&mut pool, point == top).await;
+                }
+            }
         }
-        before = after;
-    }
-    let last_connection_at = Instant::now();
-    open(pool, top, plan, bar, served).await;
-    (kernel, last_connection_at)
-}
 
-/// Kernel memory per connection, one figure per chunk of connections opened.
-#[derive(Debug, Default)]
-struct KernelChunks {
-    /// Growth per connection in total, and by cache.
-    kept: Vec<(i64, BTreeMap<String, i64>)>,
-    /// Chunks set aside because another process opened or closed sockets meanwhile.
-    spoiled: Vec<String>,
-    /// Too few connections to measure at all.
-    too_few: bool,
-}
-
-impl KernelChunks {
-    /// Count the chunk between two readings in which `added` connections opened, unless the
-    /// TCP cache says another process was at work too.
-    fn add(&mut self, before: &KernelMemory, after: &KernelMemory, added: usize) {
-        let new_sockets = after.tcp_sockets as i64 - before.tcp_sockets as i64;
-        if !two_sockets_each(new_sockets, added) {
-            self.spoiled.push(format!(
-                "{new_sockets} new TCP sockets for {added} connections"
+        result.cpu_seconds = procfs::cpu_time(self.step.process.pid())
+            .ok()
+            .map(|t| t.as_secs_f64());
+        if !self.step.process.is_running() {
+            result.notes.push(format!(
+                "the step exited during the run{}",
+                self.step.process.last_words()
             ));
+        }
+        // Reset every connection: no TIME_WAIT left to skew the next step's kernel figures.
+        pool.close();
+        Ok(())
+    }
+
+    fn pool(&self) -> Result<Pool, String> {
+        let addr = self.step.addr;
+        let url = match self.spec.protocol {
+            Protocol::Tcp => format!("tcp://{addr}"),
+            Protocol::WebSocket => format!("ws://{addr}/"),
+        };
+        let mut opts = ConnectOptions::new(url.parse::<Target>()?);
+        opts.timeout = Duration::from_secs(5);
+        Ok(Pool::new(opts))
+    }
+
+    /// The step's CPU time so far (zero if it has exited: the figure is then not used).
+    fn cpu(&self) -> Option<Duration> {
+        procfs::cpu_time(self.step.process.pid()).ok()
+    }
+
+    /// Open connections until `stage` are held, then send one message on each new one at
+    /// once (adding to `served`). Returns how many were opened.
+    async fn open(&self, pool: &mut Pool, stage: usize, served: &mut EchoStats) -> usize {
+        let from = pool.len();
+        if from >= stage {
+            return 0;
+        }
+        self.bar.set_message(format!("connecting {stage}"));
+        pool.grow_to(stage, Pace::default(), self.bar).await;
+        self.bar
+            .set_message(format!("one message on each of {}", pool.len() - from));
+        served.merge(
+            pool.echo_each(from, self.plan.message_size, self.plan.served_deadline)
+                .await,
+        );
+        pool.len() - from
+    }
+
+    /// Open the last stretch up to `top`, in chunks with a look at the kernel's figures
+    /// around each, then the very last connection on its own. Returns the kernel's figures
+    /// and when the last connection was asked for.
+    ///
+    /// The kernel's figures are machine-wide, and other processes open and close sockets
+    /// too: a burst from elsewhere spoils a chunk or two, and the median skips them. The
+    /// last connection opens after the others' echoes, so the count changes once more and
+    /// the step prints a memory line that includes what a connection costs after its first
+    /// message (a WebSocket step allocates then).
+    async fn open_top(
+        &self,
+        pool: &mut Pool,
+        top: usize,
+        served: &mut EchoStats,
+    ) -> (KernelChunks, Instant) {
+        let from = pool.len();
+        let end = top.saturating_sub(1).max(from);
+        let mut kernel = KernelChunks {
+            // A handful of connections is lost in the noise of a whole machine's kernel (and
+            // in the slab allocator's per-CPU caches): no kernel figure for so few.
+            too_few: end - from < MIN_CONNS_FOR_KERNEL,
+            ..KernelChunks::default()
+        };
+        let chunks = if kernel.too_few {
+            1
+        } else {
+            self.plan.kernel_chunks.max(1)
+        };
+        let mut before = KernelMemory::read().filter(|_| !kernel.too_few);
+        for k in 1..=chunks {
+            let added = self
+                .open(pool, from + (end - from) * k / chunks, served)
+                .await;
+            let after = KernelMemory::read();
+            if let (Some(before), Some(after), 1..) = (&before, &after, added) {
+                kernel.add(before, after, added);
+            }
+            before = after;
+        }
+        let last_connection_at = Instant::now();
+        self.open(pool, top, served).await;
+        (kernel, last_connection_at)
+    }
+
+    /// One visit of a sweep point: a warm-up, then round trips one after another on the
+    /// first connection (the one open longest), with the step's CPU time read around them.
+    /// Only the top is visited when the step is not swept.
+    async fn visit(&mut self, pool: &mut Pool, is_top: bool) {
+        if !(self.spec.sweep || is_top) {
             return;
         }
-        let (growth, total) = before.growth(after);
-        let per_conn = growth
-            .into_iter()
-            .map(|(cache, bytes)| (cache, bytes / added as i64))
-            .collect();
-        self.kept.push((total / added as i64, per_conn));
+        const CHUNK: usize = 50;
+        let held = pool.len();
+        let batch = &self.plan.batch;
+        let (size, deadline) = (self.plan.message_size, self.plan.probe_deadline);
+        self.bar
+            .set_message(format!("round trips with {held} held"));
+        pool.probe(Pick::Conn(0), batch.warmup, size, deadline)
+            .await;
+        let (started, cpu_before) = (Instant::now(), self.cpu());
+        let mut stats = EchoStats::default();
+        while stats.sent() < batch.max
+            && (stats.sent() < batch.min || started.elapsed() < batch.time)
+        {
+            let chunk = pool.probe(Pick::Conn(0), CHUNK, size, deadline).await;
+            let complete = chunk.sent() == CHUNK;
+            stats.merge(chunk);
+            if !complete {
+                break; // the probe connection lost an echo: it is not probed again
+            }
+        }
+        let cpu = per_each(cpu_before, self.cpu(), stats.ok);
+        self.sweep
+            .entry(held)
+            .or_insert_with(|| Visits::new(held))
+            .add(stats.finish(), cpu);
     }
 
-    /// The median chunk becomes the step's kernel figure; what was set aside goes in the notes.
-    fn fill(mut self, result: &mut StepResult) {
-        self.kept.sort_by_key(|(per_conn, _)| *per_conn);
-        result.kernel_chunks_per_conn = self.kept.iter().map(|(per_conn, _)| *per_conn).collect();
-        if !self.spoiled.is_empty() {
-            result.notes.push(format!(
-                "kernel: {} of {} chunks set aside, the TCP cache did not grow by two sockets per \
-                 connection (new sockets for connections: {}): another process was at work too",
-                self.spoiled.len(),
-                self.spoiled.len() + self.kept.len(),
-                self.spoiled.join(", ")
-            ));
+    /// Every connection sends one message at the same moment, several rounds, while a
+    /// thread samples the step's resident set for its peak.
+    async fn burst(&self, pool: &mut Pool) -> BurstResult {
+        self.bar
+            .set_message(format!("burst: {} rounds", self.plan.burst_rounds));
+        let conns = pool.usable();
+        let peak = PeakRss::watch(self.step.process.pid());
+        let cpu_before = self.cpu();
+        let burst = pool
+            .burst(
+                self.plan.burst_rounds,
+                self.plan.message_size,
+                self.plan.served_deadline,
+            )
+            .await;
+        let cpu = per_each(cpu_before, self.cpu(), burst.echo.ok);
+        let peak_rss = peak.stop();
+        let summary = burst.echo.summary();
+        let us_of = |pick: fn(&loadgen::RttSummary) -> Duration| {
+            summary.as_ref().map_or(0.0, |s| us(pick(s)))
+        };
+        BurstResult {
+            conns,
+            rounds: burst.rounds,
+            msgs_per_s: burst.msgs_per_s(),
+            p50_us: us_of(|s| s.p50),
+            p99_us: us_of(|s| s.p99),
+            max_us: us_of(|s| s.max),
+            server_cpu_us_per_msg: cpu,
+            peak_rss_per_conn_bytes: (conns > 0 && peak_rss > 0)
+                .then(|| peak_rss.saturating_sub(self.step.base_rss) / pool.len() as u64),
+            echo: EchoCounts::from(&burst.echo),
         }
-        if self.too_few {
-            result.notes.push(format!(
-                "kernel memory not shown: {} connections are too few to measure",
-                result.held
-            ));
+    }
+
+    /// `conns` connections opened as fast as loadgen can, each with one echo.
+    async fn storm(&self, pool: &mut Pool, conns: usize) -> StormResult {
+        self.bar.set_message(format!("storm: {conns} at once"));
+        let cpu_before = self.cpu();
+        let storm = pool
+            .storm(
+                conns,
+                self.plan.storm_in_flight,
+                self.plan.message_size,
+                self.plan.served_deadline,
+            )
+            .await;
+        let connect = storm.connect_summary();
+        StormResult {
+            conns: storm.opened,
+            conns_per_s: storm.conns_per_s(),
+            connect_p50_us: connect.map_or(0.0, |s| us(s.p50)),
+            connect_p99_us: connect.map_or(0.0, |s| us(s.p99)),
+            server_cpu_us_per_conn: per_each(cpu_before, self.cpu(), storm.opened),
+            echo: EchoCounts::from(&storm.echo),
         }
-        if let Some((median, breakdown)) = self.kept.get(self.kept.len() / 2) {
-            result.kernel_per_conn = Some(*median);
-            result.kernel_growth_per_conn = breakdown.clone();
-        } // else: unreadable (n/a), too few, or every chunk set aside (noted above)
+    }
+}
+
+/// CPU time between two readings, in µs per unit of work; `None` if either reading failed
+/// or there was no work.
+fn per_each(before: Option<Duration>, after: Option<Duration>, work: usize) -> Option<f64> {
+    let (before, after) = (before?, after?);
+    (work > 0).then(|| us(after.saturating_sub(before)) / work as f64)
+}
+
+/// A thread that reads a process's VmRSS every millisecond and keeps the highest.
+struct PeakRss {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PeakRss {
+    fn watch(pid: u32) -> PeakRss {
+        let (stop, peak) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (stopped, highest) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            // Bounded by the caller's stop, which always follows the burst.
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok(status) = procfs::status(pid) {
+                    highest.fetch_max(status.rss_bytes, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        PeakRss { stop, peak, thread }
+    }
+
+    /// Stop watching; the highest resident set seen (0 if none was read).
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.peak.load(Ordering::Relaxed)
     }
 }
 
 /// The step's memory line and /proc's figures read with it, side by side.
 fn fill_memory(result: &mut StepResult, sample: Option<Sample>, base_rss_proc: u64) {
-    let Some(sample) = sample else {
+    let Some(Sample { line, proc, .. }) = sample else {
         result.notes.push("no memory line from the step".into());
         return;
     };
-    let line = &sample.line;
-    result.server_conns = Some(line.conns);
-    result.rss_per_conn_line = Some(line.per_conn_bytes);
-    result.rss_bytes_line = Some(line.rss_bytes);
-    result.base_rss_bytes_line = Some(line.base_rss_bytes);
-    result.base_rss_bytes_proc = Some(base_rss_proc);
-    if let Some(proc) = sample.proc {
-        result.rss_bytes_proc = Some(proc.rss_bytes);
-        result.threads = Some(proc.threads);
+    result.conns.server = Some(line.conns);
+    let held = result.conns.held;
+    if line.conns < held {
+        result.notes.push(format!(
+            "the step holds {}: {} more wait in its listen backlog, connected but not accepted",
+            line.conns,
+            held - line.conns
+        ));
+    } else if line.conns > held {
+        result.notes.push(format!(
+            "the step counts {} connections; loadgen holds {held}",
+            line.conns
+        ));
+    }
+    let mut memory = UserMemory {
+        rss_per_conn_bytes: None,
+        rss_agree: None,
+        proc_rss_bytes: None,
+        proc_base_rss_bytes: base_rss_proc,
+        threads: None,
+        line,
+    };
+    if let Some(proc) = proc {
+        let line = &memory.line;
+        memory.proc_rss_bytes = Some(proc.rss_bytes);
+        memory.threads = Some(proc.threads);
         if line.conns > 0 {
-            result.rss_per_conn_proc =
+            memory.rss_per_conn_bytes =
                 Some(proc.rss_bytes.saturating_sub(base_rss_proc) / line.conns as u64);
         }
         let agreed = agree(proc.rss_bytes, line.rss_bytes);
-        result.rss_agree = Some(agreed);
+        memory.rss_agree = Some(agreed);
         if !agreed {
             result.notes.push(format!(
                 "RSS disagrees: /proc says {}, the step's line {}, read at the same moment",
@@ -427,78 +674,10 @@ fn fill_memory(result: &mut StepResult, sample: Option<Sample>, base_rss_proc: u
             ));
         }
     }
-    if line.conns < result.held {
-        result.notes.push(format!(
-            "the step holds {}: {} more wait in its listen backlog, connected but not accepted",
-            line.conns,
-            result.held - line.conns
-        ));
-    } else if line.conns > result.held {
-        result.notes.push(format!(
-            "the step counts {} connections; loadgen holds {}",
-            line.conns, result.held
-        ));
-    }
+    result.memory = Some(memory);
 }
 
-/// Open connections until `stage` are held, then send one message on each new one at once
-/// (adding to `served`). Returns how many were opened.
-async fn open(
-    pool: &mut Pool,
-    stage: usize,
-    plan: &Plan,
-    bar: &ProgressBar,
-    served: &mut EchoStats,
-) -> usize {
-    let from = pool.len();
-    if from >= stage {
-        return 0;
-    }
-    bar.set_message(format!("connecting {stage}"));
-    pool.grow_to(stage, Pace::default(), bar).await;
-    bar.set_message(format!("one message on each of {}", pool.len() - from));
-    served.merge(
-        pool.echo_each(from, plan.message_size, plan.served_deadline)
-            .await,
-    );
-    pool.len() - from
-}
-
-/// Whether `new_sockets` TCP sockets are what `conns` new loopback connections make: two
-/// each (loadgen's end and the step's), give or take 5% or [`SLAB_SLACK`].
-fn two_sockets_each(new_sockets: i64, conns: usize) -> bool {
-    let expected = 2 * conns as i64;
-    (new_sockets - expected).abs() <= (expected / 20).max(SLAB_SLACK)
-}
-
-/// How far slabinfo's count of objects in use may be off: it counts the slabs each CPU
-/// keeps at hand as wholly in use (13 TCP sockets a slab, and up to 24 objects in partial
-/// slabs per CPU here: /sys/kernel/slab/TCP/cpu_partial).
-const SLAB_SLACK: i64 = 80;
-
-/// Warm-up, then timed round trips on the first connection (the one open longest):
-/// `plan.probes` of them, or fewer when they are slow (poll with 10 000 idle connections
-/// takes milliseconds each): at least [`MIN_PROBES`], then only while within `plan.probe_time`.
-async fn round_trips(pool: &mut Pool, plan: &Plan) -> EchoStats {
-    const BATCH: usize = 50;
-    let (size, deadline) = (plan.message_size, plan.probe_deadline);
-    pool.probe(Pick::Conn(0), plan.warmup, size, deadline).await;
-    let started = Instant::now();
-    let mut stats = EchoStats::default();
-    while stats.sent() < plan.probes
-        && (stats.sent() < MIN_PROBES || started.elapsed() < plan.probe_time)
-    {
-        let batch = pool.probe(Pick::Conn(0), BATCH, size, deadline).await;
-        let complete = batch.sent() == BATCH;
-        stats.merge(batch);
-        if !complete {
-            break; // the probe connection lost an echo: it is not probed again
-        }
-    }
-    stats.finish()
-}
-
-fn us(d: Duration) -> f64 {
+pub fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
@@ -513,23 +692,6 @@ pub fn agree(rss_proc: u64, rss_line: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A measurement counts only if the kernel gained about two TCP sockets per new connection.
-    #[test]
-    fn a_chunk_counts_only_if_it_made_two_sockets_per_connection() {
-        assert!(two_sockets_each(2000, 1000));
-        assert!(two_sockets_each(2040, 1000), "a few strays are within 5%");
-        assert!(
-            !two_sockets_each(2400, 1000),
-            "someone else opened 400 sockets"
-        );
-        assert!(!two_sockets_each(-500, 1000), "someone else closed sockets");
-        assert!(two_sockets_each(9, 5));
-        assert!(
-            two_sockets_each(338, 199),
-            "slabinfo's count is off by a few slabs"
-        );
-    }
 
     /// The RSS from /proc and the step's own line agree within a few pages or 2%, not megabytes.
     #[test]

@@ -1,17 +1,18 @@
-//! The report in words: Markdown tables for the terminal (and a README), JSON for tools.
+//! The report in words: three narrow Markdown tables (memory, latency, busy) for the
+//! terminal and a README, the notes under them, and the footnotes, written from the same
+//! [`Plan`] the measurement followed; JSON for tools.
 
 use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::measure::StepResult;
+use crate::measure::{MIN_CONNS_FOR_KERNEL, Plan, StepResult};
 use crate::procfs::SOCKET_CACHES;
+use crate::sweep::{SweepPoint, WIDE_SPREAD, WIDE_SPREAD_FLOOR_US};
 
 /// Everything `report.json` holds.
 #[derive(Debug, Serialize)]
 pub struct Report {
-    /// Connections asked of each step (before its cap).
-    pub conns: usize,
     pub quick: bool,
     /// `release` or `debug`: the profile the steps were built with.
     pub profile: String,
@@ -21,126 +22,404 @@ pub struct Report {
     /// The slab caches summed into the kernel figure.
     pub socket_caches: Vec<String>,
     pub wall_seconds: f64,
+    /// What every step was put through.
+    pub plan: Plan,
     pub steps: Vec<StepResult>,
+    /// The tables as printed: the figures a README or slide may quote.
+    pub tables: String,
 }
 
-/// The main table and the sweep table, with a few lines saying how each figure was measured.
-pub fn markdown(report: &Report) -> String {
+/// Steps whose every idle connection costs each wake-up: their sweep must rise.
+pub type Scans<'a> = &'a dyn Fn(&str) -> bool;
+
+/// The three tables, the notes, and a few lines saying how each figure was measured.
+pub fn markdown(report: &Report, scans: Scans) -> String {
     let mut out = String::new();
-    out.push_str(
-        "| step | held | served at once | RSS / conn (/proc) | RSS / conn (step's line) \
-         | kernel / conn (both ends) | threads | CPU s | round trip p50 | p99 | echo ok / lost / bad | notes |\n",
-    );
-    out.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|---|\n");
-    for r in &report.steps {
-        if let Some(err) = &r.error {
-            writeln!(
-                out,
-                "| {} | – | – | – | – | – | – | – | – | – | – | not measured: {} |",
-                r.step,
-                cell(err)
-            )
-            .expect("bug: writing to a String cannot fail");
-            continue;
-        }
-        let bytes = |b: Option<u64>| b.map_or("–".to_string(), common::format_bytes);
-        let kernel = match r.kernel_per_conn {
-            Some(k) if k < 0 => format!("−{}", common::format_bytes(k.unsigned_abs())),
-            Some(k) => common::format_bytes(k as u64),
-            None if report.kernel_readable => "–".to_string(),
-            None => "n/a".to_string(),
-        };
-        let line_figure = match (r.rss_per_conn_line, r.rss_agree) {
-            (Some(b), Some(false)) => format!("{} ⚠", common::format_bytes(b)),
-            (b, _) => bytes(b),
-        };
-        writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} |",
-            r.step,
-            r.held,
-            r.served,
-            bytes(r.rss_per_conn_proc),
-            line_figure,
-            kernel,
-            r.threads.map_or("–".to_string(), |t| t.to_string()),
-            r.cpu_seconds.map_or("–".to_string(), |s| format!("{s:.2}")),
-            r.rtt_p50_us.map_or("–".to_string(), micros),
-            r.rtt_p99_us.map_or("–".to_string(), micros),
-            r.echo.ok,
-            r.echo.lost,
-            r.echo.mismatched + r.echo.failed,
-            cell(&r.notes.join("; ")),
-        )
-        .expect("bug: writing to a String cannot fail");
-    }
-
-    let swept: Vec<&StepResult> = report.steps.iter().filter(|r| r.sweep.len() > 2).collect();
-    if !swept.is_empty() {
-        let mut columns: Vec<usize> = swept
-            .iter()
-            .flat_map(|r| r.sweep.iter().map(|p| p.conns))
-            .collect();
-        columns.sort_unstable();
-        columns.dedup();
-        out.push_str("\n| round trip p50 with N connections held |");
-        for n in &columns {
-            write!(out, " {n} |").expect("bug: writing to a String cannot fail");
-        }
-        out.push_str("\n|---|");
-        out.push_str(&"--:|".repeat(columns.len()));
-        out.push('\n');
-        for r in swept {
-            write!(out, "| {} |", r.step).expect("bug: writing to a String cannot fail");
-            for n in &columns {
-                let at = r.sweep.iter().find(|p| p.conns == *n);
-                write!(
-                    out,
-                    " {} |",
-                    at.map_or("–".to_string(), |p| micros(p.p50_us))
-                )
-                .expect("bug: writing to a String cannot fail");
-            }
-            out.push('\n');
-        }
-    }
-
-    write!(
-        out,
-        "\nN = {} connections per step (capped per step: blocking holds a handful, select stays under \
-         FD_SETSIZE), {} build, {} cores, {:.0} s.\n\
-         *served at once*: connections whose one message came back when all were sent together.\n\
-         *RSS / conn (/proc)*: (VmRSS when the step printed its memory line − VmRSS once it had \
-         settled, before the first connection) ÷ the step's own connection count. *(step's line)*: \
-         the step's own figure, whose baseline is taken right after bind, so it also spreads what \
-         the step allocates at start-up (a shared buffer, worker threads) over the connections; \
-         the two meet as N grows. ⚠: the resident sets behind them, read at the same moment, \
-         disagree by more than 2%.\n\
-         *kernel / conn*: growth of the socket slab caches ({}) and of kernel stacks (/proc/meminfo) \
-         per connection opened: the median over 5 chunks of the last stretch, leaving out any chunk \
-         in which the TCP cache did not grow by two sockets per connection (another process was at \
-         work: these figures are machine-wide). It covers both ends of each loopback connection \
-         (the step's socket and loadgen's); the server's share is about half, plus its threads' \
-         kernel stacks. {}\n\
-         *round trip*: a 64-byte echo on one connection while the others sit idle: the median \
-         of up to 1000, one after another (at least 200, then at most 2 s).\n",
-        report.conns,
-        report.profile,
-        report.cores,
-        report.wall_seconds,
-        SOCKET_CACHES.join(", "),
-        if report.kernel_readable { "" } else { "n/a: /proc/slabinfo needs root." },
-    )
-    .expect("bug: writing to a String cannot fail");
+    out.push_str(&memory_table(report));
+    out.push('\n');
+    out.push_str(&latency_table(&report.steps));
+    out.push('\n');
+    out.push_str(&busy_table(&report.steps));
+    out.push_str(&notes(&report.steps, scans));
+    out.push_str(&footnotes(report));
     out
 }
 
-/// `87 µs`, `1.42 ms`.
-pub fn micros(us: f64) -> String {
-    loadgen::micros(std::time::Duration::from_secs_f64(us / 1e6))
+/// Rows of cells as a Markdown table; the first column left-aligned, the rest right.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+    out.push_str(&line(
+        &header.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+    ));
+    out.push_str(&format!("|---|{}\n", "--:|".repeat(header.len() - 1)));
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
 }
 
-/// Text made safe for a table cell.
-fn cell(text: &str) -> String {
-    text.replace('|', "\\|").replace('\n', " ")
+/// A row for a step that has no figures: its name, then dashes.
+fn unmeasured(r: &StepResult, width: usize) -> Vec<String> {
+    let mut row = vec![r.step.clone()];
+    row.extend((1..width).map(|_| DASH.to_string()));
+    row
+}
+
+const DASH: &str = "–";
+
+fn or_dash<T>(value: Option<T>, show: impl Fn(T) -> String) -> String {
+    value.map_or(DASH.to_string(), show)
+}
+
+/// Memory: what a connection costs in user space and in the kernel, and the threads.
+pub fn memory_table(report: &Report) -> String {
+    const HEADER: [&str; 7] = [
+        "memory",
+        "held",
+        "served",
+        "user / conn",
+        "kernel / conn",
+        "threads",
+        "CPU s",
+    ];
+    let rows: Vec<Vec<String>> = report
+        .steps
+        .iter()
+        .map(|r| {
+            if r.error.is_some() {
+                return unmeasured(r, HEADER.len());
+            }
+            let memory = r.memory.as_ref();
+            let user = or_dash(memory.and_then(|m| m.rss_per_conn_bytes), |b| {
+                let flag = if memory.and_then(|m| m.rss_agree) == Some(false) {
+                    " ⚠"
+                } else {
+                    ""
+                };
+                format!("{}{flag}", common::format_bytes(b))
+            });
+            let kernel = match &r.kernel {
+                Some(k) => signed_bytes(k.per_conn_bytes),
+                None if report.kernel_readable => DASH.to_string(),
+                None => "n/a".to_string(),
+            };
+            vec![
+                r.step.clone(),
+                r.conns.held.to_string(),
+                r.conns.served.to_string(),
+                user,
+                kernel,
+                or_dash(memory.and_then(|m| m.threads), |t| t.to_string()),
+                or_dash(r.cpu_seconds, |s| format!("{s:.2}")),
+            ]
+        })
+        .collect();
+    table(&HEADER, &rows)
+}
+
+/// Latency: the round trip on one connection as idle connections pile up, and what each
+/// echo costs the step in CPU at the first and last point.
+pub fn latency_table(steps: &[StepResult]) -> String {
+    const HEADER: [&str; 8] = [
+        "round trip p50",
+        "1 held",
+        "N/10",
+        "N/2",
+        "N",
+        "p99 at N",
+        "CPU / echo, 1",
+        "N",
+    ];
+    let rows: Vec<Vec<String>> = steps
+        .iter()
+        .map(|r| {
+            if r.error.is_some() || r.sweep.is_empty() {
+                return unmeasured(r, HEADER.len());
+            }
+            // 1, N/10, N/2, N: a step that is not swept has only the first and the last.
+            let sweep = &r.sweep;
+            let last = sweep.last().expect("bug: the sweep is not empty");
+            let alone = sweep.first().filter(|p| p.conns == 1 && sweep.len() > 1);
+            let (tenth, half) = match sweep.len() {
+                4 => (sweep.get(1), sweep.get(2)),
+                _ => (None, None),
+            };
+            let mut row = vec![r.step.clone()];
+            row.extend([alone, tenth, half, Some(last)].map(|p| or_dash(p, p50_cell)));
+            row.push(micros(last.p99_us));
+            row.push(or_dash(
+                alone.and_then(|p| p.server_cpu_us_per_echo),
+                cpu_us,
+            ));
+            row.push(or_dash(last.server_cpu_us_per_echo, cpu_us));
+            row
+        })
+        .collect();
+    table(&HEADER, &rows)
+}
+
+/// Busy: a storm of new connections, then a burst of messages on all of them at once.
+pub fn busy_table(steps: &[StepResult]) -> String {
+    const HEADER: [&str; 9] = [
+        "busy",
+        "storm",
+        "connect p99",
+        "CPU / conn",
+        "burst",
+        "p99",
+        "CPU / msg",
+        "peak / conn",
+        "idle",
+    ];
+    let rows: Vec<Vec<String>> = steps
+        .iter()
+        .map(|r| {
+            if r.error.is_some() {
+                return unmeasured(r, HEADER.len());
+            }
+            let mut row = vec![r.step.clone()];
+            match &r.storm {
+                Some(s) => row.extend([
+                    rate(s.conns_per_s),
+                    micros(s.connect_p99_us),
+                    or_dash(s.server_cpu_us_per_conn, cpu_us),
+                ]),
+                None => row.extend((0..3).map(|_| DASH.to_string())),
+            }
+            match &r.burst {
+                Some(b) => row.extend([
+                    rate(b.msgs_per_s),
+                    micros(b.p99_us),
+                    or_dash(b.server_cpu_us_per_msg, cpu_us),
+                    or_dash(b.peak_rss_per_conn_bytes, common::format_bytes),
+                ]),
+                None => row.extend((0..4).map(|_| DASH.to_string())),
+            }
+            row.push(or_dash(
+                r.memory.as_ref().and_then(|m| m.rss_per_conn_bytes),
+                common::format_bytes,
+            ));
+            row
+        })
+        .collect();
+    table(&HEADER, &rows)
+}
+
+/// What went wrong or looks odd, one line per step and problem.
+fn notes(steps: &[StepResult], scans: Scans) -> String {
+    let mut out = String::new();
+    for r in steps {
+        let mut notes: Vec<String> = Vec::new();
+        if let Some(err) = &r.error {
+            notes.push(format!("not measured: {err}"));
+        }
+        notes.extend(r.notes.iter().cloned());
+        if r.sweep.iter().any(SweepPoint::spread_too_wide) {
+            notes.push(format!(
+                "⚠ wide: no two of the round trip's visits agree within {:.0}% (and \
+                 {WIDE_SPREAD_FLOOR_US} µs) at some point (the machine was busy): {}",
+                WIDE_SPREAD * 100.0,
+                r.sweep
+                    .iter()
+                    .filter(|p| p.spread_too_wide())
+                    .map(|p| format!("{} held: {}", p.conns, list_us(&p.visits_p50_us)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+        if scans(&r.step) && r.sweep.len() > 2 && !rises(&r.sweep) {
+            notes.push(format!(
+                "⚠ the round trip should rise with every idle connection here, and did not \
+                 at every point: {}",
+                list_us(&r.sweep.iter().map(|p| p.p50_us).collect::<Vec<_>>())
+            ));
+        }
+        for lost in [
+            r.storm.as_ref().map(|s| ("storm", &s.echo)),
+            r.burst.as_ref().map(|b| ("burst", &b.echo)),
+            Some(("echo probes", &r.echo)),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|(_, e)| e.lost + e.mismatched + e.failed > 0)
+        {
+            let (what, e) = lost;
+            notes.push(format!(
+                "{what}: {} ok, {} lost, {} mismatched, {} failed",
+                e.ok, e.lost, e.mismatched, e.failed
+            ));
+        }
+        for note in notes {
+            writeln!(out, "- {}: {}", r.step, note.replace('\n', " "))
+                .expect("bug: writing to a String cannot fail");
+        }
+    }
+    if out.is_empty() {
+        out
+    } else {
+        format!("\nNotes:\n\n{out}")
+    }
+}
+
+/// Whether the round trip's median rose from each point to the next.
+pub fn rises(sweep: &[SweepPoint]) -> bool {
+    sweep.windows(2).all(|w| w[1].p50_us > w[0].p50_us)
+}
+
+/// How each figure was measured, from the plan the measurement followed.
+fn footnotes(report: &Report) -> String {
+    let plan = &report.plan;
+    let batch = &plan.batch;
+    let secs = |d: std::time::Duration| format!("{} s", d.as_secs_f64());
+    format!(
+        "\nN = {conns} connections per step (capped per step: blocking holds a handful, select \
+         stays under FD_SETSIZE), {profile} build, {cores} cores, {wall:.0} s.\n\
+         *served*: connections whose one {size}-byte message came back within {served} when all \
+         were sent together.\n\
+         *user / conn*: (VmRSS when the step printed its memory line − VmRSS once it had \
+         settled, before the first connection) ÷ the step's own connection count; ⚠: the step's \
+         own line and /proc, read at the same moment, disagree by more than 2%.\n\
+         *kernel / conn*: growth of the socket slab caches ({caches}) and of kernel stacks \
+         (/proc/meminfo) per connection opened: the median over {chunks} chunks of the last \
+         stretch (none under {min_kernel} connections), leaving out any chunk in which the TCP \
+         cache did not grow by about two sockets per connection (another process was at work: \
+         these figures are machine-wide). Both ends of each loopback connection: the step's \
+         share is about half, plus its threads' kernel stacks. {readable}\n\
+         *round trip*: a {size}-byte echo on one connection while the others sit idle: each \
+         point visited {passes} times (up, down, up…), each visit {min} to {max} round trips \
+         one after another (past {min}, at most {time}) after {warmup} not counted; the median \
+         of the visits' medians, ⚠ wide when no two of them agree within {wide:.0}% (and \
+         {floor} µs). *CPU / echo*: \
+         the step's CPU time (its process CPU clock, to the nanosecond) over a visit ÷ its echoes.\n\
+         *storm*: N connections opened as fast as loadgen can ({in_flight} attempts in flight), \
+         each with its {size}-byte echo (WebSocket: upgrade too), the fastest of {storms}: \
+         connections per second, time to connect, the step's CPU per connection. *burst*: one {size}-byte message on every \
+         connection at once, {rounds} rounds: messages per second, round trips, the step's CPU \
+         per message, and its highest resident set meanwhile per connection beside the idle one.\n",
+        conns = plan.conns,
+        profile = report.profile,
+        cores = report.cores,
+        wall = report.wall_seconds,
+        size = plan.message_size,
+        served = secs(plan.served_deadline),
+        caches = SOCKET_CACHES.join(", "),
+        chunks = plan.kernel_chunks,
+        min_kernel = MIN_CONNS_FOR_KERNEL,
+        readable = if report.kernel_readable {
+            ""
+        } else {
+            "n/a: /proc/slabinfo needs root."
+        },
+        passes = plan.sweep_passes,
+        min = batch.min,
+        max = batch.max,
+        time = secs(batch.time),
+        warmup = batch.warmup,
+        wide = WIDE_SPREAD * 100.0,
+        floor = WIDE_SPREAD_FLOOR_US,
+        in_flight = plan.storm_in_flight,
+        storms = plan.storms,
+        rounds = plan.burst_rounds,
+    )
+}
+
+/// `87 µs`, `1.42 ms`, `18.5 ms`: three figures at most, so the tables stay narrow.
+pub fn micros(us: f64) -> String {
+    match us {
+        ..1000.0 => format!("{us:.0} µs"),
+        ..10_000.0 => format!("{:.2} ms", us / 1000.0),
+        ..100_000.0 => format!("{:.1} ms", us / 1000.0),
+        _ => format!("{:.0} ms", us / 1000.0),
+    }
+}
+
+/// A sweep point's median, or a flag when its visits disagree too much to quote it.
+fn p50_cell(point: &SweepPoint) -> String {
+    if point.spread_too_wide() {
+        "⚠ wide".to_string()
+    } else {
+        micros(point.p50_us)
+    }
+}
+
+/// CPU per unit of work: `3.25 µs`, `42.1 µs`, `310 µs` (small figures need their decimals).
+pub fn cpu_us(us: f64) -> String {
+    match us {
+        ..10.0 => format!("{us:.2} µs"),
+        ..100.0 => format!("{us:.1} µs"),
+        _ => micros(us),
+    }
+}
+
+/// `850/s`, `12.3k/s`.
+pub fn rate(per_s: f64) -> String {
+    if per_s < 1000.0 {
+        format!("{per_s:.0}/s")
+    } else {
+        format!("{:.1}k/s", per_s / 1000.0)
+    }
+}
+
+/// `7.5 KiB`, or `−1.2 KiB` when the kernel's figure shrank (another process freed more).
+pub fn signed_bytes(bytes: i64) -> String {
+    match bytes {
+        0.. => common::format_bytes(bytes as u64),
+        _ => format!("−{}", common::format_bytes(bytes.unsigned_abs())),
+    }
+}
+
+fn list_us(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| micros(*v))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(conns: usize, p50_us: f64) -> SweepPoint {
+        SweepPoint {
+            conns,
+            p50_us,
+            spread_us: 0.0,
+            p99_us: p50_us,
+            server_cpu_us_per_echo: None,
+            visits_p50_us: vec![p50_us],
+        }
+    }
+
+    /// A sweep rises only if every point is above the one before.
+    #[test]
+    fn a_sweep_rises_only_if_every_point_is_higher() {
+        assert!(rises(&[
+            point(1, 30.0),
+            point(100, 40.0),
+            point(1000, 300.0)
+        ]));
+        assert!(!rises(&[
+            point(1, 30.0),
+            point(100, 40.0),
+            point(1000, 35.0)
+        ]));
+        assert!(!rises(&[point(1, 30.0), point(100, 30.0)]));
+    }
+
+    /// Figures read at a glance: CPU keeps its decimals, rates are per second.
+    #[test]
+    fn figures_print_in_the_unit_that_reads_best() {
+        assert_eq!(micros(87.4), "87 µs");
+        assert_eq!(micros(1420.0), "1.42 ms");
+        assert_eq!(micros(18_484.0), "18.5 ms");
+        assert_eq!(micros(123_456.0), "123 ms");
+        assert_eq!(cpu_us(3.254), "3.25 µs");
+        assert_eq!(cpu_us(42.13), "42.1 µs");
+        assert_eq!(cpu_us(310.4), "310 µs");
+        assert_eq!(rate(850.2), "850/s");
+        assert_eq!(rate(12_345.0), "12.3k/s");
+        assert_eq!(signed_bytes(-2048), "−2.0 KiB");
+    }
 }

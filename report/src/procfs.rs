@@ -1,55 +1,23 @@
-//! What the kernel says about a process and about its own memory, read from /proc.
+//! What the kernel says about a step (its resident set, threads and CPU time, read with
+//! `common`'s readers, the ones the steps' meter uses) and about its own memory
+//! (/proc/slabinfo and /proc/meminfo).
 
 use std::collections::BTreeMap;
 use std::io;
+use std::time::Duration;
 
-/// A few lines of `/proc/PID/status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcStatus {
-    /// `VmRSS`: resident set in bytes, the same counter the step's own meter reads (statm).
-    pub rss_bytes: u64,
-    /// `Threads`.
-    pub threads: usize,
-}
+use common::ProcStatus;
 
+/// The step's resident set and thread count. The one place the report reads them, so that
+/// a step made of several processes can be summed here.
 pub fn status(pid: u32) -> io::Result<ProcStatus> {
-    parse_status(&std::fs::read_to_string(format!("/proc/{pid}/status"))?).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "no VmRSS/Threads in /proc/PID/status",
-        )
-    })
+    ProcStatus::read(pid)
 }
 
-fn parse_status(text: &str) -> Option<ProcStatus> {
-    let field = |name: &str| -> Option<u64> {
-        let line = text.lines().find_map(|line| line.strip_prefix(name))?;
-        line.split_whitespace().next()?.parse().ok()
-    };
-    Some(ProcStatus {
-        rss_bytes: field("VmRSS:")? * 1024,
-        threads: field("Threads:")? as usize,
-    })
-}
-
-/// User plus system CPU time the process has used, in seconds (`/proc/PID/stat`).
-pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // SAFETY: sysconf only reads a configuration value; no pointers involved.
-    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    parse_cpu_ticks(&text)
-        .filter(|_| ticks_per_second > 0)
-        .map(|ticks| ticks as f64 / ticks_per_second as f64)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/PID/stat"))
-}
-
-/// utime + stime, fields 14 and 15 of `/proc/PID/stat`. The command name (field 2) is in
-/// parentheses and may hold spaces, so count from the last `)`.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // after_name starts at field 3 (state): utime is field 14, index 11 here.
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+/// The CPU time the step has used so far (see [`common::cpu_time`]); the one place the
+/// report reads it.
+pub fn cpu_time(pid: u32) -> io::Result<Duration> {
+    common::cpu_time(pid)
 }
 
 /// The slab caches that grow with each TCP connection, on either end of it.
@@ -87,7 +55,8 @@ pub struct KernelMemory {
     /// `KernelStack` from /proc/meminfo: 16 KiB per thread on x86-64, outside any slab.
     pub kernel_stacks: u64,
     /// TCP sockets in use (objects in the `TCP` and `TCPv6` caches): a loopback connection
-    /// adds exactly two, so a different count means another process was at work too.
+    /// adds two, so a count far from that (beyond slabinfo's per-CPU slack) means another
+    /// process was at work too.
     pub tcp_sockets: u64,
 }
 
@@ -186,30 +155,6 @@ fn parse_kernel_stack(meminfo: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// /proc/PID/status yields the resident set in bytes and the thread count.
-    #[test]
-    fn status_gives_rss_in_bytes_and_threads() {
-        let text = "Name:\tstep05-epoll\nVmPeak:\t  20000 kB\nVmRSS:\t    2048 kB\nThreads:\t1\n";
-        assert_eq!(
-            parse_status(text),
-            Some(ProcStatus {
-                rss_bytes: 2048 * 1024,
-                threads: 1
-            })
-        );
-        assert_eq!(parse_status("Name:\tx\n"), None);
-        let own = status(std::process::id()).unwrap();
-        assert!(own.rss_bytes > 0 && own.threads >= 1);
-    }
-
-    /// CPU ticks in /proc/PID/stat are found even when the process name contains `) `.
-    #[test]
-    fn cpu_ticks_are_counted_after_the_parenthesised_name() {
-        let stat = "42 (odd name) 9) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 1 1 1";
-        assert_eq!(parse_cpu_ticks(stat), Some(300));
-        assert!(cpu_seconds(std::process::id()).unwrap() >= 0.0);
-    }
 
     /// A socket cache's bytes are its active objects times their size; kmalloc caches are left out.
     #[test]

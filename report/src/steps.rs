@@ -19,6 +19,12 @@ pub struct StepSpec {
     pub cap: Option<usize>,
     /// Whether the round-trip sweep over idle connections is measured for this step.
     pub sweep: bool,
+    /// Whether every idle connection costs each wake-up (select, poll scan them all): the
+    /// sweep must then rise at every point, and the report says so when it does not.
+    pub scans: bool,
+    /// Whether the storm and the burst are measured: not for a server that serves one
+    /// client at a time (they would measure its listen backlog).
+    pub busy: bool,
 }
 
 const fn step(name: &'static str, bin: &'static str, protocol: Protocol) -> StepSpec {
@@ -29,6 +35,8 @@ const fn step(name: &'static str, bin: &'static str, protocol: Protocol) -> Step
         args: &[],
         cap: None,
         sweep: true,
+        scans: false,
+        busy: true,
     }
 }
 
@@ -39,6 +47,7 @@ pub const STEPS: &[StepSpec] = &[
     StepSpec {
         cap: Some(5),
         sweep: false,
+        busy: false,
         ..step("step01-blocking", "step01-blocking", Protocol::Tcp)
     },
     // A thread per connection: memory is the point here, not the sweep.
@@ -50,9 +59,13 @@ pub const STEPS: &[StepSpec] = &[
     // stderr, the listener) and a margin for anything else it opens leave 1000.
     StepSpec {
         cap: Some(1000),
+        scans: true,
         ..step("step03-select", "step03-select", Protocol::Tcp)
     },
-    step("step04-poll", "step04-poll", Protocol::Tcp),
+    StepSpec {
+        scans: true,
+        ..step("step04-poll", "step04-poll", Protocol::Tcp)
+    },
     step("step05-epoll", "step05-epoll", Protocol::Tcp),
     step("step06-ws-epoll", "step06-ws-epoll", Protocol::WebSocket),
     step("step07-tokio", "step07-tokio", Protocol::WebSocket),

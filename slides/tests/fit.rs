@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use slides::{MIN_CHART_TEXT, check, slides_without_notes};
+use stepcheck::chromium;
 
 /// How long one export or one browser run may take before the check gives up.
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -52,26 +53,14 @@ fn every_slide_fits_a_1280x720_screen() {
         .expect("the export is an HTML page");
     fs::write(&deck, format!("{page}{script}{end}")).unwrap();
 
-    let mut browser = Command::new(&chromium);
+    let mut browser = chromium::headless(&chromium, &work.join("profile"));
     browser
         .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
             "--window-size=1280,720",
             // Dump the page once it is loaded and its pending work (fonts) has run.
             "--virtual-time-budget=10000",
             "--dump-dom",
         ])
-        .arg(format!(
-            "--user-data-dir={}",
-            work.join("profile").display()
-        ))
         .arg(format!("file://{}", deck.display()));
     let (ok, dom, err) = run(browser);
     assert!(ok, "chromium could not render the deck:\n{err}");
@@ -133,33 +122,21 @@ impl Drop for WorkDir {
 
 /// marp-cli from slides/node_modules and a Chromium, or `None` after saying what is missing.
 fn tools(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    const CHECK: &str = "the slide-fit check";
     let marp = dir.join("node_modules/.bin/marp");
     let node = Command::new("node")
         .arg("--version")
         .output()
         .is_ok_and(|out| out.status.success());
-    let chromium = std::env::var_os("CHROME_PATH")
-        .map(PathBuf::from)
-        .filter(|path| path.is_file())
-        .or_else(|| find_on_path(&["chromium", "chromium-browser"]));
-    let missing = match (node && marp.exists(), &chromium) {
-        (true, Some(_)) => return Some((marp, chromium.unwrap())),
-        (false, _) if !node => "node (apt-get install nodejs npm)",
-        (false, _) => "marp-cli (npm ci --prefix slides)",
-        (true, None) => "chromium (apt-get install chromium)",
-    };
-    if std::env::var("WORKSHOP_REQUIRE_CHROMIUM").as_deref() == Ok("1") {
-        panic!("the slide-fit check needs {missing}, and WORKSHOP_REQUIRE_CHROMIUM=1");
+    if !node {
+        chromium::skip(CHECK, "node (apt-get install nodejs npm)");
+        return None;
     }
-    eprintln!("skipped: the slide-fit check needs {missing}");
-    None
-}
-
-fn find_on_path(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
-        .find(|candidate| candidate.is_file())
+    if !marp.exists() {
+        chromium::skip(CHECK, "marp-cli (npm ci --prefix slides)");
+        return None;
+    }
+    Some((marp, chromium::find_or_skip(CHECK)?))
 }
 
 /// Runs a command to its end, or kills it at DEADLINE. Returns (success, stdout, stderr).

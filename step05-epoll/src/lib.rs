@@ -100,9 +100,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
                         // The listener stays readable while connections wait in its queue,
                         // so a level-triggered loop would wake at once, fail again and spin.
                         // Stop watching it for a moment; the clients wait in the kernel.
-                        accept_log.log(|| {
-                            format!("step05-epoll: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}")
-                        });
+                        accept_log.log(|| format!("step05-epoll: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}"));
                         epoll.deregister(listener.as_fd())?;
                         accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     }

@@ -9,24 +9,16 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use stepcheck::{PATIENCE, Server};
+use stepcheck::{PATIENCE, Server, chromium};
 use tungstenite::{Message, WebSocket};
 
 const BIN: &str = env!("CARGO_BIN_EXE_step06-ws-epoll");
-
-/// Chromium on this machine, if any.
-fn find_chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
-        .find(|candidate| candidate.is_file())
-}
 
 /// Headless Chromium with its DevTools endpoint on a free loopback port. Dropping it
 /// kills the browser (by its pid) and removes its profile.
@@ -40,21 +32,12 @@ struct Browser {
 impl Browser {
     fn launch(chromium: &Path) -> Browser {
         let profile = std::env::temp_dir().join(format!("step06-chromium-{}", std::process::id()));
-        let mut child = Command::new(chromium)
+        let mut child = chromium::headless(chromium, &profile)
             .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
+                "about:blank",
             ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -198,11 +181,7 @@ const ECHOES: &str = r#"(async () => {
 /// size; its K extra connections show in the memory line; it closes with 1000.
 #[test]
 fn the_page_echoes_in_a_real_browser() {
-    let Some(chromium) = find_chromium() else {
-        if std::env::var("WORKSHOP_REQUIRE_CHROMIUM").as_deref() == Ok("1") {
-            panic!("WORKSHOP_REQUIRE_CHROMIUM=1 but no chromium on PATH: apt-get install chromium");
-        }
-        eprintln!("skipped: no chromium on PATH (apt-get install chromium to run this test)");
+    let Some(chromium) = chromium::find_or_skip("the browser test") else {
         return;
     };
     let server = Server::start(BIN, &[]);

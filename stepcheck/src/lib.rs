@@ -6,7 +6,9 @@
 //! the checks for the raw-TCP echo steps (01–05), [`ws`] those for the WebSocket steps
 //! (06–07), and [`memory`] holds every step's memory line to `/proc`. [`inprocess`] runs a
 //! step's `serve` in the test's own process, for the faults a client cannot cause.
+//! [`chromium`] starts the headless browser that the browser and slide checks drive.
 
+pub mod chromium;
 pub mod inprocess;
 pub mod memory;
 pub mod tcp;
@@ -21,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::MemoryLine;
 use serde_json::Value;
 
 /// How long any single wait in these checks may take before it fails. Generous: the
@@ -198,16 +201,18 @@ impl Server {
     /// resident set, a thread, per-conn = (rss − base) / conns, and rss and base as
     /// `/proc` gives them ([`memory::assert_line_agrees_with_proc`]).
     pub fn assert_memory_line_counts(&self, conns: u64) {
-        let line = self.wait_for_memory_line(conns);
-        assert!(line["rss_bytes"].as_u64() > Some(0), "{line}");
-        assert!(line["threads"].as_u64() >= Some(1), "{line}");
-        let per_conn = line["per_conn_bytes"].as_u64().expect("per_conn_bytes");
-        let (rss, base) = (
-            line["rss_bytes"].as_u64().expect("rss_bytes"),
-            line["base_rss_bytes"].as_u64().expect("base_rss_bytes"),
+        let value = self.wait_for_memory_line(conns);
+        // Read with the type the meter prints it with: every field present and typed.
+        let line: MemoryLine = serde_json::from_value(value.clone())
+            .unwrap_or_else(|err| panic!("not a memory line ({err}): {value}"));
+        assert!(line.rss_bytes > 0, "{value}");
+        assert!(line.threads >= 1, "{value}");
+        assert_eq!(
+            line.per_conn_bytes,
+            line.rss_bytes.saturating_sub(line.base_rss_bytes) / conns,
+            "{value}"
         );
-        assert_eq!(per_conn, rss.saturating_sub(base) / conns, "{line}");
-        memory::assert_line_agrees_with_proc(self, &line);
+        memory::assert_line_agrees_with_proc(self, &value);
     }
 
     /// Open a client connection with read and write timeouts, so no check can hang.
@@ -220,9 +225,12 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// CPU time (user + system) the child has used so far, from `/proc/PID/stat`.
+    /// CPU time (user + system) the child has used so far, all its threads (see
+    /// [`common::cpu_time`]).
     pub fn cpu_seconds(&self) -> f64 {
-        proc_cpu_seconds(self.pid())
+        common::cpu_time(self.pid())
+            .expect("the step's /proc CPU time")
+            .as_secs_f64()
     }
 
     /// The child's resident set in bytes, from the `VmRSS:` line of `/proc/PID/status`.
@@ -412,19 +420,6 @@ pub fn check_stdout_closed(bin: &str, extra: &[&str], serve_one: impl Fn(&Server
     );
     serve_one(&server);
     assert!(server.is_running(), "{}", server.stderr());
-}
-
-/// utime + stime of a process, in seconds.
-pub fn proc_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    // The command name (field 2) may hold spaces; the fields we want follow its `)`.
-    let after_name = &stat[stat.rfind(')').expect("stat has a (comm) field") + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // After the name: state is field 3, so utime (14) and stime (15) sit at 11 and 12.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf only reads a configuration value.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    ticks as f64 / per_second as f64
 }
 
 /// Send `message` and read back exactly as many bytes, asserting they are the same.
