@@ -386,6 +386,8 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, max_message: usiz
     }
 }
 
+/// The deadline a handshaking (or closing) connection already has, to carry it over when
+/// its state is rebuilt.
 fn deadline_of(state: &State) -> Deadline {
     match state {
         State::Handshaking { deadline, .. } | State::Closing { deadline } => *deadline,
