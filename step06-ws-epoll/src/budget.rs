@@ -87,7 +87,7 @@ pub(crate) fn hold_to_budget(
 ) -> io::Result<Next> {
     let after = held(conn);
     if after > before && shared.held > shared.config.max_buffered {
-        return refuse(conn, fd, after, shared);
+        return refuse(conn, fd, after, next, shared);
     }
     if let State::Open { deadline, .. } = &mut conn.state {
         if before == 0 && after > 0 {
@@ -104,15 +104,22 @@ pub(crate) fn hold_to_budget(
 /// others did nothing wrong. It learns why, as well as its stage allows: during the
 /// handshake `503` (the server is busy, not the request wrong), after it a close frame with
 /// 1009, "message too big" (to be held here, now).
-fn refuse(conn: &mut Conn, fd: RawFd, held_before: usize, shared: &mut Shared) -> io::Result<Next> {
+fn refuse(
+    conn: &mut Conn,
+    fd: RawFd,
+    held_before: usize,
+    next: Next,
+    shared: &mut Shared,
+) -> io::Result<Next> {
     shared.out.clear();
     match conn.state {
         State::Handshaking { .. } => shared
             .out
             .extend_from_slice(handshake::BUSY_RESPONSE.as_bytes()),
         State::Open { .. } => frame::write_close(Some(CloseCode::Size), b"", &mut shared.out),
-        // It said its last word already: what it holds is our last bytes, on their way.
-        State::Closing { .. } => return Ok(Next::Continue),
+        // It said its last word already: what it holds is our last bytes, on their way
+        // (and the closing deadline bounds how long they may take).
+        State::Closing { .. } => return Ok(next),
     }
     conn.state = State::Closing {
         deadline: shared.timers.set(fd),
@@ -184,5 +191,49 @@ fn current_deadline(conn: &Conn) -> Option<Deadline> {
         State::Handshaking { deadline, .. } | State::Closing { deadline } => Some(deadline),
         State::Open { deadline, .. } if held(conn) > 0 => Some(deadline),
         State::Open { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timer::Timers;
+    use std::net::{TcpListener, TcpStream};
+
+    /// A connection that turns to closing in the event that takes the total past the
+    /// budget keeps sending its last bytes: the loop is told to wait for writability, as
+    /// the handler said. Breaks if `refuse` answers `Continue` for a closing connection
+    /// (its close frame then sits unsent until the closing deadline).
+    #[test]
+    fn a_closing_connection_over_budget_still_sends_its_last_bytes() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let config = Config {
+            max_buffered: 1,
+            ..Config::default()
+        };
+        let timers = Timers::new(config.timeout);
+        let mut shared = Shared {
+            buf: Vec::new(),
+            out: Vec::new(),
+            stalls: timers.with_timeout(config.stall_timeout),
+            timers,
+            held: 0,
+            config,
+        };
+        let deadline = shared.timers.set(3);
+        let mut conn = Conn {
+            stream,
+            state: State::Closing { deadline },
+            unsent: Some(Box::new(vec![0x88; 4096])),
+        };
+        shared.held = held(&conn);
+
+        let next = hold_to_budget(&mut conn, 3, 0, Next::WaitWritable, &mut shared).unwrap();
+        assert!(
+            matches!(next, Next::WaitWritable),
+            "a closing connection over the budget stopped waiting to write its last bytes"
+        );
+        assert!(conn.unsent.is_some(), "its last bytes were dropped");
     }
 }
