@@ -231,8 +231,10 @@ impl BufRing {
     /// Hand buffer `bid` back to the kernel: append it at the tail, then publish the tail.
     pub fn give_back(&mut self, bid: u16) {
         let index = (self.tail & self.mask) as usize;
-        // SAFETY: `index` ≤ mask, inside the entries; the kernel reads entries only between
-        // its head and our published tail, and this one is past the tail.
+        // SAFETY: `index` ≤ mask, inside the entries. The kernel reads entries only between
+        // its head and our published tail, and this one is past the tail; the one field it
+        // may read here is entry 0's tail, which only we write and the setters below leave
+        // alone (they write the address, length and id).
         let entry = unsafe { &mut *self.entries.as_ptr().add(index) };
         // SAFETY: `bid` ≤ mask: the address is inside the pool.
         let addr = unsafe { self.buffers.as_ptr().add(bid as usize * self.size) };
