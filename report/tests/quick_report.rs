@@ -24,6 +24,7 @@ const LESSON: &[&str] = &[
     "step07-tokio",
     "step07-tokio/4k",
     "step08-reuseport",
+    "step09-io-uring",
 ];
 
 /// Rows without a storm or a burst: a server that serves one client at a time.
