@@ -263,9 +263,9 @@ struct Started {
 }
 
 async fn start(bin: &Path, spec: &StepSpec) -> Result<Started, String> {
-    let mut process = StepProcess::start(bin, spec.args)?;
-    // Blocking: polls the child for up to 15 s. Nothing else runs on this thread meanwhile.
-    let addr = process.wait_listening(Duration::from_secs(15))?;
+    // Blocking: waits for the listening line. Nothing else runs on this thread meanwhile.
+    let process = StepProcess::start(bin, spec.args)?;
+    let addr = process.addr();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let base_rss = procfs::status(process.pid())
         .map_err(|err| {
