@@ -3,10 +3,10 @@
 //! Each step's `tests/behaviour.rs` calls these functions with
 //! `env!("CARGO_BIN_EXE_stepNN-name")`, so all steps are held to the same checks, like for
 //! like. [`Server`] starts a step on a free port and reads its `--json` lines (the report
-//! starts every step it measures with it too); [`tcp`] holds
-//! the checks for the raw-TCP echo steps (01–05), [`ws`] those for the WebSocket steps
-//! (06–07), and [`memory`] holds every step's memory line to `/proc`. [`inprocess`] runs a
-//! step's `serve` in the test's own process, for the faults a client cannot cause.
+//! starts every step it measures with it too); [`tcp`] holds the checks for the raw-TCP
+//! echo steps (01–05), [`ws`] those for the WebSocket steps (06–07), and [`memory`] holds
+//! every step's memory line to `/proc`. [`inprocess`] runs a step's `serve` in the test's
+//! own process, for the faults a client cannot cause.
 //! [`chromium`] starts the headless browser that the browser and slide checks drive.
 
 pub mod chromium;
