@@ -1,6 +1,8 @@
 use std::fmt;
 use std::io;
 
+use crate::sys::cvt;
+
 /// The open-file limit (`RLIMIT_NOFILE`) after [`raise_fd_limit`]. Every connection is a
 /// file descriptor, so this is the ceiling on connections one process can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,9 +23,7 @@ pub fn raise_fd_limit() -> io::Result<FdLimit> {
         rlim_max: 0,
     };
     // SAFETY: `limit` is a valid, writable rlimit for the call to fill in.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
 
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
@@ -39,9 +39,7 @@ pub fn raise_fd_limit() -> io::Result<FdLimit> {
             rlim_max: limit.rlim_max,
         };
         // SAFETY: `raised` is a valid rlimit; the kernel only reads it.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) })?;
         limit.rlim_cur = target;
     }
     Ok(FdLimit {

@@ -1,7 +1,8 @@
 //! The routine parts every step shares, so that a step's source holds only what it teaches:
-//! command-line options, the open-file limit, the memory meter that prints the memory line,
-//! a rate-limited stderr log for errors that come in storms, and ([`sys`]) the
-//! syscall-result helper and errno predicates every event loop needs.
+//! command-line options, the open-file limit, the memory meter that prints the memory line
+//! (with the `/proc` readers, [`ProcStatus`] and [`cpu_time`], that stepcheck and report
+//! hold a step to), a rate-limited stderr log for errors that come in storms, and ([`sys`])
+//! the syscall-result helper and errno predicates every event loop needs.
 
 mod fdlimit;
 mod meter;

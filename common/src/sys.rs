@@ -1,5 +1,5 @@
-//! Routine syscall plumbing that every event-loop step (03–06) needs and none of them
-//! teaches: turning a C return value into an `io::Result`, and sorting an `io::Error` into
+//! Routine syscall plumbing that the steps need (the event loops of steps 03–06 most) and
+//! none of them teaches: turning a C return value into an `io::Result`, and sorting an `io::Error` into
 //! "try again", "that client is gone" or "out of file descriptors".
 //!
 //! Each step keeps what it teaches — its loop, its readiness handling, its partial writes —

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::MemoryMeter;
+use common::sys::is_disconnect;
 
 /// Serve raw-TCP echo on `listener`, one client at a time, forever.
 pub fn serve(listener: TcpListener, meter: MemoryMeter) -> io::Result<()> {
@@ -52,12 +53,4 @@ fn handle_connection(mut stream: TcpStream) -> io::Result<()> {
         // Blocks until the kernel has taken every byte.
         stream.write_all(&buf[..n])?;
     }
-}
-
-/// The peer went away: the ordinary end of a connection, not worth a log line.
-fn is_disconnect(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-    )
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::sys::{client_gone, is_disconnect, out_of_resources};
+use common::sys::{client_gone, interrupted, is_disconnect, out_of_resources};
 use common::{MemoryMeter, RateLimitedLog};
 
 /// How long to stop accepting when the process is out of file descriptors.
@@ -68,7 +68,7 @@ pub fn serve(
     loop {
         let stream = match listener.accept() {
             Ok((stream, _peer)) => stream,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) if interrupted(&err) => continue,
             // That one client is gone (it gave up while queued, or the network failed
             // under it): skip it.
             Err(err) if client_gone(&err) => continue,

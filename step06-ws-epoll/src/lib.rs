@@ -18,8 +18,9 @@
 //! - `epoll.rs`: the epoll wrapper, the same file as step05's.
 //! - `page.rs`: the page a browser gets for a plain `GET /`, to try the server from a tab.
 //!
-//! And `budget.rs`, the loop's accounting after each event: how many bytes all connections
-//! may hold, and for how long (it closes the connection that goes past either).
+//! And `budget.rs`, the budgets ([`Config`]) and the loop's accounting: after each event,
+//! how many bytes all connections may hold; before each wait, whose deadline has passed
+//! (`expire`). It closes the connection that goes past either.
 
 mod budget;
 mod epoll;
@@ -35,41 +36,13 @@ use std::time::{Duration, Instant};
 
 use common::sys::{client_gone, interrupted, is_disconnect, out_of_resources, would_block};
 use common::{MemoryMeter, RateLimitedLog};
-use tungstenite::protocol::frame::coding::CloseCode;
 
-use budget::{held, hold_to_budget};
+pub use budget::Config;
+
+use budget::{expire, held, hold_to_budget};
 use epoll::{Epoll, READABLE, WRITABLE};
 use frame::{Flow, Partial};
 use timer::{Deadline, Timers};
-
-/// The step's own settings (the common ones are in `common::Options`).
-#[derive(Debug, Clone, Copy)]
-pub struct Config {
-    /// The largest message (all its fragments together) we accept; bigger → close 1009.
-    pub max_message: usize,
-    /// The most bytes all connections together may hold: request heads in pieces,
-    /// unfinished frames, fragmented messages, output the kernel would not take yet. The
-    /// connection whose bytes would pass it is closed with 1009 (503 while it handshakes).
-    pub max_buffered: usize,
-    /// How long a client may take to send its whole request head, and, once we have sent
-    /// our close, to read it and hang up. Past it, we close the connection (408 for a head).
-    pub timeout: Duration,
-    /// How long a connection may hold bytes without finishing anything (a frame, a message,
-    /// taking its pending output). Past it, we close the connection with 1008.
-    pub stall_timeout: Duration,
-}
-
-impl Default for Config {
-    /// 1 MiB per message, 64 MiB in all, 10 s for a handshake, 10 s to finish anything held.
-    fn default() -> Config {
-        Config {
-            max_message: 1 << 20,
-            max_buffered: 64 << 20,
-            timeout: Duration::from_secs(10),
-            stall_timeout: Duration::from_secs(10),
-        }
-    }
-}
 
 /// One connection. Kept small on purpose: this struct, times 10 000, is most of what an
 /// idle connection costs us.
@@ -187,17 +160,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             accept_paused_until = None;
             epoll.register(listener.as_fd(), READABLE)?;
         }
-        // Under connect/close churn most deadlines go stale long before they are due.
-        for (timers, stalls) in [(&mut shared.timers, false), (&mut shared.stalls, true)] {
-            if timers.is_mostly_stale(open) {
-                timers.rebuild(connections.iter().enumerate().filter_map(|(fd, conn)| {
-                    let conn = conn.as_ref()?;
-                    let live = current_deadline(conn)?;
-                    (matches!(conn.state, State::Open { .. }) == stalls)
-                        .then_some((live, fd as RawFd))
-                }));
-            }
-        }
+        // Close what is overdue: slow heads, stalled bytes, clients that never hang up.
         expire(&mut shared, &epoll, &mut connections, &mut open);
 
         // The timer: epoll_wait sleeps until a socket is ready or the timeout passes, so
@@ -230,7 +193,9 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
                         // The listener stays readable while connections wait in its queue,
                         // so a level-triggered loop would wake at once, fail again and spin.
                         // Stop watching it for a moment; the clients wait in the kernel.
-                        accept_log.log(|| format!("step06-ws-epoll: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}"));
+                        accept_log.log(|| {
+                            format!("step06-ws-epoll: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}")
+                        });
                         epoll.deregister(listener.as_fd())?;
                         accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     }
@@ -421,6 +386,8 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, max_message: usiz
     }
 }
 
+/// The deadline a handshaking (or closing) connection already has, to carry it over when
+/// its state is rebuilt.
 fn deadline_of(state: &State) -> Deadline {
     match state {
         State::Handshaking { deadline, .. } | State::Closing { deadline } => *deadline,
@@ -458,52 +425,6 @@ fn all_sent(conn: &mut Conn) -> Next {
             }
         }
         State::Handshaking { .. } | State::Open { .. } => Next::WaitReadable,
-    }
-}
-
-/// Close the connections whose deadline has passed: clients that never finished their
-/// request head (slowloris), held bytes without finishing anything, or never hung up after
-/// our close.
-fn expire(shared: &mut Shared, epoll: &Epoll, connections: &mut [Option<Conn>], open: &mut usize) {
-    let now = shared.timers.now();
-    while let Some(fd) = shared
-        .timers
-        .pop_due(now)
-        .or_else(|| shared.stalls.pop_due(now))
-    {
-        // Many entries are stale: the connection finished its head or what it held long
-        // ago, or closed and its fd now belongs to a newer connection (whose own deadline
-        // is later). Only a connection whose own deadline has passed is closed.
-        let Some(Some(conn)) = connections.get_mut(fd as usize) else {
-            continue;
-        };
-        if current_deadline(conn).is_none_or(|deadline| deadline > now) {
-            continue;
-        }
-        // Best effort: a slow client should learn why it is cut off.
-        match conn.state {
-            State::Handshaking { .. } => {
-                let _ = conn.stream.write(handshake::TIMEOUT_RESPONSE.as_bytes());
-            }
-            // 1008, "policy violation": it is not too big, it is too slow. (If our output
-            // is what it does not take, a close frame could not get past it anyway.)
-            State::Open { .. } if conn.unsent.is_none() => {
-                shared.out.clear();
-                frame::write_close(Some(CloseCode::Policy), b"", &mut shared.out);
-                let _ = conn.stream.write(&shared.out);
-            }
-            State::Open { .. } | State::Closing { .. } => {}
-        }
-        close(epoll, connections, open, &mut shared.held, fd);
-    }
-}
-
-/// The deadline a connection is held to right now, if any.
-fn current_deadline(conn: &Conn) -> Option<Deadline> {
-    match conn.state {
-        State::Handshaking { deadline, .. } | State::Closing { deadline } => Some(deadline),
-        State::Open { deadline, .. } if held(conn) > 0 => Some(deadline),
-        State::Open { .. } => None,
     }
 }
 

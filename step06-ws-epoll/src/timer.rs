@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 /// and a handshake timeout needs no finer grain than a second. (A u32 lasts 136 years.)
 pub(crate) type Deadline = u32;
 
-/// The timer for handshakes and closes: one queue of `(deadline, fd)`.
+/// A timer: one queue of `(deadline, fd)`, all set with the same timeout. The loop keeps
+/// two on one clock: handshakes and closes (`--handshake-timeout`), and connections that
+/// hold bytes (`--stall-timeout`, made by [`Timers::with_timeout`]).
 ///
 /// Every deadline is "now + the same timeout", set in the order things happen, so the
 /// queue is sorted by construction: its front is always the earliest deadline. No heap, no

@@ -5,8 +5,8 @@
 //! event loop. Underneath, the same three syscalls: tokio's reactor is mio, and mio on
 //! Linux calls epoll_create1 / epoll_ctl / epoll_wait as step05 does, but registers each
 //! socket once, edge-triggered, for reading and writing, with `EPOLLRDHUP` (`strace -f -e
-//! trace=epoll_ctl` shows it). What changes is who holds each connection's state: step06 kept a small
-//! `Conn` in a Vec indexed by fd; here every connection is a task, a future the compiler
+//! trace=epoll_ctl` shows it). What changes is who holds each connection's state: step06
+//! kept a small `Conn` in a Vec indexed by fd; here every connection is a task, a future the compiler
 //! built from `handle_connection`, plus the buffers the WebSocket library gives it.
 //!
 //! - `budget.rs`: the socket wrapped to count what connections hold against
@@ -131,8 +131,12 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// What every connection's task is given.
 #[derive(Debug, Clone, Copy)]
 struct ConnConfig {
+    /// tungstenite's settings: `--read-buffer`, and `--max-message` for frames, messages
+    /// and the write buffer.
     websocket: WebSocketConfig,
+    /// How long the client has to finish its request head (`--handshake-timeout`).
     handshake_timeout: Duration,
+    /// How long a connection may hold bytes without progress (`--stall-timeout`).
     stall_timeout: Duration,
 }
 
