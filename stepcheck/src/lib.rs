@@ -6,12 +6,14 @@
 //! starts every step it measures with it too); [`tcp`] holds the checks for the raw-TCP
 //! echo steps (01–05), [`ws`] those for the WebSocket steps (06–07), and [`memory`] holds
 //! every step's memory line to `/proc`. [`inprocess`] runs a step's `serve` in the test's
-//! own process, for the faults a client cannot cause.
-//! [`chromium`] starts the headless browser that the browser and slide checks drive.
+//! own process, for the faults a client cannot cause. [`chromium`] starts the headless
+//! browser that the browser and slide checks drive, and [`syscalls`] counts a step's
+//! system calls with `perf`.
 
 pub mod chromium;
 pub mod inprocess;
 pub mod memory;
+pub mod syscalls;
 pub mod tcp;
 pub mod ws;
 
