@@ -73,6 +73,9 @@ pub const STEPS: &[StepSpec] = &[
         args: &["--read-buffer", "4096"],
         ..step("step07-tokio/4k", "step07-tokio", Protocol::WebSocket)
     },
+    // After epoll: step06's echo on io_uring. Where the kernel has no io_uring, the step
+    // exits before listening with one line saying why, and its row shows that line.
+    step("step09-io-uring", "step09-io-uring", Protocol::WebSocket),
 ];
 
 /// The steps named in `--steps` (a name from the table, or a binary name for all its

@@ -23,6 +23,7 @@ const LESSON: &[&str] = &[
     "step06-ws-epoll",
     "step07-tokio",
     "step07-tokio/4k",
+    "step09-io-uring",
 ];
 
 /// Rows without a storm or a burst: a server that serves one client at a time.

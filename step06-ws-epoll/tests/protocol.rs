@@ -577,35 +577,5 @@ fn a_client_that_never_takes_its_echo_is_closed_after_the_timeout() {
 /// pass the budget get `503` at once; the others are upgraded when their heads complete.
 #[test]
 fn heads_in_pieces_are_held_to_the_budget() {
-    let server = Server::start(BIN, &["--max-buffered", "65536"]);
-    let mut bystander = open(&server);
-    let request = upgrade_request();
-    let (start, rest) = request.split_at(request.find("Upgrade").unwrap());
-    let filler = format!("X-Filler: {}\r\n", "a".repeat(6000));
-    let mut slow: Vec<TcpStream> = (0..16)
-        .map(|_| {
-            let mut client = server.connect();
-            client
-                .write_all(format!("{start}{filler}").as_bytes())
-                .unwrap();
-            client
-        })
-        .collect();
-    // Once all 17 are accepted (the memory line says so), an echo to the bystander comes
-    // after every piece has been read: level-triggered epoll reports the pieces first.
-    server.wait_for_memory_line(17);
-    assert_echo(&mut bystander, "while 16 heads hang");
-
-    let mut statuses = Vec::new();
-    for client in &mut slow {
-        // A refused client's socket may be closed already: its answer is in its buffer.
-        let _ = client.write_all(rest.as_bytes());
-        let head = read_head(client);
-        statuses.push(head[9..12].to_string());
-    }
-    let busy = statuses.iter().filter(|status| *status == "503").count();
-    let upgraded = statuses.iter().filter(|status| *status == "101").count();
-    assert_eq!(busy + upgraded, 16, "statuses: {statuses:?}");
-    assert!(busy >= 6 && upgraded >= 1, "statuses: {statuses:?}");
-    assert_echo(&mut bystander, "after the heads");
+    stepcheck::ws::heads_in_pieces_are_held_to_the_budget(BIN, &[]);
 }

@@ -6,11 +6,13 @@
 //! the checks for the raw-TCP echo steps (01–05), [`ws`] those for the WebSocket steps
 //! (06–07), and [`memory`] holds every step's memory line to `/proc`. [`inprocess`] runs a
 //! step's `serve` in the test's own process, for the faults a client cannot cause.
-//! [`chromium`] starts the headless browser that the browser and slide checks drive.
+//! [`chromium`] starts the headless browser that the browser and slide checks drive, and
+//! [`syscalls`] counts a step's system calls with `perf`.
 
 pub mod chromium;
 pub mod inprocess;
 pub mod memory;
+pub mod syscalls;
 pub mod tcp;
 pub mod ws;
 

@@ -577,3 +577,64 @@ pub fn raw_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8>
     wire.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     wire
 }
+
+/// Request heads that come in pieces count against `--max-buffered` too: with 64 KiB for
+/// everybody, 16 clients that each send 6 KiB of a head do not all fit. Those that would
+/// pass the budget get `503`; the others are upgraded when their heads complete, and a
+/// client already upgraded is served throughout.
+pub fn heads_in_pieces_are_held_to_the_budget(bin: &str, extra: &[&str]) {
+    use std::io::Read;
+
+    let args: Vec<&str> = extra
+        .iter()
+        .copied()
+        .chain(["--max-buffered", "65536"])
+        .collect();
+    let server = Server::start(bin, &args);
+    let mut bystander = connect(&server);
+    let request = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                   Sec-WebSocket-Version: 13\r\n\r\n";
+    let (start, rest) = request.split_at(request.find("Upgrade").expect("has an Upgrade header"));
+    let filler = format!("X-Filler: {}\r\n", "a".repeat(6000));
+    let mut slow: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut client = server.connect();
+            client
+                .write_all(format!("{start}{filler}").as_bytes())
+                .expect("send the start of a head");
+            client
+        })
+        .collect();
+    // Once all 17 are accepted (the memory line says so), the bystander's echo comes after
+    // the pieces sent before it were read.
+    server.wait_for_memory_line(17);
+    assert_echo(&mut bystander, Message::text("while 16 heads hang"));
+
+    let mut statuses = Vec::new();
+    for client in &mut slow {
+        // A refused client's socket may be closed already: its answer is in its buffer.
+        let _ = client.write_all(rest.as_bytes());
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+            match client.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+        statuses.push(String::from_utf8_lossy(head.get(9..12).unwrap_or(b"---")).into_owned());
+    }
+    let busy = statuses.iter().filter(|status| *status == "503").count();
+    let upgraded = statuses.iter().filter(|status| *status == "101").count();
+    assert_eq!(
+        busy + upgraded,
+        16,
+        "every head ends in 503 or 101: {statuses:?}"
+    );
+    assert!(
+        busy >= 6 && upgraded >= 1,
+        "16 heads of 6 KiB do not all fit in 64 KiB, and the first ones do: {statuses:?}"
+    );
+    assert_echo(&mut bystander, Message::text("after the heads"));
+}
