@@ -223,6 +223,25 @@ impl ProcStatus {
         })
     }
 
+    /// What serves a step's connections: the process itself, or, for a supervisor of
+    /// worker processes (step08), the sums over its workers (the processes its memory line
+    /// counts). A worker that exits between the listing and the read is not counted.
+    pub fn read_serving(pid: u32) -> io::Result<ProcStatus> {
+        let workers = children_of(pid);
+        if workers.is_empty() {
+            return ProcStatus::read(pid);
+        }
+        let mut sum = ProcStatus {
+            rss_bytes: 0,
+            threads: 0,
+        };
+        for status in workers.into_iter().filter_map(|w| ProcStatus::read(w).ok()) {
+            sum.rss_bytes += status.rss_bytes;
+            sum.threads += status.threads;
+        }
+        Ok(sum)
+    }
+
     fn parse(text: &str) -> Option<ProcStatus> {
         let field = |name: &str| -> Option<u64> {
             let line = text.lines().find_map(|line| line.strip_prefix(name))?;
@@ -290,6 +309,38 @@ pub fn cpu_time(pid: u32) -> io::Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process with children is counted by them (a supervisor by its workers), not itself.
+    #[test]
+    fn a_supervisor_is_counted_by_its_workers() {
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "sleep 10 & sleep 10 & wait"])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut workers = children_of(shell.id());
+        while workers.len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            workers = children_of(shell.id());
+        }
+        let summed = ProcStatus::read_serving(shell.id()).unwrap();
+        let each: Vec<ProcStatus> = workers
+            .iter()
+            .map(|&w| ProcStatus::read(w).unwrap())
+            .collect();
+        for &w in &workers {
+            // SAFETY: kill takes no pointers; `w` is a child of the shell this test started.
+            unsafe { libc::kill(w as libc::pid_t, libc::SIGKILL) };
+        }
+        let _ = shell.kill();
+        let _ = shell.wait();
+        assert_eq!(workers.len(), 2, "the shell's two sleeps");
+        assert_eq!(summed.threads, 2);
+        assert_eq!(
+            summed.rss_bytes,
+            each.iter().map(|s| s.rss_bytes).sum::<u64>()
+        );
+    }
 
     /// The calling thread's own CPU time.
     fn thread_cpu() -> Duration {

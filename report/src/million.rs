@@ -270,7 +270,7 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
         &server_bin,
         &["--workers", &workers, "--handshake-timeout", "60"],
     )?;
-    let addr = server.wait_listening(Duration::from_secs(30))?;
+    let addr = server.addr();
     std::thread::sleep(Duration::from_millis(500));
     let worker_pids = common::children_of(server.pid());
     let bases: u64 = worker_pids

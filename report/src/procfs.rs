@@ -12,20 +12,7 @@ use common::ProcStatus;
 /// processes (step08), the sums over its workers, which hold the connections (the same
 /// processes its memory line counts). The one place the report reads them.
 pub fn status(pid: u32) -> io::Result<ProcStatus> {
-    let workers = common::children_of(pid);
-    if workers.is_empty() {
-        return ProcStatus::read(pid);
-    }
-    let mut sum = ProcStatus {
-        rss_bytes: 0,
-        threads: 0,
-    };
-    // A worker that exits between the listing and the read is simply not counted.
-    for status in workers.into_iter().filter_map(|w| ProcStatus::read(w).ok()) {
-        sum.rss_bytes += status.rss_bytes;
-        sum.threads += status.threads;
-    }
-    Ok(sum)
+    ProcStatus::read_serving(pid)
 }
 
 /// The CPU time the step has used so far (see [`common::cpu_time`]), its workers' included;
@@ -172,21 +159,6 @@ fn parse_kernel_stack(meminfo: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A process with children is counted by them (a supervisor by its workers), not itself.
-    #[test]
-    fn a_supervisor_is_counted_by_its_workers() {
-        let mut sleeper = std::process::Command::new("sleep")
-            .arg("10")
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        let ours = status(std::process::id()).unwrap();
-        let its = ProcStatus::read(sleeper.id()).unwrap();
-        let _ = sleeper.kill();
-        let _ = sleeper.wait();
-        assert_eq!(ours, its, "this test process's only child is the sleeper");
-    }
 
     /// A socket cache's bytes are its active objects times their size; kmalloc caches are left out.
     #[test]

@@ -50,6 +50,7 @@ fn wait_for_line(server: &Server, conns: u64, workers: u64) -> serde_json::Value
         let Some(line) = server.next_line(left) else {
             break;
         };
+        let line: serde_json::Value = serde_json::from_str(&line.text).expect("a JSON line");
         if line["event"] == "memory" && line["conns"] == conns && line["workers"] == workers {
             return line;
         }
