@@ -1,19 +1,15 @@
-//! A step running as a child process: started with `--json`, its stdout read line by line
-//! on a thread, and killed (by its pid, through `Child::kill`) when dropped, also when the
-//! report fails half-way.
+//! A step running as a child process, started and watched by `stepcheck::Server`, the one
+//! the behaviour suites use: started with `--json`, its stdout read line by line on a
+//! thread that reads /proc beside each line, and killed (by its pid) when dropped, also
+//! when the report fails half-way. What only the report needs is here: a start that fails
+//! softly (the row shows why), and the newest memory line.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
 use common::{MemoryLine, ProcStatus};
+use stepcheck::{Line, Server, Watch};
 
 use crate::procfs;
 
@@ -21,195 +17,147 @@ use crate::procfs;
 /// report waits little for a fresh one.
 const REPORT_EVERY: &str = "0.2";
 
-/// Stderr lines kept to explain a step that failed.
-const STDERR_TAIL: usize = 8;
+/// How long a step may take to listen. A step listens within milliseconds; this only
+/// bounds one that never will (step08 starts its workers first).
+const LISTEN_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A memory line, with what /proc said about the step the moment the line was read.
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub line: MemoryLine,
-    /// /proc/PID/status read right after the line arrived (`None` if the step had exited).
+    /// The step's status read right after the line arrived (`None` if the step had exited),
+    /// through [`procfs::status`]: summed over its processes if it has several.
     pub proc: Option<ProcStatus>,
     pub at: Instant,
 }
 
-/// What the reader threads have seen so far.
-#[derive(Debug, Default)]
-struct Seen {
-    listening: Option<SocketAddr>,
-    memory: Vec<Sample>,
-    stderr_tail: VecDeque<String>,
-}
-
 /// A running step.
 pub struct StepProcess {
-    child: Child,
-    seen: Arc<Mutex<Seen>>,
-    readers: Vec<JoinHandle<()>>,
+    server: Server,
+    /// The newest memory line read so far.
+    latest: Option<Sample>,
 }
 
 impl StepProcess {
-    /// Start `bin` on a free loopback port with JSON output and frequent memory lines.
+    /// Start `bin` on a free loopback port with JSON output and frequent memory lines, and
+    /// wait until it listens; an error names why it never did, in one line.
     pub fn start(bin: &Path, args: &[&str]) -> Result<StepProcess, String> {
-        let mut child = Command::new(bin)
-            .args([
-                "--addr",
-                "127.0.0.1:0",
-                "--json",
-                "--report-every",
-                REPORT_EVERY,
-            ])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|err| format!("cannot start {}: {err}", bin.display()))?;
-        let pid = child.id();
-        let seen = Arc::new(Mutex::new(Seen::default()));
-
-        let stdout = child.stdout.take().expect("bug: stdout is piped");
-        let on_stdout = seen.clone();
-        let stdout_reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                read_stdout_line(pid, &line, &on_stdout);
-            }
-        });
-        let stderr = child.stderr.take().expect("bug: stderr is piped");
-        let on_stderr = seen.clone();
-        let stderr_reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut seen = on_stderr.lock().expect("bug: a reader thread panicked");
-                if seen.stderr_tail.len() == STDERR_TAIL {
-                    seen.stderr_tail.pop_front();
-                }
-                seen.stderr_tail.push_back(line);
-            }
-        });
+        let watch = Watch {
+            patience: LISTEN_PATIENCE,
+            read_status: procfs::status,
+            ..Watch::default()
+        };
+        let server = Server::try_start(stepcheck::step_command(bin, REPORT_EVERY, args), watch)
+            .map_err(|err| err.short())?;
         Ok(StepProcess {
-            child,
-            seen,
-            readers: vec![stdout_reader, stderr_reader],
+            server,
+            latest: None,
         })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.server.pid()
     }
 
-    /// Wait for the listening line; an error names why the step never got there.
-    pub fn wait_listening(&mut self, timeout: Duration) -> Result<SocketAddr, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(addr) = self.lock().listening {
-                return Ok(addr);
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the readers drain the pipes so the last words are in the tail.
-                for reader in self.readers.drain(..) {
-                    let _ = reader.join();
-                }
-                return Err(format!(
-                    "exited ({status}) before listening{}",
-                    self.last_words()
-                ));
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "no listening line within {} s{}",
-                    timeout.as_secs(),
-                    self.last_words()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// Where the step listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
     }
 
     /// The newest memory line at or after `since` whose count is `conns`; or, once
     /// `timeout` has passed, the newest line whatever it says (a step that serves one
     /// client at a time never counts the rest).
-    pub fn memory_line(&self, conns: usize, since: Instant, timeout: Duration) -> Option<Sample> {
+    pub fn memory_line(
+        &mut self,
+        conns: usize,
+        since: Instant,
+        timeout: Duration,
+    ) -> Option<Sample> {
         let deadline = Instant::now() + timeout;
         loop {
-            {
-                let seen = self.lock();
-                let newest = seen.memory.last();
-                if newest.is_some_and(|s| s.at >= since && s.line.conns == conns)
-                    || Instant::now() >= deadline
-                {
-                    return newest.cloned();
-                }
+            // Everything printed so far first: the newest line is the one that counts.
+            while let Some(line) = self.server.next_line(Duration::ZERO) {
+                self.keep(line);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if let Some(newest) = &self.latest
+                && newest.at >= since
+                && newest.line.conns == conns
+            {
+                return Some(newest.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.server.next_line(left) {
+                Some(line) => self.keep(line),
+                // Nothing within the time left (or the step exited): the newest will do.
+                None => return self.latest.clone(),
+            }
         }
     }
 
-    /// `: last stderr line` to end an error message, if the step said anything.
-    pub fn last_words(&self) -> String {
-        let seen = self.lock();
-        let words: Vec<&str> = seen
-            .stderr_tail
-            .iter()
-            .map(String::as_str)
-            .filter(|l| !l.trim().is_empty())
-            .collect();
-        match words.last() {
-            Some(last) => format!(": \"{}\"", last.trim()),
-            None => String::new(),
+    /// Keep `line` as the newest sample if it is a memory line.
+    fn keep(&mut self, line: Line) {
+        if let Some(memory) = MemoryLine::from_json(&line.text) {
+            self.latest = Some(Sample {
+                line: memory,
+                proc: line.proc,
+                at: line.at,
+            });
         }
+    }
+
+    /// `: "last stderr line"` to end an error message, if the step said anything.
+    pub fn last_words(&self) -> String {
+        self.server.last_words()
     }
 
     /// Still running?
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
-        self.seen.lock().expect("bug: a reader thread panicked")
+        self.server.is_running()
     }
 }
 
-impl Drop for StepProcess {
-    /// Kill the step (SIGKILL to its pid) and reap it, whatever state the report is in.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
-fn read_stdout_line(pid: u32, line: &str, seen: &Mutex<Seen>) {
-    #[derive(Deserialize)]
-    struct Event {
-        event: String,
-        addr: Option<SocketAddr>,
+    /// A fake step: a shell script that ignores its options, listens, prints memory lines
+    /// for 1, 2 and 3 connections at once, then waits.
+    fn fake_step() -> std::path::PathBuf {
+        let line = |conns: u32| {
+            format!(
+                r#"echo '{{"event":"memory","step":"fake","conns":{conns},"rss_bytes":9,"base_rss_bytes":8,"per_conn_bytes":0,"threads":1}}'"#
+            )
+        };
+        let script = format!(
+            "#!/bin/sh\necho '{{\"event\":\"listening\",\"addr\":\"127.0.0.1:9\"}}'\n{}\n{}\n{}\nexec sleep 30\n",
+            line(1),
+            line(2),
+            line(3)
+        );
+        let path = std::env::temp_dir().join(format!("report-fake-step-{}", std::process::id()));
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
     }
-    let Ok(event) = serde_json::from_str::<Event>(line) else {
-        return; // not a JSON event line: nothing the report needs
-    };
-    match event.event.as_str() {
-        "listening" => {
-            seen.lock()
-                .expect("bug: a reader thread panicked")
-                .listening = event.addr
-        }
-        "memory" => {
-            let Some(memory) = MemoryLine::from_json(line) else {
-                return;
-            };
-            // Read /proc now, as close as we can to the moment the step measured itself.
-            let proc = procfs::status(pid).ok();
-            let sample = Sample {
-                line: memory,
-                proc,
-                at: Instant::now(),
-            };
-            seen.lock()
-                .expect("bug: a reader thread panicked")
-                .memory
-                .push(sample);
-        }
-        _ => {}
+
+    /// The memory line returned is the newest one, and only when it has the count asked
+    /// for; otherwise, after the timeout, the newest whatever it says. Breaks if an older
+    /// line with the right count is taken for the step's present state.
+    #[test]
+    fn the_newest_memory_line_is_the_one_that_counts() {
+        let bin = fake_step();
+        let before = Instant::now();
+        let mut step = StepProcess::start(&bin, &[]).expect("the fake step listens");
+        assert_eq!(step.addr(), "127.0.0.1:9".parse().unwrap());
+        // Let the reader thread take all three lines in (it needs microseconds; 2 s is for
+        // a busy machine). Then 2 is printed, but no longer the newest: the wait ends with
+        // the newest (3).
+        std::thread::sleep(Duration::from_secs(2));
+        let asked_two = step.memory_line(2, before, Duration::from_millis(300));
+        assert_eq!(asked_two.map(|s| s.line.conns), Some(3));
+        let three = step.memory_line(3, before, Duration::from_secs(20));
+        assert_eq!(three.map(|s| s.line.conns), Some(3));
+        let _ = std::fs::remove_file(bin);
     }
 }

@@ -286,6 +286,17 @@ fn quick_report_checks_every_row_and_the_lessons_orderings() {
     let select = step(&report, "step03-select");
     assert!(number(select, "conns/held") < 1024.0, "{select}");
     assert_eq!(number(select, "conns/served"), number(select, "conns/held"));
+    // What select's connections cost in user space is its `Conn`s: 32 bytes each in a Vec.
+    // The code a first connection runs is mapped in 64 KiB at a time (65 B per connection
+    // at 1000); the report's baseline is read after one connection came and went, so that
+    // is in it. Breaks if the baseline is read before: in the runs (1 in 3 here) where a
+    // window lands after it.
+    let select_user = number(select, "memory/rss_per_conn_bytes");
+    assert!(
+        select_user < 64.0,
+        "select: {select_user} B per connection, where its `Conn`s are 32 B: code mapped in \
+         for the first connection counted as the connections'?"
+    );
 
     // A thread per connection costs far more user-space memory per connection than epoll: a
     // thread's stack pages (KiBs) against a small struct (tens of bytes).

@@ -2,12 +2,13 @@
 //!
 //! Each step's `tests/behaviour.rs` calls these functions with
 //! `env!("CARGO_BIN_EXE_stepNN-name")`, so all steps are held to the same checks, like for
-//! like. [`Server`] starts a step on a free port and reads its `--json` lines; [`tcp`] holds
-//! the checks for the raw-TCP echo steps (01–05), [`ws`] those for the WebSocket steps
-//! (06–07), and [`memory`] holds every step's memory line to `/proc`. [`inprocess`] runs a
-//! step's `serve` in the test's own process, for the faults a client cannot cause.
-//! [`chromium`] starts the headless browser that the browser and slide checks drive, and
-//! [`syscalls`] counts a step's system calls with `perf`.
+//! like. [`Server`] starts a step on a free port and reads its `--json` lines (the report
+//! starts every step it measures with it too); [`tcp`] holds the checks for the raw-TCP
+//! echo steps (01–05), [`ws`] those for the WebSocket steps (06–07), and [`memory`] holds
+//! every step's memory line to `/proc`. [`inprocess`] runs a step's `serve` in the test's
+//! own process, for the faults a client cannot cause. [`chromium`] starts the headless
+//! browser that the browser and slide checks drive, and [`syscalls`] counts a step's
+//! system calls with `perf`.
 
 pub mod chromium;
 pub mod inprocess;
@@ -16,16 +17,17 @@ pub mod syscalls;
 pub mod tcp;
 pub mod ws;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::ffi::OsStr;
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::MemoryLine;
+use common::{MemoryLine, ProcStatus};
 use serde_json::Value;
 
 /// How long any single wait in these checks may take before it fails. Generous: the
@@ -41,78 +43,179 @@ fn connect_patiently(addr: SocketAddr) -> TcpStream {
     stream
 }
 
+/// How often the checks' steps print their memory line (at most), in seconds.
+const REPORT_EVERY: &str = "0.1";
+
 /// A step running in a child process, listening on a free loopback port. Dropping it kills
 /// the child (by its pid) and reaps it.
+///
+/// The behaviour suites start it with [`Server::start`], which panics when the step does
+/// not come up (they are tests); the report starts it with [`Server::try_start`], which
+/// says why instead, so that one step's failure is one row's error.
 pub struct Server {
     child: Child,
     /// Where the step is listening, from its first stdout line.
     pub addr: SocketAddr,
-    /// The stdout lines after the first, as parsed JSON.
-    lines: Receiver<Value>,
+    /// The stdout lines after the first, stamped as they arrived.
+    lines: Receiver<Line>,
     /// Everything the step wrote to stderr so far, for failure messages.
     stderr: Arc<Mutex<String>>,
-    /// The step's `VmRSS` read by the test when its `listening` line arrived, before any
-    /// connection: what the memory line's `base` is held to.
+    /// The step's `VmRSS` read when its `listening` line arrived, before any connection:
+    /// what the memory line's `base` is held to.
     rss_at_start: u64,
+}
+
+/// One stdout line of the step, as the reader thread got it.
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// The line as printed (with `--json`, one JSON object).
+    pub text: String,
+    /// When the reader thread got it.
+    pub at: Instant,
+    /// What /proc said about the step right then (`None` if the step had exited): for a
+    /// memory line, the figures the step measured a moment before, read from outside.
+    pub proc: Option<ProcStatus>,
+}
+
+/// How [`Server::try_start`] watches the step it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Watch {
+    /// How long the step may take to print its `listening` line.
+    pub patience: Duration,
+    /// Keep reading stdout after the `listening` line; `false` closes our end of the pipe
+    /// then, as `step | head -1` or a closed terminal would.
+    pub keep_stdout: bool,
+    /// Reads the step's /proc status as each stdout line arrives, given its pid. The
+    /// report passes its own, which sums a step made of several processes.
+    pub read_status: fn(u32) -> io::Result<ProcStatus>,
+}
+
+impl Default for Watch {
+    /// [`PATIENCE`], stdout kept, the step's own `/proc/PID/status`.
+    fn default() -> Watch {
+        Watch {
+            patience: PATIENCE,
+            keep_stdout: true,
+            read_status: |pid| ProcStatus::read(pid),
+        }
+    }
+}
+
+/// Why a step did not come up, and what it wrote to stderr meanwhile.
+#[derive(Debug)]
+pub struct StartError {
+    /// What went wrong: not started, exited, or silent past its patience.
+    pub reason: String,
+    /// Everything the step wrote to stderr before that.
+    pub stderr: String,
+}
+
+impl StartError {
+    /// The reason and the step's last stderr line: one line, for a table's notes.
+    pub fn short(&self) -> String {
+        format!("{}{}", self.reason, last_words(&self.stderr))
+    }
+}
+
+/// `: "last line"` of what a step wrote to stderr, to end a one-line error message; empty
+/// if it wrote nothing.
+fn last_words(stderr: &str) -> String {
+    match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(last) => format!(": \"{}\"", last.trim()),
+        None => String::new(),
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; stderr:\n{}", self.reason, self.stderr)
+    }
+}
+
+/// `bin --addr 127.0.0.1:0 --json --report-every SECS EXTRA...`, stdin closed, stdout and
+/// stderr piped: a step on a free loopback port, printing lines a program can read.
+pub fn step_command(bin: impl AsRef<OsStr>, report_every: &str, extra: &[&str]) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--json",
+            "--report-every",
+            report_every,
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Set the open-file limit (soft and hard) of the process `command` starts to `max_fds`,
+/// before exec, so that it cannot raise it back.
+pub fn limit_fds(command: &mut Command, max_fds: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: max_fds,
+        rlim_max: max_fds,
+    };
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // setrlimit, which is async-signal-safe; `limit` is a plain value copied in.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 impl Server {
     /// Start `bin --addr 127.0.0.1:0 --json --report-every 0.1 EXTRA...` and wait for its
     /// `listening` line.
     pub fn start(bin: &str, extra: &[&str]) -> Server {
-        Server::spawn(Server::command(bin, extra), true)
+        Server::started(step_command(bin, REPORT_EVERY, extra), Watch::default())
     }
 
     /// Like [`Server::start`], then close our end of the step's stdout once its `listening`
     /// line is read, as `step | head -1` or a closed terminal would: every memory line
     /// after that meets a broken pipe.
     pub fn start_with_stdout_closed(bin: &str, extra: &[&str]) -> Server {
-        Server::spawn(Server::command(bin, extra), false)
+        let watch = Watch {
+            keep_stdout: false,
+            ..Watch::default()
+        };
+        Server::started(step_command(bin, REPORT_EVERY, extra), watch)
     }
 
     /// Like [`Server::start`], with the child's open-file limit (soft and hard) set to
     /// `max_fds` before exec, so the step cannot raise it back.
     pub fn start_with_fd_limit(bin: &str, extra: &[&str], max_fds: u64) -> Server {
-        let mut command = Server::command(bin, extra);
-        let limit = libc::rlimit {
-            rlim_cur: max_fds,
-            rlim_max: max_fds,
-        };
-        // SAFETY: the closure runs in the forked child before exec and calls only
-        // setrlimit, which is async-signal-safe; `limit` is a plain value copied in.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Server::spawn(command, true)
+        let mut command = step_command(bin, REPORT_EVERY, extra);
+        limit_fds(&mut command, max_fds);
+        Server::started(command, Watch::default())
     }
 
-    fn command(bin: &str, extra: &[&str]) -> Command {
-        let mut command = Command::new(bin);
-        command
-            .args(["--addr", "127.0.0.1:0", "--json", "--report-every", "0.1"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command
+    /// [`Server::try_start`] for a check: a step that does not come up fails it.
+    fn started(command: Command, watch: Watch) -> Server {
+        Server::try_start(command, watch).unwrap_or_else(|err| panic!("{err}"))
     }
 
-    /// Start `command`; `keep_stdout: false` stops reading (and closes) its stdout after
-    /// the first line.
-    fn spawn(mut command: Command, keep_stdout: bool) -> Server {
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}"));
+    /// Start `command` (a step with `--json`, see [`step_command`]) and wait for its
+    /// `listening` line. A thread reads its stdout line by line, stamping each with the
+    /// moment it arrived and the step's /proc status read right then; another collects its
+    /// stderr. The error says why the step never listened, with what it wrote to stderr.
+    pub fn try_start(mut command: Command, watch: Watch) -> Result<Server, StartError> {
+        let mut child = command.spawn().map_err(|err| StartError {
+            reason: format!("cannot start {command:?}: {err}"),
+            stderr: String::new(),
+        })?;
+        let pid = child.id();
 
         let stderr = Arc::new(Mutex::new(String::new()));
-        let mut child_stderr = child.stderr.take().expect("stderr is piped");
+        let mut child_stderr = child.stderr.take().expect("bug: stderr is piped");
         let collected = Arc::clone(&stderr);
-        thread::spawn(move || {
+        let stderr_reader = thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = child_stderr.read(&mut buf) {
                 collected
@@ -123,13 +226,14 @@ impl Server {
         });
 
         let (tx, lines) = mpsc::channel();
-        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let stdout = BufReader::new(child.stdout.take().expect("bug: stdout is piped"));
         thread::spawn(move || {
-            for line in stdout.lines() {
-                let Ok(line) = line else { break };
-                let value = serde_json::from_str(&line)
-                    .unwrap_or_else(|err| panic!("stdout line is not JSON ({err}): {line}"));
-                if tx.send(value).is_err() || !keep_stdout {
+            for text in stdout.lines() {
+                let Ok(text) = text else { break };
+                let at = Instant::now();
+                // Read /proc now, as close as we can to the moment the step measured itself.
+                let proc = (watch.read_status)(pid).ok();
+                if tx.send(Line { text, at, proc }).is_err() || !watch.keep_stdout {
                     break; // dropping `stdout` closes the pipe
                 }
             }
@@ -142,22 +246,51 @@ impl Server {
             stderr,
             rss_at_start: 0,
         };
-        let first = server.next_line(PATIENCE).unwrap_or_else(|| {
-            panic!(
-                "the step printed no `listening` line; stderr:\n{}",
-                server.stderr()
-            )
-        });
-        assert_eq!(
-            first["event"], "listening",
-            "the first stdout line must be `listening`: {first}"
-        );
-        server.addr = first["addr"]
-            .as_str()
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("`listening` line without a socket address: {first}"));
-        server.rss_at_start = server.rss_bytes();
-        server
+        // From here on, an early return drops `server`, which kills the step.
+        let fail = |server: &Server, reason: String| StartError {
+            reason,
+            stderr: server.stderr(),
+        };
+        let first = match server.lines.recv_timeout(watch.patience) {
+            Ok(first) => first,
+            Err(RecvTimeoutError::Timeout) => {
+                let reason = format!("no `listening` line within {:?}", watch.patience);
+                return Err(fail(&server, reason));
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                // Stdout closed: the step is exiting. Give it and the stderr reader a moment
+                // (bounded) so that the error says how it ended and its last words.
+                let deadline = Instant::now() + Duration::from_secs(1);
+                let mut status = server.child.try_wait().ok().flatten();
+                while (status.is_none() || !stderr_reader.is_finished())
+                    && Instant::now() < deadline
+                {
+                    thread::sleep(Duration::from_millis(10));
+                    status = status.or(server.child.try_wait().ok().flatten());
+                }
+                let how =
+                    status.map_or("closed its stdout".to_string(), |s| format!("exited ({s})"));
+                return Err(fail(&server, format!("{how} before listening")));
+            }
+        };
+        let addr = serde_json::from_str::<Value>(&first.text)
+            .ok()
+            .filter(|line| line["event"] == "listening")
+            .and_then(|line| line["addr"].as_str()?.parse().ok());
+        let Some(addr) = addr else {
+            let reason = format!(
+                "the first stdout line is not `listening` with an address: {}",
+                first.text
+            );
+            return Err(fail(&server, reason));
+        };
+        server.addr = addr;
+        let Some(proc) = first.proc else {
+            let reason = format!("cannot read /proc/{pid}/status once it listened");
+            return Err(fail(&server, reason));
+        };
+        server.rss_at_start = proc.rss_bytes;
+        Ok(server)
     }
 
     /// The step's `VmRSS` when it started listening, read by the test.
@@ -175,8 +308,14 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// The next JSON line on stdout, or `None` after `timeout` (or when stdout closed).
-    pub fn next_line(&self, timeout: Duration) -> Option<Value> {
+    /// `: "last line"` the step wrote to stderr so far, or nothing: to end a one-line message.
+    pub fn last_words(&self) -> String {
+        last_words(&self.stderr.lock().unwrap())
+    }
+
+    /// The next stdout line, or `None` after `timeout` (or once stdout is closed). Lines
+    /// queue up until read: none is lost, the oldest comes first.
+    pub fn next_line(&self, timeout: Duration) -> Option<Line> {
         self.lines.recv_timeout(timeout).ok()
     }
 
@@ -188,6 +327,12 @@ impl Server {
             let Some(line) = self.next_line(left) else {
                 break;
             };
+            let line: Value = serde_json::from_str(&line.text).unwrap_or_else(|err| {
+                panic!(
+                    "with --json, every stdout line is JSON ({err}): {}",
+                    line.text
+                )
+            });
             if line["event"] == "memory" && line["conns"] == conns {
                 return line;
             }
