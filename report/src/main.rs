@@ -7,7 +7,7 @@
 //! line), kernel memory per connection (from /proc/slabinfo), threads, CPU time, and the
 //! round trip on one connection as idle connections pile up (with the CPU each echo costs
 //! the step), and the busy side: a storm of new connections, a burst of messages on all of
-//! them at once. It prints three Markdown tables (memory, latency, busy), writes
+//! them at once (with the system calls each message costs, counted by `perf stat`). It prints three Markdown tables (memory, latency, busy), writes
 //! `report.json`, and draws the SVG charts into `--out`.
 //!
 //! Layout: `steps.rs` lists the rows; `child.rs` runs one step and reads its lines;
@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use stepcheck::syscalls::SyscallCount;
 
 use measure::{Batch, Plan, StepResult};
 use output::Report;
@@ -157,6 +158,11 @@ fn main() -> ExitCode {
         return million::run(args.conns, &out_dir, &bin_dir);
     }
 
+    // Whether perf can count system calls here: asked once, of this process, so that the
+    // report says why once rather than under every step.
+    let syscalls_not_counted = SyscallCount::start(std::process::id())
+        .and_then(SyscallCount::finish)
+        .err();
     let plan = Plan {
         conns,
         message_size: 64,
@@ -174,6 +180,7 @@ fn main() -> ExitCode {
         storm_in_flight: 256,
         storms: 2,
         burst_rounds: 3,
+        count_syscalls: syscalls_not_counted.is_none(),
     };
 
     let started = Instant::now();
@@ -203,6 +210,7 @@ fn main() -> ExitCode {
             .map_or("?".into(), |n| n.to_string_lossy().into_owned()),
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         kernel_readable: procfs::KernelMemory::read().is_some(),
+        syscalls_not_counted,
         socket_caches: procfs::SOCKET_CACHES
             .iter()
             .map(|s| s.to_string())

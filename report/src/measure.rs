@@ -13,6 +13,7 @@ use common::MemoryLine;
 use indicatif::ProgressBar;
 use loadgen::{ConnectOptions, EchoStats, Pace, Pick, Pool, Protocol, Target};
 use serde::Serialize;
+use stepcheck::syscalls::SyscallCount;
 
 use crate::child::{Sample, StepProcess};
 use crate::kernel::KernelChunks;
@@ -50,6 +51,8 @@ pub struct Plan {
     pub storms: usize,
     /// Rounds of the burst: one message on every connection at once, each round.
     pub burst_rounds: usize,
+    /// Whether to count the step's system calls during the burst (perf works here).
+    pub count_syscalls: bool,
 }
 
 /// One visit of a sweep point: round trips one after another on one connection.
@@ -183,6 +186,9 @@ pub struct BurstResult {
     pub server_cpu_us_per_msg: Option<f64>,
     /// (highest VmRSS during the burst − VmRSS before the first connection) / held.
     pub peak_rss_per_conn_bytes: Option<u64>,
+    /// The step's system calls during the burst / echoes back, counted by `perf stat`;
+    /// `None` where perf cannot count.
+    pub syscalls_per_msg: Option<f64>,
     pub echo: EchoCounts,
 }
 
@@ -394,7 +400,7 @@ impl Run<'_> {
         result.echo = EchoCounts::from(&echo);
 
         if self.spec.busy {
-            result.burst = Some(self.burst(&mut pool).await);
+            result.burst = Some(self.burst(&mut pool, &mut result.notes).await);
             // The storm, `plan.storms` times; the fastest stands (a busy machine only ever
             // slows a storm down). Each time: reset every connection, wait until the step
             // has seen them all go (its memory line says 0), so that its CPU time in the
@@ -556,12 +562,19 @@ impl Run<'_> {
     }
 
     /// Every connection sends one message at the same moment, several rounds, while a
-    /// thread samples the step's resident set for its peak.
-    async fn burst(&self, pool: &mut Pool) -> BurstResult {
+    /// thread samples the step's resident set for its peak and perf counts its system calls.
+    /// A count that fails is a note on the step.
+    async fn burst(&self, pool: &mut Pool, notes: &mut Vec<String>) -> BurstResult {
         self.bar
             .set_message(format!("burst: {} rounds", self.plan.burst_rounds));
         let conns = pool.usable();
-        let peak = PeakRss::watch(self.step.process.pid());
+        let pid = self.step.process.pid();
+        let syscalls = self
+            .plan
+            .count_syscalls
+            .then(|| SyscallCount::start(pid))
+            .transpose();
+        let peak = PeakRss::watch(pid);
         let cpu_before = self.cpu();
         let burst = pool
             .burst(
@@ -572,6 +585,12 @@ impl Run<'_> {
             .await;
         let cpu = per_each(cpu_before, self.cpu(), burst.echo.ok);
         let peak_rss = peak.stop();
+        let syscalls = syscalls
+            .and_then(|count| count.map(SyscallCount::finish).transpose())
+            .unwrap_or_else(|why| {
+                notes.push(format!("system calls not counted in the burst: {why}"));
+                None
+            });
         let summary = burst.echo.summary();
         let us_of = |pick: fn(&loadgen::RttSummary) -> Duration| {
             summary.as_ref().map_or(0.0, |s| us(pick(s)))
@@ -586,6 +605,9 @@ impl Run<'_> {
             server_cpu_us_per_msg: cpu,
             peak_rss_per_conn_bytes: (conns > 0 && peak_rss > 0)
                 .then(|| peak_rss.saturating_sub(self.step.base_rss) / pool.len() as u64),
+            syscalls_per_msg: syscalls
+                .filter(|_| burst.echo.ok > 0)
+                .map(|calls| calls as f64 / burst.echo.ok as f64),
             echo: EchoCounts::from(&burst.echo),
         }
     }

@@ -19,6 +19,9 @@ pub struct Report {
     pub cores: usize,
     /// Whether /proc/slabinfo was readable (it needs root).
     pub kernel_readable: bool,
+    /// Why the burst's system calls were not counted (no perf, no right to trace); `None`
+    /// when they were.
+    pub syscalls_not_counted: Option<String>,
     /// The slab caches summed into the kernel figure.
     pub socket_caches: Vec<String>,
     pub wall_seconds: f64,
@@ -159,16 +162,17 @@ pub fn latency_table(steps: &[StepResult]) -> String {
     table(&HEADER, &rows)
 }
 
-/// Busy: a storm of new connections, then a burst of messages on all of them at once.
+/// Busy: a storm of new connections, then a burst of messages on all of them at once. The
+/// storm's time to connect is in `report.json` only, so that the table fits 100 columns.
 pub fn busy_table(steps: &[StepResult]) -> String {
     const HEADER: [&str; 9] = [
         "busy",
         "storm",
-        "connect p99",
         "CPU / conn",
         "burst",
         "p99",
         "CPU / msg",
+        "calls / msg",
         "peak / conn",
         "idle",
     ];
@@ -182,19 +186,19 @@ pub fn busy_table(steps: &[StepResult]) -> String {
             match &r.storm {
                 Some(s) => row.extend([
                     rate(s.conns_per_s),
-                    micros(s.connect_p99_us),
                     or_dash(s.server_cpu_us_per_conn, cpu_us),
                 ]),
-                None => row.extend((0..3).map(|_| DASH.to_string())),
+                None => row.extend((0..2).map(|_| DASH.to_string())),
             }
             match &r.burst {
                 Some(b) => row.extend([
                     rate(b.msgs_per_s),
                     micros(b.p99_us),
                     or_dash(b.server_cpu_us_per_msg, cpu_us),
+                    or_dash(b.syscalls_per_msg, calls),
                     or_dash(b.peak_rss_per_conn_bytes, common::format_bytes),
                 ]),
-                None => row.extend((0..4).map(|_| DASH.to_string())),
+                None => row.extend((0..5).map(|_| DASH.to_string())),
             }
             row.push(or_dash(
                 r.memory.as_ref().and_then(|m| m.rss_per_conn_bytes),
@@ -294,9 +298,12 @@ fn footnotes(report: &Report) -> String {
          the step's CPU time (its process CPU clock, to the nanosecond) over a visit ÷ its echoes.\n\
          *storm*: N connections opened as fast as loadgen can ({in_flight} attempts in flight), \
          each with its {size}-byte echo (WebSocket: upgrade too), the fastest of {storms}: \
-         connections per second, time to connect, the step's CPU per connection. *burst*: one {size}-byte message on every \
+         connections per second and the step's CPU per connection (the time to connect, p50 \
+         and p99, is in report.json). *burst*: one {size}-byte message on every \
          connection at once, {rounds} rounds: messages per second, round trips, the step's CPU \
-         per message, and its highest resident set meanwhile per connection beside the idle one.\n",
+         per message, its system calls per message (every thread's, counted by `perf stat -e \
+         raw_syscalls:sys_enter -p PID` during the burst only{syscalls}), and its highest \
+         resident set meanwhile per connection beside the idle one.\n",
         conns = plan.conns,
         profile = report.profile,
         cores = report.cores,
@@ -321,7 +328,20 @@ fn footnotes(report: &Report) -> String {
         in_flight = plan.storm_in_flight,
         storms = plan.storms,
         rounds = plan.burst_rounds,
+        syscalls = report
+            .syscalls_not_counted
+            .as_ref()
+            .map_or(String::new(), |why| format!("; not counted here: {why}")),
     )
+}
+
+/// System calls per message: `12.3`, `2.31`, `0.148`: three decimals under one.
+pub fn calls(per_msg: f64) -> String {
+    match per_msg {
+        10.0.. => format!("{per_msg:.1}"),
+        1.0.. => format!("{per_msg:.2}"),
+        _ => format!("{per_msg:.3}"),
+    }
 }
 
 /// `87 µs`, `1.42 ms`, `18.5 ms`: three figures at most, so the tables stay narrow.

@@ -371,6 +371,37 @@ fn quick_report_checks_every_row_and_the_lessons_orderings() {
          epoll's (+{epoll_growth:.0} µs), by 50 µs at least"
     );
 
+    // System calls per message in the burst, counted by perf: io_uring's rings carry many
+    // receives and sends per `io_uring_enter`, where epoll's loop makes a read and a write
+    // for each message. Without perf (or the right to trace) the figure is absent, and the
+    // report says why once.
+    match report["syscalls_not_counted"].as_str() {
+        None => {
+            for &name in rows.iter().filter(|r| !NOT_BUSY.contains(r)) {
+                assert!(
+                    number(step(&report, name), "burst/syscalls_per_msg") > 0.0,
+                    "{name}: a server that echoes makes system calls"
+                );
+            }
+            let calls = |name| number(step(&report, name), "burst/syscalls_per_msg");
+            let (epoll, uring) = (calls("step06-ws-epoll"), calls("step09-io-uring"));
+            assert!(
+                uring < 0.5 * epoll,
+                "in a burst step09 should make under half step06's system calls per message: \
+                 {uring:.3} against {epoll:.3}"
+            );
+        }
+        Some(why) => {
+            assert!(
+                stdout.contains(why),
+                "the report says once why system calls were not counted"
+            );
+            say_visibly(&format!(
+                "quick_report: SKIPPED the system-call check (step09 against step06): {why}"
+            ));
+        }
+    }
+
     // In the burst a thread per connection wakes every thread; its stacks stay resident.
     assert!(number(threads, "burst/peak_rss_per_conn_bytes") >= 4096.0);
 

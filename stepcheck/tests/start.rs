@@ -98,11 +98,12 @@ fn each_line_carries_the_status_read_as_it_arrived() {
     );
 }
 
-/// By default the status is the step's own /proc/PID/status (a `sh` that only waits: its
-/// resident set does not move), not this test's.
+/// By default the status is the step's own /proc/PID/status (a `sh` that becomes a `sleep`:
+/// its resident set does not move), not this test's. (`exec`: a step with child processes
+/// is counted by them, as step08's supervisor is by its workers.)
 #[test]
 fn by_default_the_status_is_the_steps_own() {
-    let script = r#"echo '{"event":"listening","addr":"127.0.0.1:9"}'; sleep 30"#;
+    let script = r#"echo '{"event":"listening","addr":"127.0.0.1:9"}'; exec sleep 30"#;
     let server = Server::try_start(fake_step(script), Watch::default()).expect("listens");
     let its = ProcStatus::read(server.pid()).expect("the fake step's status");
     let ours = ProcStatus::read("self").expect("this test's status");
