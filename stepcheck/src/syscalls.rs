@@ -27,9 +27,14 @@ pub struct SyscallCount {
 }
 
 impl SyscallCount {
-    /// Start counting the system calls of `pid`; returns once perf counts. `Err` says why
-    /// not (no `perf`, or no right to trace).
+    /// Start counting the system calls of `pid` and of its children (a supervisor's
+    /// workers, where the calls are made); returns once perf counts. `Err` says why not (no
+    /// `perf`, or no right to trace).
     pub fn start(pid: u32) -> Result<SyscallCount, String> {
+        let pids: Vec<String> = std::iter::once(pid)
+            .chain(common::children_of(pid))
+            .map(|pid| pid.to_string())
+            .collect();
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "syscall-count-{}-{}",
@@ -55,7 +60,7 @@ impl SyscallCount {
                     ctl.display(),
                     ack.display()
                 ))
-                .args(["-p", &pid.to_string()])
+                .args(["-p", &pids.join(",")])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
