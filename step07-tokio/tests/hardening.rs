@@ -1,7 +1,7 @@
 //! What a hostile client sends, as raw bytes, and what the server must do about it:
 //! memory bounded, the right close code or HTTP status, everybody else still served.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -32,22 +32,7 @@ fn close_code(client: &mut ws::Client) -> CloseCode {
 
 /// Write `bytes` for at most `secs`, never reading; returns how many the server took.
 fn write_for(stream: &mut TcpStream, bytes: &[u8], secs: u64) -> usize {
-    stream
-        .set_write_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let start = Instant::now();
-    let (mut sent, mut offset) = (0, 0);
-    while start.elapsed() < Duration::from_secs(secs) {
-        match stream.write(&bytes[offset..]) {
-            Ok(n) => {
-                sent += n;
-                offset = (offset + n) % bytes.len();
-            }
-            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(err) => panic!("the flooding client's socket failed: {err}"),
-        }
-    }
-    sent
+    stepcheck::flood(stream, bytes, usize::MAX, Duration::from_secs(secs))
 }
 
 /// A client that floods pings and never reads the pongs: the server stops reading it

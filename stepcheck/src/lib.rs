@@ -439,6 +439,33 @@ impl Drop for Server {
 /// flooder would pass it within the first second.
 pub const FLOOD_GROWTH_LIMIT: u64 = 2 << 20;
 
+/// A client that writes and never reads: sends `bytes` over and over until `max_bytes` are
+/// sent or `max_time` has passed, and returns how many the server took. A write may take
+/// part of `bytes`; the next goes on from there, so a stream of frames stays a stream of
+/// whole frames. Writes time out after 200 ms, so a full socket ends the loop on time.
+pub fn flood(stream: &mut TcpStream, bytes: &[u8], max_bytes: usize, max_time: Duration) -> usize {
+    stream
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .expect("bug: 200 ms is a valid write timeout");
+    let start = Instant::now();
+    let (mut sent, mut offset) = (0, 0);
+    while sent < max_bytes && start.elapsed() < max_time {
+        match stream.write(&bytes[offset..]) {
+            Ok(n) => {
+                sent += n;
+                offset = (offset + n) % bytes.len();
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(err) => panic!("the flooding client's socket failed: {err}"),
+        }
+    }
+    sent
+}
+
 /// How many descriptors a step gets in the fd-exhaustion checks, and how many clients
 /// are sent at it: more than it can accept.
 const FD_LIMIT: u64 = 64;

@@ -6,7 +6,9 @@ use std::ops::RangeBounds;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{FLOOD_GROWTH_LIMIT, PATIENCE, Server, assert_echo, check_fd_exhaustion, memory};
+use crate::{
+    FLOOD_GROWTH_LIMIT, PATIENCE, Server, assert_echo, check_fd_exhaustion, flood, memory,
+};
 
 /// One client, one message, the same bytes back.
 pub fn echo_round_trip(bin: &str) {
@@ -79,23 +81,11 @@ pub fn non_reading_client_does_not_stall_others(bin: &str) {
     let base_rss = server.rss_bytes();
 
     let flooder = server.connect();
-    flooder
-        .set_write_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
     let mut flooding = flooder.try_clone().unwrap();
     // Bounded: at most 256 MiB, for at most 3 s; it stops much sooner once buffers fill.
     let flood = thread::spawn(move || {
         let chunk = vec![b'x'; 64 * 1024];
-        let start = Instant::now();
-        let mut sent = 0usize;
-        while sent < 256 << 20 && start.elapsed() < Duration::from_secs(3) {
-            match flooding.write(&chunk) {
-                Ok(n) => sent += n,
-                Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(err) => panic!("the flooding client's socket failed: {err}"),
-            }
-        }
-        sent
+        flood(&mut flooding, &chunk, 256 << 20, Duration::from_secs(3))
     });
 
     thread::sleep(Duration::from_millis(500));

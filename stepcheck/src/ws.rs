@@ -10,14 +10,16 @@ use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::ops::RangeBounds;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::{Message, WebSocket};
 
-use crate::{FLOOD_GROWTH_LIMIT, Server, check_fd_exhaustion, check_flood_fairness, memory, tcp};
+use crate::{
+    FLOOD_GROWTH_LIMIT, Server, check_fd_exhaustion, check_flood_fairness, flood, memory, tcp,
+};
 
 /// A client's end of a WebSocket connection over a plain blocking TCP stream.
 pub type Client = WebSocket<TcpStream>;
@@ -186,29 +188,11 @@ pub fn non_reading_client_does_not_stall_others(bin: &str, extra: &[&str]) {
     // The flooder shakes hands, then writes ready-made frames straight to the socket: a
     // blocking WebSocket client would keep every message it cannot send in its own memory.
     let flooder = connect(&server).into_inner();
-    flooder
-        .set_write_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
     let mut flooding = flooder.try_clone().unwrap();
     let frame = masked_binary_frame(&pattern(64 * 1024));
     // Bounded: at most 256 MiB, for at most 3 s; it stops much sooner once buffers fill.
-    let flood = thread::spawn(move || {
-        let start = Instant::now();
-        let (mut sent, mut offset) = (0usize, 0usize);
-        while sent < 256 << 20 && start.elapsed() < Duration::from_secs(3) {
-            // A write may take part of a frame: the next one must go on from there, or the
-            // server would read the start of a frame where it expects the rest of one.
-            match flooding.write(&frame[offset..]) {
-                Ok(n) => {
-                    sent += n;
-                    offset = (offset + n) % frame.len();
-                }
-                Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(err) => panic!("the flooding client's socket failed: {err}"),
-            }
-        }
-        sent
-    });
+    let flood =
+        thread::spawn(move || flood(&mut flooding, &frame, 256 << 20, Duration::from_secs(3)));
 
     thread::sleep(Duration::from_millis(500));
     let mut other = connect(&server);
