@@ -14,43 +14,12 @@
 
 use std::io::{self, Write};
 use std::os::fd::RawFd;
-use std::time::Duration;
 
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::epoll::Epoll;
 use crate::timer::Deadline;
 use crate::{Conn, Next, Shared, State, close, frame, handshake, send};
-
-/// The step's own settings, all of them budgets (the common ones are in
-/// `common::Options`).
-#[derive(Debug, Clone, Copy)]
-pub struct Config {
-    /// The largest message (all its fragments together) we accept; bigger → close 1009.
-    pub max_message: usize,
-    /// The most bytes all connections together may hold: request heads in pieces,
-    /// unfinished frames, fragmented messages, output the kernel would not take yet. The
-    /// connection whose bytes would pass it is closed with 1009 (503 while it handshakes).
-    pub max_buffered: usize,
-    /// How long a client may take to send its whole request head, and, once we have sent
-    /// our close, to read it and hang up. Past it, we close the connection (408 for a head).
-    pub timeout: Duration,
-    /// How long a connection may hold bytes without finishing anything (a frame, a message,
-    /// taking its pending output). Past it, we close the connection with 1008.
-    pub stall_timeout: Duration,
-}
-
-impl Default for Config {
-    /// 1 MiB per message, 64 MiB in all, 10 s for a handshake, 10 s to finish anything held.
-    fn default() -> Config {
-        Config {
-            max_message: 1 << 20,
-            max_buffered: 64 << 20,
-            timeout: Duration::from_secs(10),
-            stall_timeout: Duration::from_secs(10),
-        }
-    }
-}
 
 /// The bytes a connection holds and counts against `--max-buffered`, as allocated: a
 /// request head that came in pieces, an unfinished frame and message, unsent output.
@@ -197,6 +166,7 @@ fn current_deadline(conn: &Conn) -> Option<Deadline> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Config;
     use crate::timer::Timers;
     use std::net::{TcpListener, TcpStream};
 

@@ -16,10 +16,11 @@
 //! - `timer.rs`: the deadlines that close clients too slow to finish a handshake, what they
 //!   hold, or a close.
 //! - `epoll.rs`: the epoll wrapper, the same file as step05's.
-//! - `options.rs`: this step's command-line options (step08 takes the same).
+//! - `options.rs`: this step's settings ([`Config`]) and their command-line options (step08
+//!   and step09 take the same).
 //! - `page.rs`: the page a browser gets for a plain `GET /`, to try the server from a tab.
 //!
-//! And `budget.rs`, the budgets ([`Config`]) and the loop's accounting: after each event,
+//! And `budget.rs`, the budgets and the loop's accounting: after each event,
 //! how many bytes all connections may hold; before each wait, whose deadline has passed
 //! (`expire`). It closes the connection that goes past either.
 
@@ -29,9 +30,9 @@ pub mod frame;
 pub mod handshake;
 mod options;
 mod page;
-mod timer;
+pub mod timer;
 
-pub use options::WsOptions;
+pub use options::{Config, WsOptions};
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -40,8 +41,6 @@ use std::time::{Duration, Instant};
 
 use common::sys::{client_gone, interrupted, is_disconnect, out_of_resources, would_block};
 use common::{MemoryMeter, RateLimitedLog};
-
-pub use budget::Config;
 
 use budget::{expire, held, hold_to_budget};
 use epoll::{Epoll, READABLE, WRITABLE};

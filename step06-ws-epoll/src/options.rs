@@ -1,10 +1,39 @@
-//! step06's own options, as a group that `main.rs` flattens into its arguments. step08 runs
-//! this loop in every worker and flattens the same group, so the two take the same options
-//! and a new one here reaches step08 without a change there.
+//! step06's own settings, the budgets ([`Config`]), and their options, as a group that
+//! `main.rs` flattens into its arguments. step08 runs this loop in every worker and step09
+//! runs the same budgets on io_uring: both flatten the same group, so all three take the
+//! same options and a new one here reaches them without a change there.
 
 use std::time::Duration;
 
-use crate::Config;
+/// The step's own settings, all of them budgets (the common ones are in
+/// `common::Options`).
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// The largest message (all its fragments together) we accept; bigger → close 1009.
+    pub max_message: usize,
+    /// The most bytes all connections together may hold: request heads in pieces,
+    /// unfinished frames, fragmented messages, output the kernel would not take yet. The
+    /// connection whose bytes would pass it is closed with 1009 (503 while it handshakes).
+    pub max_buffered: usize,
+    /// How long a client may take to send its whole request head, and, once we have sent
+    /// our close, to read it and hang up. Past it, we close the connection (408 for a head).
+    pub timeout: Duration,
+    /// How long a connection may hold bytes without finishing anything (a frame, a message,
+    /// taking its pending output). Past it, we close the connection with 1008.
+    pub stall_timeout: Duration,
+}
+
+impl Default for Config {
+    /// 1 MiB per message, 64 MiB in all, 10 s for a handshake, 10 s to finish anything held.
+    fn default() -> Config {
+        Config {
+            max_message: 1 << 20,
+            max_buffered: 64 << 20,
+            timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// The loop's settings on the command line (the options every step takes are in
 /// `common::Options`).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// A deadline: whole seconds since the loop started. 4 bytes where an `Instant` takes 16,
 /// and a handshake timeout needs no finer grain than a second. (A u32 lasts 136 years.)
-pub(crate) type Deadline = u32;
+pub type Deadline = u32;
 
 /// A timer: one queue of `(deadline, fd)`, all set with the same timeout. The loop keeps
 /// two on one clock: handshakes and closes (`--handshake-timeout`), and connections that
@@ -20,7 +20,7 @@ pub(crate) type Deadline = u32;
 /// timer wheel, O(1) to set one. When a connection finishes its head, or closes, its entry
 /// just goes stale: it is skipped when it comes due, or dropped sooner by [`Timers::rebuild`]
 /// once stale entries outnumber the connections (connect/close churn makes many).
-pub(crate) struct Timers {
+pub struct Timers {
     /// When the loop started: deadlines count seconds from here.
     start: Instant,
     /// The timeout every deadline is set with.
@@ -30,7 +30,7 @@ pub(crate) struct Timers {
 }
 
 impl Timers {
-    pub(crate) fn new(timeout: Duration) -> Timers {
+    pub fn new(timeout: Duration) -> Timers {
         Timers {
             start: Instant::now(),
             timeout,
@@ -40,7 +40,7 @@ impl Timers {
 
     /// A second queue, for deadlines set with another timeout, on the same clock (so a
     /// deadline from either compares with `now()` from either).
-    pub(crate) fn with_timeout(&self, timeout: Duration) -> Timers {
+    pub fn with_timeout(&self, timeout: Duration) -> Timers {
         Timers {
             start: self.start,
             timeout,
@@ -50,7 +50,7 @@ impl Timers {
 
     /// Set a deadline `timeout` from now for `fd`, rounded up to a whole second (so never
     /// sooner than the timeout).
-    pub(crate) fn set(&mut self, fd: RawFd) -> Deadline {
+    pub fn set(&mut self, fd: RawFd) -> Deadline {
         let deadline = self.timeout_from_now();
         self.queue.push_back((deadline, fd));
         deadline
@@ -58,7 +58,7 @@ impl Timers {
 
     /// Move `fd`'s `deadline` to `timeout` from now. Within the same second it stays put: a
     /// connection that makes progress many times a second sets one entry a second at most.
-    pub(crate) fn restart(&mut self, fd: RawFd, deadline: &mut Deadline) {
+    pub fn restart(&mut self, fd: RawFd, deadline: &mut Deadline) {
         if self.timeout_from_now() != *deadline {
             *deadline = self.set(fd);
         }
@@ -73,12 +73,12 @@ impl Timers {
     /// True once the queue is more than twice as long as it needs to be for `connections`
     /// (each holds one deadline at most): time to [`Timers::rebuild`] it. Checking this
     /// before each wait keeps a rebuild to O(1) per entry set, amortized.
-    pub(crate) fn is_mostly_stale(&self, connections: usize) -> bool {
+    pub fn is_mostly_stale(&self, connections: usize) -> bool {
         self.queue.len() > 2 * connections + 64
     }
 
     /// Replace the queue by the deadlines connections hold now, `(deadline, fd)`, sorted.
-    pub(crate) fn rebuild(&mut self, live: impl Iterator<Item = (Deadline, RawFd)>) {
+    pub fn rebuild(&mut self, live: impl Iterator<Item = (Deadline, RawFd)>) {
         self.queue.clear();
         self.queue.extend(live);
         self.queue.make_contiguous().sort_unstable();
@@ -86,19 +86,19 @@ impl Timers {
     }
 
     /// The current second: a deadline `d` has passed when `d <= now`.
-    pub(crate) fn now(&self) -> Deadline {
+    pub fn now(&self) -> Deadline {
         self.start.elapsed().as_secs() as Deadline
     }
 
     /// How long until the earliest deadline, if any: the most epoll_wait may sleep.
-    pub(crate) fn time_left(&self) -> Option<Duration> {
+    pub fn time_left(&self) -> Option<Duration> {
         let &(deadline, _) = self.queue.front()?;
         let due = self.start + Duration::from_secs(deadline.into());
         Some(due.saturating_duration_since(Instant::now()))
     }
 
     /// The next fd whose deadline is `now` or earlier, taken off the queue.
-    pub(crate) fn pop_due(&mut self, now: Deadline) -> Option<RawFd> {
+    pub fn pop_due(&mut self, now: Deadline) -> Option<RawFd> {
         let &(deadline, fd) = self.queue.front()?;
         if deadline > now {
             return None;

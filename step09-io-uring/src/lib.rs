@@ -1,52 +1,55 @@
 //! `cargo run --release -p step09-io-uring`
 //!
-//! The same WebSocket echo as step06, on io_uring instead of epoll.
+//! step06's WebSocket echo on io_uring instead of epoll. What a connection says is the
+//! same (step06's handshake and frame decoder, used as a library); what changes is how its
+//! bytes come and go.
 //!
-//! epoll tells you a socket is *ready*; you then make the read yourself, and the write: two
-//! system calls per echoed message, besides `epoll_wait` (three where the loop reads until
-//! `EAGAIN`). io_uring takes the
-//! *operation*: you ask for the read, the kernel does it and tells you it is *done*, with
-//! the bytes already in your buffer. Requests and results travel through two rings of
-//! memory shared with the kernel, so one `io_uring_enter` submits every request queued
-//! since the last call and collects every result that came in: under load, well under one
-//! system call per message.
+//! epoll tells you a socket is *ready*, then you make the read and the write yourself: two
+//! system calls per echoed message. io_uring takes the *operation*: you ask for the read,
+//! the kernel does it and tells you it is *done*. Requests and results travel through two
+//! rings of memory shared with the kernel, so one `io_uring_enter` submits every request
+//! queued since the last one and collects every result: under load, well under one system
+//! call per message.
 //!
-//! - A **multishot accept** on the listener: one request, a completion per new connection.
-//! - A **multishot receive** per connection, with a **provided buffer ring**: the kernel
-//!   picks a buffer only when bytes arrive, so an idle connection owns no buffer at all.
-//! - **Buffer ownership**: a buffer handed to the kernel (a send's bytes, the ring's
-//!   buffers) is not ours to touch or free until its completion comes back. A connection
-//!   is dropped only when none of its operations is still in the kernel.
-//! - When the buffer ring runs dry, a receive ends with `ENOBUFS`; the bytes stay in the
-//!   socket, and we re-arm once buffers are back. Nothing is lost.
+//! The loop owns one output buffer for everybody, and no read buffer: a **multishot
+//! receive** per connection takes a buffer from a **provided buffer ring** only when bytes
+//! arrive, so an idle connection owns none (step06's lazy buffer, moved into the kernel).
+//! A connection gets bytes of its own while it is in the middle of something, as in
+//! step06, and while its replies are on their way out: bytes handed to the kernel are the
+//! kernel's until their completion comes back, so a connection is closed only once the
+//! kernel has given back every operation on it. An idle connection is one small `Conn`.
 //!
-//! The handshake and the frame decoder are step06's, used as a library: what a connection
-//! says has not changed, only how its bytes come and go.
+//! Layout: this file is the loop and the connection's life (handshaking → open → closing).
+//! `ring.rs` stands where step06's `epoll.rs` stood: the rings, the provided buffer ring,
+//! and the check that io_uring is here at all. From step06, unchanged: `handshake`,
+//! `frame`, `timer` and the options ([`WsOptions`], [`Config`]).
 //!
-//! - `ring.rs`: the rings, the provided buffer ring, and the check that io_uring is here.
+//! And `budget.rs`, step06's budgets and the loop's accounting: after each completion,
+//! how many bytes all connections may hold; before each wait, whose deadline has passed
+//! (`expire`). It closes the connection that goes past either.
 
+mod budget;
 mod ring;
 
 pub use ring::Unavailable;
+pub use step06_ws_epoll::{Config, WsOptions};
 
+use std::collections::HashMap;
 use std::io;
-use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use common::sys::{client_gone, cvt, is_disconnect, out_of_resources};
+use common::sys::{client_gone, interrupted, is_disconnect, out_of_resources, would_block};
 use common::{MemoryMeter, RateLimitedLog};
-use io_uring::squeue::Entry as Sqe;
-use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
-use io_uring::{IoUring, Submitter, cqueue, opcode, squeue::SubmissionQueue};
+use io_uring::types::{CancelBuilder, Fd};
+use io_uring::{IoUring, cqueue, opcode};
 use step06_ws_epoll::frame::{self, Flow, Partial};
 use step06_ws_epoll::handshake;
-use tungstenite::protocol::frame::coding::CloseCode;
+use step06_ws_epoll::timer::{Deadline, Timers};
 
-use ring::{BUFFER_GROUP, BufRing, cqe_error};
-
-/// The budgets, step06's own settings: the same options, the same meaning.
-pub use step06_ws_epoll::Config;
+use budget::{expire, held, hold_to_budget};
+use ring::{BUFFER_GROUP, BufRing, cqe_result};
 
 /// The rings and the buffer pool, set up before the server binds (so a kernel without
 /// io_uring is told at once, and the pool sits in the memory baseline).
@@ -71,8 +74,8 @@ pub fn setup(count: u16, size: u32) -> Result<Uring, Unavailable> {
 }
 
 /// What a completion is about: the operation in the top 32 bits of its `user_data`, the fd
-/// in the low 32. A connection's fd is never reused while one of its operations is in the
-/// kernel (we close it only after the last completion), so the fd is a safe name.
+/// in the low 32. An fd never names two connections at once: a connection's socket is
+/// closed only after the last completion of its operations.
 const ACCEPT: u64 = 1;
 const RECV: u64 = 2;
 const SEND: u64 = 3;
@@ -82,123 +85,114 @@ fn token(op: u64, fd: RawFd) -> u64 {
     (op << 32) | fd as u32 as u64
 }
 
-/// One connection. Kept small on purpose: times 10 000, this is what idle connections cost.
+/// One connection. Kept small on purpose: this struct, times 10 000, is most of what an
+/// idle connection costs us.
 struct Conn {
-    /// The socket. Dropping the `Conn` closes it, so a `Conn` is dropped only once the
-    /// kernel has returned every operation on it.
-    fd: OwnedFd,
-    /// Where the conversation is, with the bytes (if any) this stage needs to keep, and
-    /// since when (the timeouts count from there).
+    stream: TcpStream,
+    /// Where the conversation is, with the bytes (if any) that this stage needs to keep.
     state: State,
-    /// Replies on their way out. `None` for an idle connection: 8 bytes, no allocation.
-    output: Option<Box<Output>>,
+    /// Output on its way to the kernel, or waiting behind what is.
+    /// `None` for an idle connection: 8 bytes here, no allocation.
+    unsent: Option<Box<Unsent>>,
     /// A multishot receive is in the kernel for this connection.
     reading: bool,
-    /// We asked the kernel to cancel this connection's operations (to pause reading, or
-    /// because it is done).
+    /// We asked the kernel to cancel that receive (to stop reading for a while).
     cancelling: bool,
-    /// Our FIN is sent (`shutdown(SHUT_WR)`), after our last bytes.
-    shut: bool,
 }
 
-/// The life of a connection: upgrade, frames, close, and the wait for the kernel.
-#[expect(
-    clippy::box_collection,
-    reason = "a Box<Vec> is 8 bytes, a Vec 24: the extra allocation is only for a head in pieces"
-)]
-enum State {
-    /// Waiting for the HTTP request head (`Some` only if it came in pieces), since the
-    /// accept.
-    Handshaking {
-        head: Option<Box<Vec<u8>>>,
-        since: Second,
-    },
-    /// Upgraded: frames, decoded by step06's `frame.rs`. `None` unless something is
-    /// unfinished; `since` is when it began to hold bytes.
-    Open {
-        partial: Option<Box<Partial>>,
-        since: Second,
-    },
-    /// Our last bytes (a close frame or an HTTP error) are queued; what the client still
-    /// sends is dropped until it hangs up.
-    Closing { since: Second },
-    /// Finished: waiting only for the kernel to return its operations, then closed.
-    Gone,
-}
-
-/// The bytes of a connection's replies.
-///
-/// Two buffers because of ownership: `sending` is in the kernel (a send request points at
-/// it) and must not move or change until the send completes; replies produced meanwhile
-/// wait in `queued`.
+/// A connection's output. Two buffers because of ownership: `sending` is the kernel's while
+/// a send request points at it (not to be moved, changed or freed until its completion);
+/// replies made meanwhile wait in `queued`.
 #[derive(Default)]
-struct Output {
-    /// The bytes of the send in flight; empty when none is.
+struct Unsent {
+    /// The bytes of the send in flight, or of the next one.
     sending: Vec<u8>,
     /// Replies waiting for the send in flight to finish.
     queued: Vec<u8>,
     /// A send request for `sending` is in the kernel.
     in_flight: bool,
+    /// That send waits for room in the socket: the kernel would not take it all at once.
+    waiting: bool,
 }
 
-/// Stop reading a connection once this many reply bytes wait behind its send in flight:
-/// the client reads slower than it writes. (The size of step06's shared read buffer.)
-const PAUSE_READING_AT: usize = 64 * 1024;
-
-/// A time: whole seconds since the loop started. 4 bytes where an `Instant` takes 16; the
-/// timeouts need no finer grain.
-type Second = u32;
-
-/// The submission side: the queue and the means to flush it when it is full.
-struct Submit<'a> {
-    sq: SubmissionQueue<'a>,
-    submitter: Submitter<'a>,
-}
-
-impl Submit<'_> {
-    /// Queue a request. Nothing reaches the kernel until the next `io_uring_enter`.
-    ///
-    /// # Safety
-    ///
-    /// Every buffer the request points at stays valid, unmoved and untouched until its
-    /// completion comes back.
-    unsafe fn push(&mut self, sqe: &Sqe) -> io::Result<()> {
-        loop {
-            // SAFETY: the caller keeps the request's buffers alive until its completion.
-            if unsafe { self.sq.push(sqe) }.is_ok() {
-                return Ok(());
-            }
-            // The queue is full: hand what is in it to the kernel, and go on.
-            self.sq.sync();
-            self.submitter.submit()?;
-            self.sq.sync();
-        }
+impl Unsent {
+    /// The bytes this output holds, as allocated; not counting a send the kernel is trying
+    /// at once (its completion comes with the next batch: like step06's write, it is not
+    /// held unless the kernel would not take it).
+    fn capacity(&self) -> usize {
+        let trying = self.in_flight && !self.waiting;
+        let sending = if trying { 0 } else { self.sending.capacity() };
+        sending + self.queued.capacity()
     }
+}
+
+/// The life of a connection: upgrade, frames, close.
+#[expect(
+    clippy::box_collection,
+    reason = "a Box<Vec> is 8 bytes, a Vec 24: the extra allocation is only for a head in pieces"
+)]
+enum State {
+    /// Waiting for the HTTP request head.
+    Handshaking {
+        /// The head so far, if it came in pieces. `None` in the common case: a head that
+        /// arrives whole is parsed straight from the shared read buffer.
+        head: Option<Box<Vec<u8>>>,
+        /// When we give up on a client that is too slow to finish it (slowloris).
+        deadline: Deadline,
+    },
+    /// Upgraded: frames, decoded by `frame.rs`.
+    Open {
+        /// `None` unless a frame or message is unfinished.
+        partial: Option<Box<Partial>>,
+        /// While the connection holds bytes (`partial`, or unsent output): when it must
+        /// have finished something, or be closed (see `budget.rs`).
+        deadline: Deadline,
+    },
+    /// We sent (or are sending) our last bytes: a close frame or an HTTP error.
+    Closing {
+        /// When we stop waiting for the client to hang up.
+        deadline: Deadline,
+    },
+}
+
+/// What the loop must do with a connection after handling its event.
+enum Next {
+    /// Nothing changes.
+    Continue,
+    /// Output is pending: a send waits for room, and we stop reading meanwhile (cancel the
+    /// receive) so the unsent bytes stay bounded by what one batch can produce.
+    WaitWritable,
+    /// All output is out: read again (a new multishot receive, if the last one ended).
+    WaitReadable,
+    /// Done: close the connection.
+    Close,
+}
+
+/// What every handler may need besides its connection.
+struct Shared {
+    /// The rings, and the buffer ring every connection reads into.
+    ring: IoUring,
+    bufs: BufRing,
+    /// Connections closed while the kernel still held some of their operations, by fd:
+    /// their sockets stay open (and their sends' bytes allocated) until the last completion.
+    closing: HashMap<RawFd, Conn>,
+    /// One output buffer for every connection: replies are put together here, and only
+    /// what the kernel does not take at once is copied into the connection.
+    out: Vec<u8>,
+    /// Connections that must do something by a deadline: finish their request head, or
+    /// hang up after our close.
+    timers: Timers,
+    /// Connections that hold bytes: the deadline by which they must finish something.
+    stalls: Timers,
+    /// The bytes all connections hold right now (see [`held`]), kept under
+    /// `config.max_buffered`.
+    held: usize,
+    /// The step's settings: the message size, the budget, the timeouts.
+    config: Config,
 }
 
 /// How long to stop accepting when the process is out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Everything the loop keeps, besides the rings.
-struct Server {
-    listener: TcpListener,
-    /// Indexed by fd, as in step06: the kernel hands out the lowest free fd.
-    connections: Vec<Option<Conn>>,
-    open: usize,
-    /// Bytes held by all connections together (heads, partial frames, output).
-    buffered: usize,
-    /// Replies are put together here, then moved into the connection's output.
-    out: Vec<u8>,
-    bufs: BufRing,
-    /// A multishot accept is in the kernel.
-    accepting: bool,
-    /// Set while we are out of file descriptors and not accepting.
-    accept_paused_until: Option<Instant>,
-    /// Out of fds, accept fails ten times a second: say so once a second, with a count.
-    accept_log: RateLimitedLog,
-    start: Instant,
-    config: Config,
-}
 
 /// Serve WebSocket echo on `listener` until an unrecoverable error.
 pub fn serve(
@@ -207,541 +201,466 @@ pub fn serve(
     uring: Uring,
     config: Config,
 ) -> io::Result<()> {
-    let Uring { mut ring, bufs, .. } = uring;
-    let mut server = Server {
-        listener,
-        connections: Vec::new(),
-        open: 0,
-        buffered: 0,
-        out: Vec::new(),
+    let Uring { ring, bufs, .. } = uring;
+
+    // The fd is the connection's token and its index here: the kernel hands out the lowest
+    // free fd, so the fds of live connections are dense and this Vec has few holes.
+    let mut connections: Vec<Option<Conn>> = Vec::new();
+    let mut open = 0;
+    let timers = Timers::new(config.timeout);
+    let mut shared = Shared {
+        ring,
         bufs,
-        accepting: false,
-        accept_paused_until: None,
-        accept_log: RateLimitedLog::per_second(),
-        start: Instant::now(),
+        closing: HashMap::new(),
+        out: Vec::new(),
+        stalls: timers.with_timeout(config.stall_timeout),
+        timers,
+        held: 0,
         config,
     };
-    let mut last_scan = 0;
+    // A multishot accept is in the kernel: one request, a completion per new connection.
+    let mut accepting = false;
+    // Set while we are out of file descriptors and not accepting.
+    let mut accept_paused_until: Option<Instant> = None;
+    // Out of fds, accept fails ten times a second: say so once a second, with a count.
+    let mut accept_log = RateLimitedLog::per_second();
 
     loop {
-        meter.tick(server.open);
-        let (submitter, sq, mut cq) = ring.split();
-        let mut submit = Submit { sq, submitter };
+        meter.tick(open);
 
-        if !server.accepting
-            && server
-                .accept_paused_until
-                .is_none_or(|t| Instant::now() >= t)
-        {
-            server.accept_paused_until = None;
-            let fd = server.listener.as_raw_fd();
+        if !accepting && accept_paused_until.is_none_or(|until| Instant::now() >= until) {
+            accept_paused_until = None;
+            let fd = listener.as_raw_fd();
             let accept = opcode::AcceptMulti::new(Fd(fd))
                 .flags(libc::SOCK_CLOEXEC)
                 .build()
                 .user_data(token(ACCEPT, fd));
             // SAFETY: an accept points at no buffer of ours.
-            unsafe { submit.push(&accept)? };
-            server.accepting = true;
+            unsafe { ring::push(&mut shared.ring, &accept)? };
+            accepting = true;
         }
-        let now = server.now();
-        if now != last_scan {
-            last_scan = now;
-            server.expire(now, &mut submit)?;
+        // Close what is overdue: slow heads, stalled bytes, clients that never hang up.
+        expire(&mut shared, &mut connections, &mut open);
+
+        // The timer: we sleep until a completion comes or the timeout passes, so the
+        // timeout is at most the time left until the earliest deadline.
+        let mut timeout = match accept_paused_until {
+            Some(until) => until.saturating_duration_since(Instant::now()),
+            None => meter.period(),
+        };
+        for left in [shared.timers.time_left(), shared.stalls.time_left()] {
+            timeout = timeout.min(left.unwrap_or(Duration::MAX));
         }
 
-        // One system call: submit everything queued since the last one, and wait until at
-        // least one completion is there, or the timeout passes.
-        let mut timeout = meter.period().min(Duration::from_secs(1));
-        if let Some(until) = server.accept_paused_until {
-            timeout = timeout.min(until.saturating_duration_since(Instant::now()));
-        }
-        let timespec = Timespec::from(timeout);
-        submit.sq.sync();
-        match submit
-            .submitter
-            .submit_with_args(1, &SubmitArgs::new().timespec(&timespec))
-        {
-            Ok(_) => {}
-            // The timeout passed; a signal arrived; the completion queue is full and must be
-            // emptied first. None is an error: just go round.
-            Err(err)
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) => {}
+        // One system call: submit every request queued since the last one, and wait until
+        // at least one completion is there, or the timeout passes.
+        match ring::submit_and_wait(&shared.ring, timeout) {
+            Ok(()) => {}
+            // A signal arrived while we slept: not an error, just wait again.
+            Err(err) if interrupted(&err) => continue,
             Err(err) => return Err(err),
         }
 
-        // Every completion that came in, in the order the kernel posted them.
-        cq.sync();
-        for cqe in &mut cq {
-            server.complete(&cqe, &mut submit)?;
-        }
-    }
-}
+        // Every completion that came in, in the order the kernel posted them: each is a
+        // load from memory shared with the kernel, no system call.
+        while let Some(cqe) = ring::next_completion(&mut shared.ring) {
+            let (op, fd) = (cqe.user_data() >> 32, cqe.user_data() as u32 as RawFd);
 
-impl Server {
-    fn now(&self) -> Second {
-        self.start.elapsed().as_secs() as Second
-    }
-
-    /// Act on one completion.
-    fn complete(&mut self, cqe: &cqueue::Entry, submit: &mut Submit) -> io::Result<()> {
-        let op = cqe.user_data() >> 32;
-        let fd = cqe.user_data() as u32 as RawFd;
-        match op {
-            ACCEPT => return self.accepted(cqe, submit),
-            // The cancelled operations report for themselves.
-            CANCEL => return Ok(()),
-            RECV | SEND => {}
-            _ => unreachable!("bug: an operation we never submit"),
-        }
-        let before = self.held(fd);
-        let kept_before = self.kept(fd);
-        let now = self.now();
-        let Some(conn) = self.connections[fd as usize].as_mut() else {
-            unreachable!("bug: a completion for fd {fd}, which has none in flight");
-        };
-        if op == RECV {
-            received(conn, cqe, &mut self.bufs, &mut self.out, &self.config, now);
-        } else {
-            sent(conn, cqe);
-        }
-        self.settle(fd, submit)?;
-
-        let after = self.held(fd);
-        self.buffered = self.buffered + after - before;
-        // The clock for bytes held starts when a connection begins to hold some, and starts
-        // again whenever it gets somewhere: it holds less than before (a frame or message
-        // finished), or the kernel took some of its replies (the client reads). A client
-        // that only adds to what we hold, a byte at a time or by not reading, runs out of it.
-        let progress = after < before || (op == SEND && cqe.result() > 0);
-        if after > 0
-            && (before == 0 || progress)
-            && let Some(Conn {
-                state: State::Open { since, .. },
-                ..
-            }) = self.connections[fd as usize].as_mut()
-        {
-            *since = now;
-        }
-        // The budget: the connection that asked for more and takes the server past it is the
-        // one refused; the others did nothing wrong.
-        if self.kept(fd) > kept_before && self.buffered > self.config.max_buffered {
-            if let Some(conn) = self.connections[fd as usize].as_mut() {
-                refuse(conn, now);
-            }
-            self.settle(fd, submit)?;
-            let after_fail = self.held(fd);
-            self.buffered = self.buffered + after_fail - after;
-        }
-        Ok(())
-    }
-
-    /// A new connection, or the accept's end.
-    fn accepted(&mut self, cqe: &cqueue::Entry, submit: &mut Submit) -> io::Result<()> {
-        if !cqueue::more(cqe.flags()) {
-            // The multishot accept is over (an error ended it); the loop re-arms it.
-            self.accepting = false;
-        }
-        let result = cqe.result();
-        if result < 0 {
-            let err = cqe_error(result);
-            if out_of_resources(&err) {
-                // The clients wait in the kernel's queue. Stop accepting for a moment, or
-                // the accept would fail again at once, and again.
-                self.accept_log.log(|| {
-                    format!(
-                        "step09-io-uring: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}"
-                    )
-                });
-                self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
-                if self.accepting {
-                    self.cancel(self.listener.as_raw_fd(), submit)?;
+            if op == ACCEPT {
+                // An error ends a multishot accept; the loop makes a new one.
+                accepting &= cqueue::more(cqe.flags());
+                match accepted(&cqe, &mut connections, &mut open, &mut shared) {
+                    Ok(()) => {}
+                    Err(err) if out_of_resources(&err) => {
+                        // The clients wait in the kernel's queue. Stop accepting for a
+                        // moment, or the accept would fail again at once, and again.
+                        accept_log.log(|| {
+                            format!("step09-io-uring: accept: {err}; pausing accepts for {ACCEPT_BACKOFF:?}")
+                        });
+                        accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                        if accepting {
+                            cancel(&mut shared.ring, CancelBuilder::fd(Fd(fd)), fd)?;
+                        }
+                    }
+                    Err(err) => return Err(err),
                 }
-                return Ok(());
+                continue;
             }
-            if client_gone(&err) || err.raw_os_error() == Some(libc::ECANCELED) {
-                return Ok(());
+            // The operations it cancelled report for themselves.
+            if op == CANCEL {
+                continue;
             }
-            return Err(err);
-        }
-        // SAFETY: the kernel just opened this fd for us; nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(result) };
-        let index = result as usize;
-        if self.connections.len() <= index {
-            self.connections.resize_with(index + 1, || None);
-        }
-        self.connections[index] = Some(Conn {
-            fd,
-            state: State::Handshaking {
-                head: None,
-                since: self.now(),
-            },
-            output: None,
-            reading: false,
-            cancelling: false,
-            shut: false,
-        });
-        self.open += 1;
-        // Arms its multishot receive.
-        self.settle(result, submit)
-    }
 
-    /// Bring the kernel's view of a connection in line with ours: send what is queued, read
-    /// or stop reading, and close it once nothing of it is left in the kernel.
-    fn settle(&mut self, fd: RawFd, submit: &mut Submit) -> io::Result<()> {
-        let Some(conn) = self.connections[fd as usize].as_mut() else {
-            return Ok(());
-        };
-
-        // 1. Output: if no send is in flight and replies are waiting, send them. The bytes
-        // move into `sending`, and from the moment the request is queued they are the
-        // kernel's: not touched, not moved, not freed until the completion.
-        if let Some(output) = conn.output.as_mut()
-            && !output.in_flight
-        {
-            if output.sending.is_empty() {
-                std::mem::swap(&mut output.sending, &mut output.queued);
-            }
-            if output.sending.is_empty() || matches!(conn.state, State::Gone) {
-                // All out (or nobody to send to): an idle connection holds no buffer.
-                conn.output = None;
-            } else {
-                let send =
-                    opcode::Send::new(Fd(fd), output.sending.as_ptr(), output.sending.len() as u32)
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build()
-                        .user_data(token(SEND, fd));
-                // SAFETY: `sending` is in a box owned by the connection, which is dropped only
-                // after this send's completion; until then nothing writes to it (replies go to
-                // `queued`), and moving the box does not move its heap bytes.
-                unsafe { submit.push(&send)? };
-                output.in_flight = true;
-            }
-        }
-
-        // 2. Closing and everything sent: send our FIN, then wait for the client's.
-        if matches!(conn.state, State::Closing { .. }) && conn.output.is_none() && !conn.shut {
-            conn.shut = true;
-            // SAFETY: the fd is open (owned by `conn`); shutdown takes no pointers.
-            if cvt(unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_WR) }).is_err() {
-                // The client is gone already.
-                conn.state = State::Gone;
-            }
-        }
-
-        // 3. Reading: read until `PAUSE_READING_AT` bytes of replies wait behind the send in
-        // flight. Output that piles up means the client reads slower than it writes: stop
-        // reading it, so its bytes wait in its socket (and TCP slows it down), not in our
-        // memory.
-        let backlog = conn
-            .output
-            .as_ref()
-            .is_some_and(|o| o.queued.len() >= PAUSE_READING_AT);
-        let want = !matches!(conn.state, State::Gone) && !backlog;
-        if want && !conn.reading && !conn.cancelling {
-            let recv = opcode::RecvMulti::new(Fd(fd), BUFFER_GROUP)
-                .build()
-                .user_data(token(RECV, fd));
-            // SAFETY: the receive names a buffer group, not a buffer: the kernel picks one of
-            // the ring's buffers, which live as long as the process.
-            unsafe { submit.push(&recv)? };
-            conn.reading = true;
-        } else if !want && conn.reading && !conn.cancelling {
-            let cancel = opcode::AsyncCancel2::new(CancelBuilder::user_data(token(RECV, fd)))
-                .build()
-                .user_data(token(CANCEL, fd));
-            // SAFETY: a cancel points at no buffer.
-            unsafe { submit.push(&cancel)? };
-            conn.cancelling = true;
-        }
-
-        // 4. Gone: ask the kernel to give back whatever it still holds for this connection
-        // (a send to a client that never reads may wait forever), and close the socket once
-        // it has.
-        if matches!(conn.state, State::Gone) {
-            let in_flight = conn.reading || conn.output.as_ref().is_some_and(|o| o.in_flight);
-            if !in_flight {
-                // Dropping the `Conn` closes the fd.
-                self.connections[fd as usize] = None;
-                self.open -= 1;
-            } else if !conn.cancelling {
-                self.cancel(fd, submit)?;
-                if let Some(conn) = self.connections[fd as usize].as_mut() {
-                    conn.cancelling = true;
+            let Some(conn) = connections.get_mut(fd as usize).and_then(Option::as_mut) else {
+                // An operation of a connection we closed, back from the kernel: once they
+                // all are, its socket can close.
+                let conn = shared
+                    .closing
+                    .get_mut(&fd)
+                    .expect("bug: a completion for no connection");
+                returned(conn, op, &cqe);
+                if !in_kernel(conn) {
+                    shared.closing.remove(&fd);
                 }
-            }
-        }
-        Ok(())
-    }
-
-    /// Ask the kernel to cancel every operation on `fd`.
-    fn cancel(&self, fd: RawFd, submit: &mut Submit) -> io::Result<()> {
-        let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
-            .build()
-            .user_data(token(CANCEL, fd));
-        // SAFETY: a cancel points at no buffer.
-        unsafe { submit.push(&cancel) }
-    }
-
-    /// Bytes a connection holds on the heap right now (0 for none): what counts against
-    /// `--max-buffered`.
-    fn held(&self, fd: RawFd) -> usize {
-        let in_flight = self.connections.get(fd as usize).and_then(Option::as_ref);
-        let in_flight = in_flight.and_then(|conn| conn.output.as_ref());
-        self.kept(fd) + in_flight.map_or(0, |o| o.sending.capacity())
-    }
-
-    /// What a connection makes us keep, besides the bytes of its send in flight: a head in
-    /// pieces, an unfinished frame or message, replies piling up behind the send. When this
-    /// grows past the budget, the connection is refused. (An echo on its way out is not a
-    /// reason to refuse anybody: the kernel is taking it.)
-    fn kept(&self, fd: RawFd) -> usize {
-        let Some(Some(conn)) = self.connections.get(fd as usize) else {
-            return 0;
-        };
-        let state = match &conn.state {
-            State::Handshaking {
-                head: Some(head), ..
-            } => head.capacity(),
-            State::Open {
-                partial: Some(partial),
-                ..
-            } => partial.heap_bytes(),
-            _ => 0,
-        };
-        state + conn.output.as_ref().map_or(0, |o| o.queued.capacity())
-    }
-
-    /// Once a second: close the connections that ran out of time. A plain scan of the table
-    /// (10 000 entries take microseconds), so no timer structure grows with traffic.
-    fn expire(&mut self, now: Second, submit: &mut Submit) -> io::Result<()> {
-        let timeout = self.config.timeout.as_secs() as Second;
-        let stall_timeout = self.config.stall_timeout.as_secs() as Second;
-        for fd in 0..self.connections.len() as RawFd {
-            let held = self.held(fd);
-            let Some(conn) = self.connections[fd as usize].as_mut() else {
+                shared.bufs.give_back(&cqe);
                 continue;
             };
-            // Whole seconds on both sides: "more than" makes it never sooner than the timeout.
-            let due = |since: Second, timeout: Second| now.saturating_sub(since) > timeout;
-            match conn.state {
-                // Slowloris: the whole head must be in within the timeout.
-                State::Handshaking { since, .. } if due(since, timeout) => {
-                    last_words(conn, handshake::TIMEOUT_RESPONSE.as_bytes(), now);
+            let before = held(conn);
+            // The completion says which operation it is: a receive, or a send.
+            returned(conn, op, &cqe);
+            let result = if op == RECV {
+                handle_readable(conn, fd, &cqe, &mut shared)
+            } else {
+                handle_writable(conn, fd, &cqe, &mut shared.ring)
+            };
+            // The receive's buffer was ours while we decoded its bytes: give it back.
+            shared.bufs.give_back(&cqe);
+            shared.held = shared.held + held(conn) - before;
+            let result =
+                result.and_then(|next| hold_to_budget(conn, fd, before, next, &mut shared));
+            let result = match result {
+                Ok(Next::Continue) => Ok(()),
+                // Reading is a request too: cancelled to stop reading, made again to read.
+                Ok(Next::WaitWritable) => stop_reading(conn, fd, &mut shared.ring),
+                Ok(Next::WaitReadable) => read(conn, fd, &mut shared.ring),
+                Ok(Next::Close) => {
+                    close(&mut shared, &mut connections, &mut open, fd);
+                    continue;
                 }
-                // Bytes held, and nothing finished: 1008, "policy violation": it is not too
-                // big, it is too slow.
-                State::Open { since, .. } if held > 0 && due(since, stall_timeout) => {
-                    last_words(conn, &close_frame(CloseCode::Policy), now);
+                Err(err) => Err(err),
+            };
+            if let Err(err) = result {
+                if !is_disconnect(&err) {
+                    eprintln!("step09-io-uring: connection fd {fd}: {err}; closing it");
                 }
-                // Our close is out (or stuck behind a client that does not read).
-                State::Closing { since } if due(since, timeout) => conn.state = State::Gone,
-                _ => continue,
+                close(&mut shared, &mut connections, &mut open, fd);
             }
-            let before = held;
-            self.settle(fd, submit)?;
-            self.buffered = self.buffered + self.held(fd) - before;
         }
-        Ok(())
     }
 }
 
-/// A receive completed: bytes in one of the ring's buffers, the end of the stream, or the
-/// end of the multishot receive.
-fn received(
-    conn: &mut Conn,
+/// A connection the multishot accept took from the listener's queue.
+fn accepted(
     cqe: &cqueue::Entry,
-    bufs: &mut BufRing,
-    out: &mut Vec<u8>,
-    config: &Config,
-    now: Second,
-) {
-    if !cqueue::more(cqe.flags()) {
-        // The multishot receive is over; `settle` re-arms it if we still want to read.
+    connections: &mut Vec<Option<Conn>>,
+    open: &mut usize,
+    shared: &mut Shared,
+) -> io::Result<()> {
+    let stream = match cqe_result(cqe) {
+        // SAFETY: the kernel just opened this fd for us; nothing else owns it.
+        Ok(fd) => unsafe { TcpStream::from_raw_fd(fd as RawFd) },
+        // That one client is gone (it gave up while queued, or the network failed
+        // under it), or we cancelled the accept: skip it.
+        Err(err) if client_gone(&err) || err.raw_os_error() == Some(libc::ECANCELED) => {
+            return Ok(());
+        }
+        Err(err) => return Err(err),
+    };
+    let fd = stream.as_raw_fd();
+
+    let index = fd as usize;
+    if connections.len() <= index {
+        connections.resize_with(index + 1, || None);
+    }
+    // The clock starts now: the whole request head must be in within the timeout.
+    let deadline = shared.timers.set(fd);
+    let conn = connections[index].insert(Conn {
+        stream,
+        state: State::Handshaking {
+            head: None,
+            deadline,
+        },
+        unsent: None,
+        reading: false,
+        cancelling: false,
+    });
+    *open += 1;
+    read(conn, fd, &mut shared.ring)
+}
+
+/// Ask the kernel to read `conn`, unless it does already or output waits.
+fn read(conn: &mut Conn, fd: RawFd, ring: &mut IoUring) -> io::Result<()> {
+    if conn.reading || conn.unsent.as_ref().is_some_and(|unsent| unsent.waiting) {
+        return Ok(());
+    }
+    // Multishot: a completion each time bytes arrive, until one without `MORE` ends it. It
+    // names a buffer group, not a buffer: the kernel takes one of the ring's buffers only
+    // when bytes come.
+    let recv = opcode::RecvMulti::new(Fd(fd), BUFFER_GROUP)
+        .build()
+        .user_data(token(RECV, fd));
+    // SAFETY: the receive points at no buffer of ours but the ring's, which live as long
+    // as the process.
+    unsafe { ring::push(ring, &recv)? };
+    conn.reading = true;
+    Ok(())
+}
+
+/// Ask the kernel to stop reading `conn` for now: cancel its multishot receive.
+fn stop_reading(conn: &mut Conn, fd: RawFd, ring: &mut IoUring) -> io::Result<()> {
+    if conn.reading && !conn.cancelling {
+        cancel(ring, CancelBuilder::user_data(token(RECV, fd)), fd)?;
+        conn.cancelling = true;
+    }
+    Ok(())
+}
+
+/// The kernel gave back one of `conn`'s operations: a send, or the multishot receive, when
+/// its completion has no `MORE` flag.
+fn returned(conn: &mut Conn, op: u64, cqe: &cqueue::Entry) {
+    if op == SEND {
+        let unsent = conn.unsent.as_mut();
+        unsent
+            .expect("bug: a send completed for a connection with no output")
+            .in_flight = false;
+    } else if !cqueue::more(cqe.flags()) {
         conn.reading = false;
         conn.cancelling = false;
     }
-    let result = cqe.result();
-    if result > 0 {
-        let bid = cqueue::buffer_select(cqe.flags())
-            .expect("bug: a receive with bytes names the buffer they are in");
-        // The buffer is ours now: read it, then give it straight back.
-        handle_input(conn, bufs.received(bid, result as usize), out, config, now);
-        bufs.give_back(bid);
-        return;
-    }
-    match result {
-        // The client hung up.
-        0 => conn.state = State::Gone,
-        // The ring ran dry: the bytes are still in the socket. `settle` re-arms the receive,
-        // and buffers come back as soon as the completions that hold them are handled.
-        r if r == -libc::ENOBUFS => {}
-        // We cancelled it (to stop reading, or because the connection is done).
-        r if r == -libc::ECANCELED => {}
-        r => {
-            let err = cqe_error(r);
-            if !is_disconnect(&err) {
-                eprintln!("step09-io-uring: connection: {err}; closing it");
-            }
-            conn.state = State::Gone;
-        }
-    }
 }
 
-/// Bytes arrived: the handshake, then frames. The replies are queued on the connection.
-fn handle_input(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config, now: Second) {
+/// Ask the kernel to cancel `what`, operations on `fd`. They report for themselves, with
+/// `ECANCELED` (or their result, if they were done already).
+fn cancel(ring: &mut IoUring, what: CancelBuilder, fd: RawFd) -> io::Result<()> {
+    let cancel = opcode::AsyncCancel2::new(what)
+        .build()
+        .user_data(token(CANCEL, fd));
+    // SAFETY: a cancel points at no buffer.
+    unsafe { ring::push(ring, &cancel) }
+}
+
+/// Whether the kernel still holds one of `conn`'s operations.
+fn in_kernel(conn: &Conn) -> bool {
+    conn.reading || conn.unsent.as_ref().is_some_and(|unsent| unsent.in_flight)
+}
+
+/// The kernel read what the peer sent, into one of the ring's buffers: answer it, the
+/// handshake, then frames.
+///
+/// Completions, not readiness: the bytes are there already, no read to make.
+fn handle_readable(
+    conn: &mut Conn,
+    fd: RawFd,
+    cqe: &cqueue::Entry,
+    shared: &mut Shared,
+) -> io::Result<Next> {
+    let n = match cqe_result(cqe) {
+        Ok(0) => return Ok(Next::Close),
+        Ok(n) => n,
+        // The ring ran dry (ENOBUFS): the bytes are still in the socket, and buffers come
+        // back as the completions that hold them are handled. Read again: nothing is lost.
+        // Or we cancelled the receive, to stop reading for a while.
+        Err(err) if matches!(err.raw_os_error(), Some(libc::ENOBUFS | libc::ECANCELED)) => {
+            return Ok(Next::WaitReadable);
+        }
+        Err(err) => return Err(err),
+    };
+    let input = shared.bufs.received(cqe, n);
+    let out = &mut shared.out;
     out.clear();
+
     let flow = match &mut conn.state {
-        State::Handshaking { head, .. } => match read_head(head, input, out, config) {
-            Head::Incomplete => Flow::Open,
-            Head::Refused => Flow::Close,
-            Head::Upgraded { partial, flow } => {
-                conn.state = State::Open {
-                    partial,
-                    since: now,
-                };
-                flow
-            }
-        },
-        State::Open { partial, .. } => frame::decode(partial, input, config.max_message, out),
-        // We said our last word; what the client still sends is dropped.
-        State::Closing { .. } | State::Gone => return,
+        State::Handshaking { .. } => read_head(conn, input, out, shared.config.max_message),
+        State::Open { partial, .. } => {
+            frame::decode(partial, input, shared.config.max_message, out)
+        }
+        // We said our last word and sent our FIN; what the client still sends is dropped
+        // until it hangs up too (a receive of 0 bytes above).
+        State::Closing { .. } => return Ok(Next::WaitReadable),
     };
     if flow == Flow::Close {
-        conn.state = State::Closing { since: now };
+        let deadline = shared.timers.set(fd);
+        conn.state = State::Closing { deadline };
     }
-    queue(conn, out);
+
+    match send(conn, fd, &shared.out, &mut shared.ring)? {
+        // A multishot receive that ended (without `MORE`) is made again.
+        Next::Continue => Ok(Next::WaitReadable),
+        next => Ok(next),
+    }
 }
 
-/// What a piece of request head led to.
-enum Head {
-    /// Not whole yet: kept, wait for more.
-    Incomplete,
-    /// Refused: the HTTP error is in the output.
-    Refused,
-    /// Upgraded: the `101` is in the output, followed by the replies to any frames that
-    /// came right behind the head (dropping them would lose the client's first message).
-    Upgraded {
-        partial: Option<Box<Partial>>,
-        flow: Flow,
-    },
+/// Hand `out` to the kernel, behind what is on its way already.
+fn send(conn: &mut Conn, fd: RawFd, out: &[u8], ring: &mut IoUring) -> io::Result<Next> {
+    if !out.is_empty() {
+        let unsent = conn.unsent.get_or_insert_default();
+        unsent.queued.extend_from_slice(out);
+    }
+    let Some(unsent) = conn.unsent.as_mut() else {
+        return match all_sent(conn) {
+            // We are reading already.
+            Next::WaitReadable => Ok(Next::Continue),
+            next => Ok(next),
+        };
+    };
+    if !unsent.in_flight {
+        write_some(unsent, fd, ring)?;
+    }
+    Ok(if unsent.waiting {
+        Next::WaitWritable
+    } else {
+        Next::Continue
+    })
 }
 
 /// The request head, or more of it, arrived: answer it once it is whole.
-#[expect(
-    clippy::box_collection,
-    reason = "the head is kept boxed in the state; see State::Handshaking"
-)]
-fn read_head(
-    head: &mut Option<Box<Vec<u8>>>,
-    input: &[u8],
-    out: &mut Vec<u8>,
-    config: &Config,
-) -> Head {
-    // A head that arrives whole is parsed straight from the ring's buffer; only one that
-    // comes in pieces is copied.
-    let mut kept = head.take();
-    let bytes: &[u8] = match &mut kept {
-        Some(kept) => {
-            kept.extend_from_slice(input);
-            kept
+fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, max_message: usize) -> Flow {
+    let State::Handshaking { head, .. } = &mut conn.state else {
+        unreachable!("bug: read_head is called only while handshaking");
+    };
+    // Most heads arrive whole, in one read: they are parsed straight from the shared read
+    // buffer. Only a head that comes in pieces is copied into the connection.
+    let mut head = head.take();
+    let bytes: &[u8] = match &mut head {
+        Some(head) => {
+            head.extend_from_slice(input);
+            head
         }
         None => input,
     };
     match handshake::parse_request(bytes) {
         Ok(None) => {
-            // parse_request refuses heads over 8 KiB, so this stays bounded.
-            *head = Some(kept.unwrap_or_else(|| Box::new(input.to_vec())));
-            Head::Incomplete
+            // Not complete yet: keep what we have. (parse_request refuses heads over
+            // 8 KiB, so this stays bounded.)
+            let head = head.unwrap_or_else(|| Box::new(input.to_vec()));
+            conn.state = State::Handshaking {
+                head: Some(head),
+                deadline: deadline_of(&conn.state),
+            };
+            Flow::Open
         }
         Err(reject) => {
             out.extend_from_slice(reject.response().as_bytes());
-            Head::Refused
+            Flow::Close
         }
         Ok(Some(upgrade)) => {
             out.extend_from_slice(handshake::switching_protocols(&upgrade.accept).as_bytes());
-            let mut partial = None;
+            // Bytes behind the head are the first frames, sent in the same segment: keep
+            // them. (Dropping them would lose the client's first message.)
             let early = &bytes[upgrade.head_len..];
-            let flow = frame::decode(&mut partial, early, config.max_message, out);
-            Head::Upgraded { partial, flow }
+            let mut partial = None;
+            let flow = frame::decode(&mut partial, early, max_message, out);
+            // The deadline matters only once bytes are held; `hold_to_budget` sets it then.
+            conn.state = State::Open {
+                partial,
+                deadline: 0,
+            };
+            flow
         }
     }
 }
 
-/// A send completed: all of it, part of it, or not at all.
-fn sent(conn: &mut Conn, cqe: &cqueue::Entry) {
-    let output = conn
-        .output
+/// The deadline a handshaking (or closing) connection already has, to carry it over when
+/// its state is rebuilt.
+fn deadline_of(state: &State) -> Deadline {
+    match state {
+        State::Handshaking { deadline, .. } | State::Closing { deadline } => *deadline,
+        _ => unreachable!("bug: only handshaking and closing connections have a deadline"),
+    }
+}
+
+/// A send completed: all of it or part of it. Send what is left of our output.
+fn handle_writable(
+    conn: &mut Conn,
+    fd: RawFd,
+    cqe: &cqueue::Entry,
+    ring: &mut IoUring,
+) -> io::Result<Next> {
+    let unsent = conn
+        .unsent
         .as_mut()
-        .expect("bug: a send completion for a connection with no output");
-    output.in_flight = false;
-    let result = cqe.result();
-    if result >= 0 {
-        // The kernel is done with these bytes: they are ours again. A short send leaves
-        // the rest, which `settle` sends on.
-        output.sending.drain(..result as usize);
+        .expect("bug: handle_writable without unsent output");
+    // The kernel is done with these bytes: they are ours again.
+    let written = match cqe_result(cqe) {
+        Ok(n) => n,
+        // A try found the kernel's send buffer full: nothing went.
+        Err(err) if would_block(&err) => 0,
+        Err(err) => return Err(err),
+    };
+    unsent.sending.drain(..written);
+    if !unsent.sending.is_empty() || !unsent.queued.is_empty() {
+        write_some(unsent, fd, ring)?;
+        return Ok(if unsent.waiting {
+            Next::WaitWritable
+        } else {
+            Next::WaitReadable
+        });
+    }
+    // Give the buffer back: an idle connection holds no bytes.
+    conn.unsent = None;
+    Ok(all_sent(conn))
+}
+
+/// All our output is out. What comes next depends on where the conversation is.
+fn all_sent(conn: &mut Conn) -> Next {
+    match conn.state {
+        State::Closing { .. } => {
+            // Our close frame (or HTTP error) is out. Send our FIN, then wait for the
+            // client's. Closing the socket now, with bytes from the client still unread,
+            // would send a reset that can destroy our last bytes before the client reads them.
+            match conn.stream.shutdown(Shutdown::Write) {
+                Ok(()) => Next::WaitReadable,
+                // The client is gone already.
+                Err(_) => Next::Close,
+            }
+        }
+        State::Handshaking { .. } | State::Open { .. } => Next::WaitReadable,
+    }
+}
+
+/// Ask the kernel to send what is next. New output is a try (`MSG_DONTWAIT`): its
+/// completion says at once how much the kernel took, as step06's write does. What a try
+/// left is sent again by a send that waits for room in the socket.
+fn write_some(unsent: &mut Unsent, fd: RawFd, ring: &mut IoUring) -> io::Result<()> {
+    unsent.waiting = !unsent.sending.is_empty();
+    if !unsent.waiting {
+        std::mem::swap(&mut unsent.sending, &mut unsent.queued);
+    }
+    let dontwait = if unsent.waiting {
+        0
+    } else {
+        libc::MSG_DONTWAIT
+    };
+    let (bytes, len) = (unsent.sending.as_ptr(), unsent.sending.len() as u32);
+    let send = opcode::Send::new(Fd(fd), bytes, len)
+        .flags(libc::MSG_NOSIGNAL | dontwait)
+        .build()
+        .user_data(token(SEND, fd));
+    // SAFETY: from now until this send's completion the bytes are the kernel's. `sending`
+    // is in a box that the connection drops only after the completion (see `close`);
+    // nothing writes to it meanwhile (replies go to `queued`); and moving the box does not
+    // move its heap bytes.
+    unsafe { ring::push(ring, &send)? };
+    unsent.in_flight = true;
+    Ok(())
+}
+
+/// Close a connection, once the kernel has given back every operation on it.
+fn close(shared: &mut Shared, connections: &mut [Option<Conn>], open: &mut usize, fd: RawFd) {
+    let conn = connections[fd as usize]
+        .take()
+        .expect("bug: closing a connection that is not open");
+    *open -= 1;
+    shared.held -= held(&conn);
+    if in_kernel(&conn) {
+        // Ask for them back (a send to a client that never reads could wait for ever), and
+        // keep the socket open until they are: its fd must not name a new connection yet.
+        if let Err(err) = cancel(&mut shared.ring, CancelBuilder::fd(Fd(fd)).all(), fd) {
+            eprintln!("step09-io-uring: cancel fd {fd}: {err}; closing it once done");
+        }
+        shared.closing.insert(fd, conn);
         return;
     }
-    // Cancelled (the connection is done) or failed (the client is gone): drop the output.
-    output.sending.clear();
-    output.queued.clear();
-    if result != -libc::ECANCELED {
-        let err = cqe_error(result);
-        if !is_disconnect(&err) {
-            eprintln!("step09-io-uring: connection: {err}; closing it");
-        }
-    }
-    conn.state = State::Gone;
-}
-
-/// Queue replies behind whatever is being sent.
-fn queue(conn: &mut Conn, bytes: &[u8]) {
-    if !bytes.is_empty() {
-        conn.output
-            .get_or_insert_default()
-            .queued
-            .extend_from_slice(bytes);
-    }
-}
-
-/// Past `--max-buffered`: close the connection, telling it why as well as its stage
-/// allows: during the handshake `503` (the server is busy, the request is not wrong), after
-/// it a close frame with 1009, "message too big" (to be held here, now).
-fn refuse(conn: &mut Conn, now: Second) {
-    match conn.state {
-        State::Handshaking { .. } => last_words(conn, handshake::BUSY_RESPONSE.as_bytes(), now),
-        State::Open { .. } => last_words(conn, &close_frame(CloseCode::Size), now),
-        // It said its last word already: what it holds is our last bytes, on their way.
-        State::Closing { .. } | State::Gone => {}
-    }
-}
-
-/// Our last bytes to a connection (an HTTP error or a close frame): drop what it holds and
-/// what waits to be sent, queue them, and close once they are out.
-fn last_words(conn: &mut Conn, bytes: &[u8], now: Second) {
-    if let Some(output) = conn.output.as_mut() {
-        // `sending` is the kernel's until its completion; the rest can go.
-        output.queued = Vec::new();
-    }
-    queue(conn, bytes);
-    conn.state = State::Closing { since: now };
-}
-
-/// A close frame with `code`.
-fn close_frame(code: CloseCode) -> Vec<u8> {
-    let mut close = Vec::new();
-    frame::write_close(Some(code), b"", &mut close);
-    close
+    // Dropping the TcpStream closes the fd, and gives back the bytes the connection held.
+    drop(conn);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// What an idle connection costs in the table, in bytes. If this grows, the memory line
-    /// grows with it, 10 000 times.
+    /// What an idle connection costs in the table, in bytes. If this grows, the memory
+    /// line grows with it, 10 000 times.
     #[test]
     fn an_idle_connection_is_a_few_dozen_bytes() {
         let size = size_of::<Option<Conn>>();

@@ -19,9 +19,11 @@ use std::fmt;
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
 
-use io_uring::types::BufRingEntry;
-use io_uring::{IoUring, Probe, opcode};
+use io_uring::squeue::Entry as Sqe;
+use io_uring::types::{BufRingEntry, SubmitArgs, Timespec};
+use io_uring::{IoUring, cqueue};
 
 /// The buffer group our multishot receives pick from.
 pub const BUFFER_GROUP: u16 = 0;
@@ -89,6 +91,9 @@ pub fn new_ring(sq_entries: u32, cq_entries: u32) -> Result<IoUring, Unavailable
                 "io_uring_setup is refused (a seccomp filter: container runtimes block it by default)",
                 "check with `grep Seccomp /proc/self/status` (2 means filtered)",
             ),
+            // DEFER_TASKRUN came with 6.1, after everything else this step uses (multishot
+            // accept and receive, buffer rings, cancelling by fd): a kernel that takes it
+            // has them all.
             Some(libc::EINVAL) => Unavailable::new(
                 "this kernel is too old for DEFER_TASKRUN (6.1 or later is needed)",
                 "check with `uname -r`",
@@ -99,36 +104,44 @@ pub fn new_ring(sq_entries: u32, cq_entries: u32) -> Result<IoUring, Unavailable
             ),
         })?;
 
-    // Every opcode this step uses, asked of the kernel rather than guessed from its version.
-    let mut probe = Probe::new();
-    ring.submitter().register_probe(&mut probe).map_err(|err| {
-        Unavailable::new(
-            format!("cannot probe opcodes: {err}"),
-            "check with `uname -r` (5.6 or later)",
-        )
-    })?;
-    for (code, name) in [
-        (opcode::AcceptMulti::CODE, "accept"),
-        (opcode::RecvMulti::CODE, "recv"),
-        (opcode::Send::CODE, "send"),
-        (opcode::AsyncCancel2::CODE, "cancel"),
-    ] {
-        if !probe.is_supported(code) {
-            return Err(Unavailable::new(
-                format!("the kernel does not support the {name} operation"),
-                "check with `uname -r` (6.1 or later)",
-            ));
-        }
-    }
-    // The wait with a timeout (`IORING_ENTER_EXT_ARG`) and a completion queue that never
-    // drops a completion when it is full (the kernel keeps the overflow) are both needed.
-    if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
-        return Err(Unavailable::new(
-            "the kernel lacks the EXT_ARG or NODROP feature",
-            "check with `uname -r` (5.11 or later)",
-        ));
-    }
     Ok(ring)
+}
+
+/// Queue a request. It reaches the kernel with the next `io_uring_enter`: a store to
+/// memory now, no system call (unless the queue is full).
+///
+/// # Safety
+///
+/// Every buffer the request points at stays valid, unmoved and untouched until its
+/// completion comes back.
+pub unsafe fn push(ring: &mut IoUring, sqe: &Sqe) -> io::Result<()> {
+    // SAFETY: the caller keeps the request's buffers alive until its completion.
+    while unsafe { ring.submission().push(sqe) }.is_err() {
+        // The queue is full: hand what is in it to the kernel now, and go on.
+        ring.submit()?;
+    }
+    Ok(())
+}
+
+/// Submit every request queued since the last call, and wait up to `timeout` for at least
+/// one completion: one `io_uring_enter`.
+pub fn submit_and_wait(ring: &IoUring, timeout: Duration) -> io::Result<()> {
+    let timeout = Timespec::from(timeout);
+    match ring
+        .submitter()
+        .submit_with_args(1, &SubmitArgs::new().timespec(&timeout))
+    {
+        Ok(_) => Ok(()),
+        // The timeout passed; or the completion queue is full and must be emptied before
+        // more can be submitted. Neither is an error: the loop goes round.
+        Err(err) if matches!(err.raw_os_error(), Some(libc::ETIME | libc::EBUSY)) => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// The next completion, if one is there: a load from the completion queue.
+pub fn next_completion(ring: &mut IoUring) -> Option<cqueue::Entry> {
+    ring.completion().next()
 }
 
 /// The provided buffer ring: `count` buffers of `size` bytes that the kernel picks from
@@ -206,16 +219,18 @@ impl BufRing {
             tail: 0,
         };
         for bid in 0..count {
-            bufs.give_back(bid);
+            bufs.put(bid);
         }
         Ok(bufs)
     }
 
-    /// The `len` bytes the kernel received into buffer `bid`.
+    /// The `len` bytes a receive's completion says the kernel put in one of our buffers.
     ///
-    /// Only for a buffer id that a completion just handed us: between that completion and
-    /// [`BufRing::give_back`], the kernel does not touch the buffer.
-    pub fn received(&self, bid: u16, len: usize) -> &[u8] {
+    /// Between that completion and [`BufRing::give_back`], the kernel does not touch the
+    /// buffer.
+    pub fn received(&self, cqe: &cqueue::Entry, len: usize) -> &[u8] {
+        let bid = cqueue::buffer_select(cqe.flags())
+            .expect("bug: a receive with bytes names the buffer they are in");
         assert!(
             bid <= self.mask && len <= self.size,
             "bug: the kernel names a buffer of ours"
@@ -228,8 +243,15 @@ impl BufRing {
         }
     }
 
-    /// Hand buffer `bid` back to the kernel: append it at the tail, then publish the tail.
-    pub fn give_back(&mut self, bid: u16) {
+    /// Hand back to the kernel the buffer a completion gave us, if it gave one.
+    pub fn give_back(&mut self, cqe: &cqueue::Entry) {
+        if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
+            self.put(bid);
+        }
+    }
+
+    /// Hand buffer `bid` to the kernel: append it at the tail, then publish the tail.
+    fn put(&mut self, bid: u16) {
         let index = (self.tail & self.mask) as usize;
         // SAFETY: `index` ≤ mask, inside the entries. The kernel reads entries only between
         // its head and our published tail, and this one is past the tail; the one field it
@@ -251,7 +273,10 @@ impl BufRing {
     }
 }
 
-/// `io::Error` from a negative completion result.
-pub fn cqe_error(result: i32) -> io::Error {
-    io::Error::from_raw_os_error(-result)
+/// A completion's result: a count (bytes, or a new fd), or the error, `-errno`.
+pub fn cqe_result(cqe: &cqueue::Entry) -> io::Result<usize> {
+    match cqe.result() {
+        n if n >= 0 => Ok(n as usize),
+        errno => Err(io::Error::from_raw_os_error(-errno)),
+    }
 }

@@ -123,6 +123,54 @@ fn a_frame_dripped_byte_by_byte_is_closed_with_1008() {
     });
 }
 
+/// A client that never reads its echo holds it in our memory without progress: the send
+/// tried at once comes back short, what it left waits for room, and counts as held. Once
+/// `--stall-timeout` passes the connection is closed, the rest of the echo dropped.
+#[test]
+fn a_client_that_never_takes_its_echo_is_closed_after_the_stall_timeout() {
+    use std::io::ErrorKind;
+
+    if !available() {
+        return;
+    }
+    // More than loopback's socket buffers hold (a few MiB each way): the rest must wait.
+    const LEN: usize = 16 << 20;
+    let max_message = (2 * LEN).to_string();
+    let server = Server::start(
+        BIN,
+        &["--max-message", &max_message, "--stall-timeout", "1"],
+    );
+    let mut bystander = ws::connect(&server);
+    let mut client = ws::connect(&server).into_inner();
+    let mut frame = binary_header(LEN as u64);
+    frame.extend_from_slice(&pattern(3, LEN));
+    client.write_all(&frame).unwrap();
+    assert_echo(
+        &mut bystander,
+        Message::text("while another client does not read"),
+    );
+
+    // Read nothing until the server gives up (its memory line counts the bystander only),
+    // then what the kernel still holds.
+    server.wait_for_memory_line(2);
+    server.wait_for_memory_line(1);
+    let mut got = Vec::new();
+    match client.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(err) if err.kind() == ErrorKind::ConnectionReset => {}
+        Err(err) => panic!("the server still holds a client that does not read: {err}"),
+    }
+    assert!(
+        got.len() < LEN,
+        "the whole echo arrived ({} bytes): nothing was held",
+        got.len()
+    );
+    assert_echo(
+        &mut bystander,
+        Message::text("after the non-reader was closed"),
+    );
+}
+
 /// Two clients each send most of a 150 000-byte frame against `--max-buffered 200000`: the
 /// one that takes the server past the budget gets 1009, the other finishes and is echoed.
 #[test]

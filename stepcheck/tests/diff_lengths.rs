@@ -8,7 +8,11 @@
 //! ```
 //!
 //! or, in a table, that code span (its pipes written `\|`) with the number alone in the next
-//! cell. Every Markdown file in the workspace is read, so a new step's README joins by
+//! cell. A step that uses files of the previous one as a library, unchanged, may leave them
+//! out with `-x NAME` options before the directories
+//! (`diff -ruN -x frame.rs stepNN-name/src stepMM-name/src | wc -l`): each NAME must be a
+//! file of the first step's `src` that the second step does not have, so an exclusion can
+//! never hide a changed file. Every Markdown file in the workspace is read, so a new step's README joins by
 //! itself. Any other way of writing the command is an error rather than left unchecked: a
 //! `diff` of step directories that is not `diff -ruN stepNN-name/src stepMM-name/src`, the
 //! command outside a code span, `| wc -l` without `prints N`, and a bare command with
@@ -23,13 +27,13 @@ use std::process::Command;
 const COMMAND: &str = "diff -ruN ";
 const COUNT: &str = " | wc -l";
 const PAGER: &str = " | less";
-const FORM: &str = "`diff -ruN stepNN-name/src stepMM-name/src | wc -l` prints N";
+const FORM: &str = "`diff -ruN [-x NAME]… stepNN-name/src stepMM-name/src | wc -l` prints N";
 
 /// Every diff length quoted in a README or a slide is what `diff -ruN … | wc -l` prints today.
 #[test]
 fn every_quoted_diff_length_is_what_diff_prints() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let mut lengths: HashMap<(String, String), usize> = HashMap::new();
+    let mut lengths: HashMap<(String, String, Vec<String>), usize> = HashMap::new();
     let mut checked = 0;
     let mut failures = Vec::new();
     for doc in markdown_files(root) {
@@ -38,10 +42,10 @@ fn every_quoted_diff_length_is_what_diff_prints() {
         let (quotes, errors) = quotes(&text);
         failures.extend(errors.into_iter().map(|err| format!("{name}:{err}")));
         for quote in quotes {
-            let pair = (quote.from.clone(), quote.to.clone());
+            let pair = (quote.from.clone(), quote.to.clone(), quote.excluded.clone());
             let actual = match lengths.get(&pair) {
                 Some(&lines) => lines,
-                None => match diff_length(root, &quote.from, &quote.to) {
+                None => match diff_length(root, &quote.from, &quote.to, &quote.excluded) {
                     Ok(Some(lines)) => *lengths.entry(pair).or_insert(lines),
                     Ok(None) => {
                         eprintln!("skipped: no `diff` on PATH to measure the quoted diff lengths");
@@ -56,8 +60,10 @@ fn every_quoted_diff_length_is_what_diff_prints() {
             checked += 1;
             if actual != quote.lines {
                 failures.push(format!(
-                    "{name}:{}: says `diff -ruN {}/src {}/src | wc -l` prints {}, but it prints {actual}",
-                    quote.line, quote.from, quote.to, quote.lines
+                    "{name}:{}: says `{}` prints {}, but it prints {actual}",
+                    quote.line,
+                    quote.command(),
+                    quote.lines
                 ));
             }
         }
@@ -69,12 +75,41 @@ fn every_quoted_diff_length_is_what_diff_prints() {
     );
 }
 
+/// A file left out with `-x` must be one the first step has and the second does not: an
+/// exclusion cannot hide a file both steps have (a changed one), nor one the second step
+/// added, nor a typo. Breaks if `diff_length` stops checking what it leaves out.
+#[test]
+fn an_exclusion_names_a_file_only_the_first_step_has() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let (from, to) = ("step06-ws-epoll", "step09-io-uring");
+    let diff = |excluded: &[&str]| {
+        let excluded: Vec<String> = excluded.iter().map(|name| name.to_string()).collect();
+        diff_length(root, from, to, &excluded)
+    };
+    let Ok(Some(all)) = diff(&[]) else {
+        return eprintln!("skipped: no `diff` on PATH");
+    };
+    let without = diff(&["frame.rs"]).expect("frame.rs is step06's only");
+    assert!(
+        without.is_some_and(|lines| lines < all),
+        "leaving out frame.rs did not shorten the diff"
+    );
+    for name in ["lib.rs", "ring.rs", "no-such-file.rs", "*.rs"] {
+        assert!(
+            diff(&[name]).is_err(),
+            "`-x {name}` was accepted: an exclusion could hide a changed file"
+        );
+    }
+}
+
 /// The reader finds quotes in prose and in tables, and refuses every other way of quoting.
 #[test]
 fn quotes_in_another_form_are_refused() {
     let text = "\
 `diff -ruN step04-poll/src step05-epoll/src | wc -l` prints 391: the loop.
 | `diff -ruN step03-select/src step04-poll/src \\| wc -l` | 334 | bitmaps |
+`diff -ruN -x frame.rs -x page.rs step06-ws-epoll/src step09-io-uring/src | wc -l` prints 12.
+`diff -ruN -x step06-ws-epoll/src step09-io-uring/src | wc -l` prints 12.
 Read it: `diff -ruN step04-poll/src step05-epoll/src | less`. It is 12 pages.
 | `diff -ruN step04-poll/src step05-epoll/src` | see above |
 ```console
@@ -89,29 +124,60 @@ diff -ruN step04-poll/src step05-epoll/src says it all.
     let (quotes, errors) = quotes(text);
     let found: Vec<_> = quotes
         .iter()
-        .map(|q| (q.line, q.from.as_str(), q.to.as_str(), q.lines))
+        .map(|q| (q.line, q.command(), q.lines))
         .collect();
     assert_eq!(
         found,
         [
-            (1, "step04-poll", "step05-epoll", 391),
-            (2, "step03-select", "step04-poll", 334)
+            (
+                1,
+                "diff -ruN step04-poll/src step05-epoll/src | wc -l".to_string(),
+                391
+            ),
+            (
+                2,
+                "diff -ruN step03-select/src step04-poll/src | wc -l".to_string(),
+                334
+            ),
+            (
+                3,
+                "diff -ruN -x frame.rs -x page.rs step06-ws-epoll/src step09-io-uring/src | wc -l"
+                    .to_string(),
+                12
+            ),
         ]
     );
     let lines: Vec<_> = errors
         .iter()
         .map(|err| err.split(':').next().unwrap().parse::<usize>().unwrap())
         .collect();
-    assert_eq!(lines, [8, 9, 10, 11, 12], "errors: {errors:#?}");
+    assert_eq!(lines, [4, 10, 11, 12, 13, 14], "errors: {errors:#?}");
 }
 
-/// A quoted length: where it is, the two steps, and the number the text gives.
+/// A quoted length: where it is, the two steps, the files left out, and the number the text
+/// gives.
 #[derive(Debug)]
 struct Quote {
     line: usize,
     from: String,
     to: String,
+    excluded: Vec<String>,
     lines: usize,
+}
+
+impl Quote {
+    /// The command as quoted.
+    fn command(&self) -> String {
+        let excluded: String = self
+            .excluded
+            .iter()
+            .map(|name| format!("-x {name} "))
+            .collect();
+        format!(
+            "{COMMAND}{excluded}{}/src {}/src{COUNT}",
+            self.from, self.to
+        )
+    }
 }
 
 /// The quotes in a Markdown text, and an error (`LINE: why`) for each mention of a step
@@ -142,9 +208,9 @@ fn quotes(markdown: &str) -> (Vec<Quote>, Vec<String>) {
             if !(span.starts_with("diff ") && span.contains("step")) {
                 continue;
             }
-            let Some((from, to, tail)) = parse_command(&span) else {
+            let Some((excluded, from, to, tail)) = parse_command(&span) else {
                 errors.push(format!(
-                    "{number}: `{span}`: show a step's lesson as `diff -ruN stepNN-name/src stepMM-name/src`"
+                    "{number}: `{span}`: show a step's lesson as `diff -ruN [-x NAME]… stepNN-name/src stepMM-name/src`"
                 ));
                 continue;
             };
@@ -154,6 +220,7 @@ fn quotes(markdown: &str) -> (Vec<Quote>, Vec<String>) {
                         line: number,
                         from,
                         to,
+                        excluded,
                         lines: count,
                     }),
                     None => errors.push(format!(
@@ -205,9 +272,24 @@ enum Tail {
     Count,
 }
 
-/// `diff -ruN FROM/src TO/src` with an optional `| less` or `| wc -l`.
-fn parse_command(span: &str) -> Option<(String, String, Tail)> {
-    let rest = span.strip_prefix(COMMAND)?;
+/// `diff -ruN [-x NAME]… FROM/src TO/src` with an optional `| less` or `| wc -l`: the names
+/// left out, the two steps, and the tail.
+fn parse_command(span: &str) -> Option<(Vec<String>, String, String, Tail)> {
+    let mut rest = span.strip_prefix(COMMAND)?;
+    let mut excluded = Vec::new();
+    while let Some(option) = rest.strip_prefix("-x ") {
+        let (name, after) = option.split_once(' ')?;
+        // A plain file name: no path, no pattern (a pattern could leave out more than it says).
+        let plain = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !plain || name.ends_with("/src") {
+            return None;
+        }
+        excluded.push(name.to_string());
+        rest = after;
+    }
     let (dirs, tail) = if let Some(dirs) = rest.strip_suffix(COUNT) {
         (dirs, Tail::Count)
     } else if let Some(dirs) = rest.strip_suffix(PAGER) {
@@ -225,7 +307,7 @@ fn parse_command(span: &str) -> Option<(String, String, Tail)> {
     };
     let mut dirs = dirs.split(' ');
     let (from, to) = (step(dirs.next()?)?, step(dirs.next()?)?);
-    dirs.next().is_none().then_some((from, to, tail))
+    dirs.next().is_none().then_some((excluded, from, to, tail))
 }
 
 /// The number after ` prints `, or alone in the next table cell.
@@ -275,16 +357,36 @@ fn counts_lines(text: &str) -> bool {
     })
 }
 
-/// `diff -ruN FROM/src TO/src | wc -l`, run in the workspace root. `Ok(None)` when there is no
-/// `diff` to run.
-fn diff_length(root: &Path, from: &str, to: &str) -> Result<Option<usize>, String> {
+/// `diff -ruN -x EXCLUDED… FROM/src TO/src | wc -l`, run in the workspace root. `Ok(None)`
+/// when there is no `diff` to run. Each excluded name must be a file of `FROM/src` that
+/// `TO/src` does not have: the second step uses it from the first, unchanged.
+fn diff_length(
+    root: &Path,
+    from: &str,
+    to: &str,
+    excluded: &[String],
+) -> Result<Option<usize>, String> {
     for dir in [from, to] {
         if !root.join(dir).join("src").is_dir() {
             return Err(format!("quotes a diff of {dir}/src, which does not exist"));
         }
     }
-    let output = match Command::new("diff")
-        .arg("-ruN")
+    for name in excluded {
+        if !root.join(from).join("src").join(name).is_file() {
+            return Err(format!("leaves out {name}, which {from}/src does not have"));
+        }
+        if root.join(to).join("src").join(name).exists() {
+            return Err(format!(
+                "leaves out {name}, which {to}/src has too: its changes would be hidden"
+            ));
+        }
+    }
+    let mut diff = Command::new("diff");
+    diff.arg("-ruN");
+    for name in excluded {
+        diff.arg("-x").arg(name);
+    }
+    let output = match diff
         .arg(format!("{from}/src"))
         .arg(format!("{to}/src"))
         .current_dir(root)
@@ -297,7 +399,7 @@ fn diff_length(root: &Path, from: &str, to: &str) -> Result<Option<usize>, Strin
     // diff exits 0 (same) or 1 (different); 2 is trouble.
     if output.status.code().is_none_or(|code| code > 1) {
         return Err(format!(
-            "diff -ruN {from}/src {to}/src failed: {}",
+            "diff -ruN … {from}/src {to}/src failed: {}",
             String::from_utf8_lossy(&output.stderr)
         ));
     }
