@@ -435,6 +435,12 @@ impl Run<'_> {
                     .memory_line(0, closed_at, Duration::from_secs(3));
                 pool = self.pool()?;
                 storms.push(self.storm(&mut pool, top).await);
+                // Let the step count them before they go, so that it sees the count change
+                // and prints the 0 the next close waits for, even after a storm shorter than
+                // its report period (select's thousand take 40 ms).
+                self.step
+                    .process
+                    .memory_line(pool.len(), closed_at, Duration::from_secs(3));
             }
             result.storm = median_storm(storms);
             result.others_cpu_cores = others.and_then(OthersCpu::cores);
