@@ -178,8 +178,8 @@ fn main() -> ExitCode {
         sweep_passes: 3,
         kernel_chunks: 5,
         storm_in_flight: 256,
-        storms: 2,
-        burst_rounds: 3,
+        storms: 3,
+        burst_rounds: 5,
         count_syscalls: syscalls_not_counted.is_none(),
     };
 

@@ -47,12 +47,23 @@ pub struct Plan {
     pub kernel_chunks: usize,
     /// Connection attempts in flight at once during the storm.
     pub storm_in_flight: usize,
-    /// Storms per step; the fastest is reported.
+    /// Storms per step (see [`Plan::repeats`]); the median storm is reported.
     pub storms: usize,
-    /// Rounds of the burst: one message on every connection at once, each round.
+    /// Rounds of the burst (see [`Plan::repeats`]): one message on every connection at
+    /// once, each round; the step's CPU per message is the median round's.
     pub burst_rounds: usize,
     /// Whether to count the step's system calls during the burst (perf works here).
     pub count_syscalls: bool,
+}
+
+impl Plan {
+    /// How many storms or burst rounds for a step holding `held`: `times`, or up to three
+    /// times as many for a step that holds fewer than N (select's 1 000), so that every
+    /// step's median rests on about as many connections or messages.
+    pub fn repeats(&self, times: usize, held: usize) -> usize {
+        let more = self.conns.div_ceil(held.max(1)).clamp(1, 3);
+        times.max(1) * more
+    }
 }
 
 /// One visit of a sweep point: round trips one after another on one connection.
@@ -92,6 +103,9 @@ pub struct StepResult {
     pub sweep: Vec<SweepPoint>,
     pub storm: Option<StormResult>,
     pub burst: Option<BurstResult>,
+    /// CPUs' worth of time other processes took while the burst and storms ran (see
+    /// [`OthersCpu`]); past [`BUSY_MACHINE`], the busy figures may be off.
+    pub others_cpu_cores: Option<f64>,
     pub wall_seconds: f64,
 }
 
@@ -170,6 +184,10 @@ pub struct StormResult {
     pub server_cpu_us_per_conn: Option<f64>,
     /// Their first echoes.
     pub echo: EchoCounts,
+    /// Every storm's rate, in the order they ran; the figures above are the median storm's.
+    pub conns_per_s_each: Vec<f64>,
+    /// Every storm's CPU per connection, in the same order.
+    pub server_cpu_us_per_conn_each: Vec<Option<f64>>,
 }
 
 /// Every connection speaking at once, several rounds.
@@ -182,8 +200,10 @@ pub struct BurstResult {
     pub p50_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
-    /// The step's CPU time over the burst / echoes back.
+    /// The median over the rounds of the step's CPU time in the round / echoes back.
     pub server_cpu_us_per_msg: Option<f64>,
+    /// Each round's CPU per message, in the order they ran.
+    pub server_cpu_us_per_msg_rounds: Vec<Option<f64>>,
     /// (highest VmRSS during the burst − VmRSS before the first connection) / held.
     pub peak_rss_per_conn_bytes: Option<u64>,
     /// The step's system calls during the burst / echoes back, counted by `perf stat`;
@@ -400,27 +420,30 @@ impl Run<'_> {
         result.echo = EchoCounts::from(&echo);
 
         if self.spec.busy {
+            let others = OthersCpu::start(self.step.process.pid());
             result.burst = Some(self.burst(&mut pool, &mut result.notes).await);
-            // The storm, `plan.storms` times; the fastest stands (a busy machine only ever
-            // slows a storm down). Each time: reset every connection, wait until the step
+            // The storm, `plan.storms` times (more for a step that holds fewer); the median
+            // storm stands. Each time: reset every connection, wait until the step
             // has seen them all go (its memory line says 0), so that its CPU time in the
             // storm is the storm's alone; then let them all arrive again at once.
-            for _ in 0..self.plan.storms.max(1) {
+            let mut storms = Vec::new();
+            for _ in 0..self.plan.repeats(self.plan.storms, top) {
                 let closed_at = Instant::now();
                 pool.close();
                 self.step
                     .process
                     .memory_line(0, closed_at, Duration::from_secs(3));
                 pool = self.pool()?;
-                let storm = self.storm(&mut pool, top).await;
-                if result
-                    .storm
-                    .as_ref()
-                    .is_none_or(|best| storm.conns_per_s > best.conns_per_s)
-                {
-                    result.storm = Some(storm);
-                }
+                storms.push(self.storm(&mut pool, top).await);
+                // Let the step count them before they go, so that it sees the count change
+                // and prints the 0 the next close waits for, even after a storm shorter than
+                // its report period (select's thousand take 40 ms).
+                self.step
+                    .process
+                    .memory_line(pool.len(), closed_at, Duration::from_secs(3));
             }
+            result.storm = median_storm(storms);
+            result.others_cpu_cores = others.and_then(OthersCpu::cores);
         }
 
         // Down and up again, timing round trips at each point on the way.
@@ -575,15 +598,20 @@ impl Run<'_> {
             .then(|| SyscallCount::start(pid))
             .transpose();
         let peak = PeakRss::watch(pid);
-        let cpu_before = self.cpu();
-        let burst = pool
-            .burst(
-                self.plan.burst_rounds,
-                self.plan.message_size,
-                self.plan.served_deadline,
-            )
-            .await;
-        let cpu = per_each(cpu_before, self.cpu(), burst.echo.ok);
+        let mut burst = loadgen::Burst::default();
+        let mut cpu_rounds = Vec::new();
+        for _ in 0..self.plan.repeats(self.plan.burst_rounds, conns) {
+            let cpu_before = self.cpu();
+            let round = pool
+                .burst(1, self.plan.message_size, self.plan.served_deadline)
+                .await;
+            cpu_rounds.push(per_each(cpu_before, self.cpu(), round.echo.ok));
+            burst.rounds += round.rounds;
+            burst.busy += round.busy;
+            burst.echo.merge(round.echo);
+        }
+        burst.echo = burst.echo.finish();
+        let cpu = median_of(&cpu_rounds);
         let peak_rss = peak.stop();
         let syscalls = syscalls
             .and_then(|count| count.map(SyscallCount::finish).transpose())
@@ -603,6 +631,7 @@ impl Run<'_> {
             p99_us: us_of(|s| s.p99),
             max_us: us_of(|s| s.max),
             server_cpu_us_per_msg: cpu,
+            server_cpu_us_per_msg_rounds: cpu_rounds,
             peak_rss_per_conn_bytes: (conns > 0 && peak_rss > 0)
                 .then(|| peak_rss.saturating_sub(self.step.base_rss) / pool.len() as u64),
             syscalls_per_msg: syscalls
@@ -632,8 +661,67 @@ impl Run<'_> {
             connect_p99_us: connect.map_or(0.0, |s| us(s.p99)),
             server_cpu_us_per_conn: per_each(cpu_before, self.cpu(), storm.opened),
             echo: EchoCounts::from(&storm.echo),
+            conns_per_s_each: vec![storm.conns_per_s()],
+            server_cpu_us_per_conn_each: Vec::new(),
         }
     }
+}
+
+/// Other processes taking more than this many CPUs' worth of time during a step's burst and
+/// storms make its busy figures suspect: the step and the client share two cores with them.
+pub const BUSY_MACHINE: f64 = 0.2;
+
+/// The machine's CPU time minus the step's and the report's own, over a stretch of the run:
+/// what the rest of the machine took from the two cores the figures need.
+struct OthersCpu {
+    pid: u32,
+    started: Instant,
+    machine: Duration,
+    ours: Duration,
+}
+
+impl OthersCpu {
+    fn start(pid: u32) -> Option<OthersCpu> {
+        Some(OthersCpu {
+            pid,
+            started: Instant::now(),
+            machine: procfs::machine_cpu_time().ok()?,
+            ours: Self::ours(pid)?,
+        })
+    }
+
+    fn ours(pid: u32) -> Option<Duration> {
+        Some(procfs::cpu_time(pid).ok()? + common::cpu_time(std::process::id()).ok()?)
+    }
+
+    /// Others' CPU time since the start ÷ the time elapsed: in CPUs.
+    fn cores(self) -> Option<f64> {
+        let machine = procfs::machine_cpu_time().ok()?;
+        let ours = Self::ours(self.pid)?;
+        let others = machine.saturating_sub(self.machine).as_secs_f64()
+            - ours.saturating_sub(self.ours).as_secs_f64();
+        Some((others / self.started.elapsed().as_secs_f64()).max(0.0))
+    }
+}
+
+/// The median storm by rate, carrying every storm's rate and CPU per connection.
+fn median_storm(mut storms: Vec<StormResult>) -> Option<StormResult> {
+    let rates: Vec<f64> = storms.iter().map(|s| s.conns_per_s).collect();
+    let cpus = storms.iter().map(|s| s.server_cpu_us_per_conn).collect();
+    storms.sort_by(|a, b| a.conns_per_s.total_cmp(&b.conns_per_s));
+    let mid = (storms.len().checked_sub(1)?) / 2;
+    let mut median = storms.swap_remove(mid);
+    median.conns_per_s_each = rates;
+    median.server_cpu_us_per_conn_each = cpus;
+    Some(median)
+}
+
+/// The median of the figures there are (lower middle of an even count).
+fn median_of(figures: &[Option<f64>]) -> Option<f64> {
+    let mut known: Vec<f64> = figures.iter().flatten().copied().collect();
+    known.sort_by(f64::total_cmp);
+    let mid = known.len().checked_sub(1)? / 2;
+    Some(known[mid])
 }
 
 /// CPU time between two readings, in µs per unit of work; `None` if either reading failed
@@ -758,5 +846,77 @@ mod tests {
         );
         assert!(!agree(14_000_000, 20_000_000));
         assert!(!agree(200_000_000, 190_000_000));
+    }
+
+    fn storm(conns_per_s: f64, cpu: f64) -> StormResult {
+        StormResult {
+            conns: 1000,
+            conns_per_s,
+            connect_p50_us: 0.0,
+            connect_p99_us: 0.0,
+            server_cpu_us_per_conn: Some(cpu),
+            echo: EchoCounts::default(),
+            conns_per_s_each: vec![conns_per_s],
+            server_cpu_us_per_conn_each: vec![Some(cpu)],
+        }
+    }
+
+    /// The median storm stands, with its own CPU figure, and every storm's figures in order.
+    #[test]
+    fn the_median_storm_stands_and_every_storm_is_kept() {
+        let median = median_storm(vec![
+            storm(30e3, 20.0),
+            storm(10e3, 50.0),
+            storm(20e3, 30.0),
+        ])
+        .expect("three storms have a median");
+        assert_eq!(median.conns_per_s, 20e3);
+        assert_eq!(median.server_cpu_us_per_conn, Some(30.0));
+        assert_eq!(median.conns_per_s_each, [30e3, 10e3, 20e3]);
+        assert_eq!(
+            median.server_cpu_us_per_conn_each,
+            [Some(20.0), Some(50.0), Some(30.0)]
+        );
+        assert!(median_storm(Vec::new()).is_none());
+    }
+
+    /// A round whose CPU could not be read is left out of the median, not counted as zero.
+    #[test]
+    fn the_median_round_skips_rounds_without_a_figure() {
+        assert_eq!(
+            median_of(&[Some(9.0), None, Some(7.0), Some(30.0)]),
+            Some(9.0)
+        );
+        assert_eq!(median_of(&[Some(9.0), Some(7.0)]), Some(7.0));
+        assert_eq!(median_of(&[None]), None);
+    }
+
+    /// A step that holds a tenth of N gets three times the storms and rounds, no more.
+    #[test]
+    fn a_step_holding_fewer_gets_more_repeats() {
+        let plan = |conns| Plan {
+            conns,
+            message_size: 64,
+            served_deadline: Duration::ZERO,
+            echo_probes: 0,
+            probe_deadline: Duration::ZERO,
+            batch: Batch {
+                warmup: 0,
+                max: 0,
+                min: 0,
+                time: Duration::ZERO,
+            },
+            sweep_passes: 1,
+            kernel_chunks: 1,
+            storm_in_flight: 1,
+            storms: 3,
+            burst_rounds: 5,
+            count_syscalls: false,
+        };
+        assert_eq!(plan(10_000).repeats(3, 10_000), 3);
+        assert_eq!(plan(10_000).repeats(5, 7_000), 10);
+        assert_eq!(plan(10_000).repeats(3, 1_000), 9);
+        assert_eq!(plan(10_000).repeats(3, 0), 9);
+        assert_eq!(plan(10_000).repeats(0, 10_000), 1);
     }
 }

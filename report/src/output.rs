@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::measure::{MIN_CONNS_FOR_KERNEL, Plan, StepResult};
+use crate::measure::{BUSY_MACHINE, MIN_CONNS_FOR_KERNEL, Plan, StepResult};
 use crate::procfs::SOCKET_CACHES;
 use crate::sweep::{SweepPoint, WIDE_SPREAD, WIDE_SPREAD_FLOOR_US};
 
@@ -239,6 +239,12 @@ fn notes(steps: &[StepResult], scans: Scans) -> String {
                 list_us(&r.sweep.iter().map(|p| p.p50_us).collect::<Vec<_>>())
             ));
         }
+        if let Some(cores) = r.others_cpu_cores.filter(|&c| c > BUSY_MACHINE) {
+            notes.push(format!(
+                "⚠ busy machine: other processes took {cores:.2} CPUs while the burst and \
+                 storms ran; those figures may be off (run again on a quiet machine)"
+            ));
+        }
         for lost in [
             r.storm.as_ref().map(|s| ("storm", &s.echo)),
             r.burst.as_ref().map(|b| ("burst", &b.echo)),
@@ -297,11 +303,12 @@ fn footnotes(report: &Report) -> String {
          {floor} µs). *CPU / echo*: \
          the step's CPU time (its process CPU clock, to the nanosecond) over a visit ÷ its echoes.\n\
          *storm*: N connections opened as fast as loadgen can ({in_flight} attempts in flight), \
-         each with its {size}-byte echo (WebSocket: upgrade too), the fastest of {storms}: \
-         connections per second and the step's CPU per connection (the time to connect, p50 \
-         and p99, is in report.json). *burst*: one {size}-byte message on every \
-         connection at once, {rounds} rounds: messages per second, round trips, the step's CPU \
-         per message, its system calls per message (every thread's, counted by `perf stat -e \
+         each with its {size}-byte echo (WebSocket: upgrade too), the median of {storms} \
+         storms (up to three times as many where a step holds fewer than N): connections per \
+         second and the step's CPU per connection (the time to connect, p50 and p99, is in \
+         report.json). *burst*: one {size}-byte message on every connection at once, {rounds} \
+         rounds (more, likewise, where a step holds fewer): messages per second, round trips, \
+         the step's CPU per message in the median round, its system calls per message (every thread's, counted by `perf stat -e \
          raw_syscalls:sys_enter -p PID` during the burst only{syscalls}), and its highest \
          resident set meanwhile per connection beside the idle one.\n",
         conns = plan.conns,
@@ -441,5 +448,29 @@ mod tests {
         assert_eq!(rate(850.2), "850/s");
         assert_eq!(rate(12_345.0), "12.3k/s");
         assert_eq!(signed_bytes(-2048), "−2.0 KiB");
+    }
+
+    /// Other processes busy during a step's storms and burst: that step, and only that one,
+    /// says its busy figures may be off.
+    #[test]
+    fn a_busy_machine_is_said_under_the_step_it_spoiled() {
+        let step = |name: &str, others| StepResult {
+            step: name.into(),
+            others_cpu_cores: others,
+            ..StepResult::default()
+        };
+        let text = notes(
+            &[
+                step("step05-epoll", Some(0.6)),
+                step("step06-ws-epoll", Some(0.05)),
+                step("step07-tokio", None),
+            ],
+            &|_| false,
+        );
+        assert!(
+            text.contains("- step05-epoll: ⚠ busy machine: other processes took 0.60 CPUs"),
+            "{text}"
+        );
+        assert_eq!(text.matches("busy machine").count(), 1, "{text}");
     }
 }

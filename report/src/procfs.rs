@@ -24,6 +24,43 @@ pub fn cpu_time(pid: u32) -> io::Result<Duration> {
     Ok(common::cpu_time(pid)? + workers.sum::<Duration>())
 }
 
+/// CPU time the whole machine spent running processes (user, nice, system, and steal: time
+/// the hypervisor gave our CPUs to someone else), from /proc/stat. Interrupt time is left
+/// out: the step's own loopback traffic is handled there.
+pub fn machine_cpu_time() -> io::Result<Duration> {
+    let busy = busy_ticks(&std::fs::read_to_string("/proc/stat")?)?;
+    // SAFETY: sysconf only reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if per_second <= 0 {
+        return Err(io::Error::other("sysconf(_SC_CLK_TCK) failed"));
+    }
+    Ok(Duration::from_secs_f64(busy as f64 / per_second as f64))
+}
+
+/// The clock ticks of /proc/stat's `cpu` line spent running processes.
+fn busy_ticks(stat: &str) -> io::Result<u64> {
+    let fields = stat
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("cpu "))
+        .map(|rest| {
+            rest.split_whitespace()
+                .map(str::parse::<u64>)
+                .collect::<Vec<_>>()
+        })
+        .ok_or_else(|| io::Error::other("/proc/stat has no `cpu` line"))?;
+    let ticks = |i: usize| -> io::Result<u64> {
+        match fields.get(i) {
+            Some(Ok(n)) => Ok(*n),
+            _ => Err(io::Error::other(
+                "/proc/stat: a `cpu` field is missing or not a number",
+            )),
+        }
+    };
+    // user, nice, system, idle, iowait, irq, softirq, steal, in clock ticks.
+    Ok(ticks(0)? + ticks(1)? + ticks(2)? + ticks(7)?)
+}
+
 /// The slab caches that grow with each TCP connection, on either end of it.
 ///
 /// - `TCP`/`TCPv6`: the socket itself (`struct tcp_sock`, ~2.3 KB);
@@ -198,5 +235,15 @@ mod tests {
             parse_kernel_stack("MemTotal: 1 kB\nKernelStack:     1320 kB\n"),
             Some(1320 * 1024)
         );
+    }
+
+    /// Busy is user + nice + system + steal: idle, I/O wait and interrupts are not.
+    #[test]
+    fn busy_ticks_count_processes_and_steal() {
+        let stat = "cpu  100 2 30 9000 40 5 60 7 0 0\ncpu0 50 1 15 4500 20 2 30 3 0 0\n";
+        assert_eq!(busy_ticks(stat).unwrap(), 100 + 2 + 30 + 7);
+        assert!(busy_ticks("cpu0 1 2 3 4 5 6 7 8\n").is_err());
+        assert!(busy_ticks("cpu  1 2 x 4 5 6 7 8\n").is_err());
+        assert!(busy_ticks("cpu  1 2 3 4 5 6 7\n").is_err());
     }
 }
