@@ -176,8 +176,8 @@ struct Shared {
     /// Connections closed while the kernel still held some of their operations, by fd:
     /// their sockets stay open (and their sends' bytes allocated) until the last completion.
     closing: HashMap<RawFd, Conn>,
-    /// One output buffer for every connection: replies are put together here, and only
-    /// what the kernel does not take at once is copied into the connection.
+    /// One output buffer for every connection: replies are put together here, then copied
+    /// into the connection's output, whose bytes the kernel owns while it sends them.
     out: Vec<u8>,
     /// Connections that must do something by a deadline: finish their request head, or
     /// hang up after our close.
@@ -508,7 +508,7 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, max_message: usiz
     let State::Handshaking { head, .. } = &mut conn.state else {
         unreachable!("bug: read_head is called only while handshaking");
     };
-    // Most heads arrive whole, in one read: they are parsed straight from the shared read
+    // Most heads arrive whole, in one read: they are parsed straight from the ring's read
     // buffer. Only a head that comes in pieces is copied into the connection.
     let mut head = head.take();
     let bytes: &[u8] = match &mut head {
