@@ -409,6 +409,76 @@ fn diff_length(
 }
 
 /// Every Markdown file of the workspace, outside build output and installed packages.
+/// Every code fence in a README or a slide opens with its language and is closed. A bare
+/// fence can only close a block, so a block left open shows as an error at once: it would
+/// otherwise turn the rest of the file into code, and hide its quotes from these checks.
+#[test]
+fn every_code_fence_is_closed() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let errors: Vec<String> = markdown_files(root)
+        .into_iter()
+        .filter_map(|doc| {
+            let err = fence_error(&fs::read_to_string(&doc).unwrap())?;
+            Some(format!(
+                "{}:{err}",
+                doc.strip_prefix(root).unwrap().display()
+            ))
+        })
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    assert_eq!(
+        fence_error("```text\na\n```\n````md\n```rust\n```\n````\n"),
+        None
+    );
+    for (text, line) in [
+        ("x\n```text\na\n", 2),
+        ("```text\na\n```\n## Layout\n```\ntree\n```\n", 5),
+        ("```text\na\n\n```console\nb\n```\n", 4),
+    ] {
+        let err = fence_error(text).expect("a broken fence is found");
+        assert!(err.starts_with(&format!("{line}: ")), "{err}");
+    }
+}
+
+/// The first misplaced fence: a bare one with no block open (it was meant to open one), one
+/// with a language inside a block of the same fence (the block above was left open), or
+/// a block never closed.
+fn fence_error(text: &str) -> Option<String> {
+    // The open block: its first line, its fence character and length.
+    let mut open: Option<(usize, char, usize)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        let Some(mark) = line.chars().next().filter(|c| *c == '`' || *c == '~') else {
+            continue;
+        };
+        let run = line.chars().take_while(|c| *c == mark).count();
+        if run < 3 {
+            continue;
+        }
+        let bare = line[run..].trim().is_empty();
+        match open {
+            Some((_, c, n)) if c == mark && run >= n && bare => open = None,
+            Some((from, c, n)) if c == mark && run == n => {
+                return Some(format!(
+                    "{}: a fence with a language inside the block opened at line {from}: \
+                     is that block closed?",
+                    i + 1
+                ));
+            }
+            Some(_) => {}
+            None if bare => {
+                return Some(format!(
+                    "{}: a bare fence with no block open: say its language (```text), or \
+                     close the block above it",
+                    i + 1
+                ));
+            }
+            None => open = Some((i + 1, mark, run)),
+        }
+    }
+    open.map(|(from, _, _)| format!("{from}: a code fence opened here is never closed"))
+}
+
 fn markdown_files(root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut dirs = vec![root.to_path_buf()];
