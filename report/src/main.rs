@@ -18,6 +18,7 @@
 //! A step joins the report by having a line in `steps.rs`; one whose binary is missing or
 //! exits before listening becomes a row that says so.
 
+mod affinity;
 mod charts;
 mod child;
 mod kernel;

@@ -15,6 +15,7 @@ use loadgen::{ConnectOptions, EchoStats, Pace, Pick, Pool, Protocol, Target};
 use serde::Serialize;
 use stepcheck::syscalls::SyscallCount;
 
+use crate::affinity::OneCpu;
 use crate::child::{Sample, StepProcess};
 use crate::kernel::KernelChunks;
 use crate::procfs::{self, KernelMemory};
@@ -563,6 +564,9 @@ impl Run<'_> {
         let (size, deadline) = (self.plan.message_size, self.plan.probe_deadline);
         self.bar
             .set_message(format!("round trips with {held} held"));
+        // Client and step on one CPU meanwhile (see `affinity.rs`); if that fails, the
+        // round trips are timed anyway, with the noise it would have removed.
+        let pinned = OneCpu::pin(self.step.process.pid());
         pool.probe(Pick::Conn(0), batch.warmup, size, deadline)
             .await;
         let (started, cpu_before) = (Instant::now(), self.cpu());
@@ -578,6 +582,7 @@ impl Run<'_> {
             }
         }
         let cpu = per_each(cpu_before, self.cpu(), stats.ok);
+        drop(pinned);
         self.sweep
             .entry(held)
             .or_insert_with(|| Visits::new(held))

@@ -298,7 +298,9 @@ fn footnotes(report: &Report) -> String {
          share is about half, plus its threads' kernel stacks. {readable}\n\
          *round trip*: a {size}-byte echo on one connection while the others sit idle: each \
          point visited {passes} times (up, down, up…), each visit {min} to {max} round trips \
-         one after another (past {min}, at most {time}) after {warmup} not counted; the median \
+         one after another (past {min}, at most {time}) after {warmup} not counted, the client \
+         and the step on one CPU (no idle CPU to wake: on a VM that costs tens of µs, at \
+         random); the median \
          of the visits' medians, ⚠ wide when no two of them agree within {wide:.0}% (and \
          {floor} µs). *CPU / echo*: \
          the step's CPU time (its process CPU clock, to the nanosecond) over a visit ÷ its echoes.\n\
