@@ -240,7 +240,16 @@ async fn handle_connection(
             }
             return Err(err);
         }
-        Err(_elapsed) => return Ok(()), // dropping the stream closes the connection
+        // Too slow to finish its request head, or silent: told so, as step06 tells it,
+        // then closed. Bounded: a client that takes nothing cannot hold the task.
+        Err(_elapsed) => {
+            let answer = async {
+                stream.write_all(refusal::TIMEOUT.as_bytes()).await?;
+                stream.shutdown().await
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, answer).await;
+            return Ok(());
+        }
     };
     websocket.get_mut().answered(None); // the request head
     loop {

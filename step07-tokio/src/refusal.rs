@@ -10,6 +10,10 @@
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::{self, error::ProtocolError, http};
 
+/// What a client too slow to send its request head gets before we close, as in step06.
+pub const TIMEOUT: &str =
+    "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
 /// The handshake callback: a request without `Host` is refused with `400`.
 #[expect(
     clippy::result_large_err,
