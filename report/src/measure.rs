@@ -59,8 +59,8 @@ pub struct Plan {
 
 impl Plan {
     /// How many storms or burst rounds for a step holding `held`: `times`, or up to three
-    /// times as many for a step that holds fewer than N (select's 1 000), so that every
-    /// step's median rests on about as many connections or messages.
+    /// times as many for a step that holds fewer than N (select's 1 000), whose storms and
+    /// rounds are short: its median rests on more of them.
     pub fn repeats(&self, times: usize, held: usize) -> usize {
         let more = self.conns.div_ceil(held.max(1)).clamp(1, 3);
         times.max(1) * more
@@ -105,7 +105,8 @@ pub struct StepResult {
     pub storm: Option<StormResult>,
     pub burst: Option<BurstResult>,
     /// CPUs' worth of time other processes took while the burst and storms ran (see
-    /// [`OthersCpu`]); past [`BUSY_MACHINE`], the busy figures may be off.
+    /// [`OthersCpu`]); past [`BUSY_MACHINE`], the busy figures may be off. Signed as
+    /// measured: a quiet machine reads a few hundredths either side of zero.
     pub others_cpu_cores: Option<f64>,
     pub wall_seconds: f64,
 }
@@ -268,6 +269,7 @@ pub async fn measure(
         step,
         bar,
         sweep: BTreeMap::new(),
+        unpinned: None,
     };
     if let Err(err) = run.all(&mut result).await {
         result.error = Some(err);
@@ -360,6 +362,8 @@ struct Run<'a> {
     bar: &'a ProgressBar,
     /// Round trips by connection count, over every visit.
     sweep: BTreeMap<usize, Visits>,
+    /// Why a visit's round trips could not be timed on one CPU, if one could not.
+    unpinned: Option<String>,
 }
 
 impl Run<'_> {
@@ -466,6 +470,11 @@ impl Run<'_> {
             }
         }
 
+        if let Some(why) = &self.unpinned {
+            result
+                .notes
+                .push(format!("round trips timed on both CPUs, not one: {why}"));
+        }
         result.cpu_seconds = procfs::cpu_time(self.step.process.pid())
             .ok()
             .map(|t| t.as_secs_f64());
@@ -566,7 +575,8 @@ impl Run<'_> {
             .set_message(format!("round trips with {held} held"));
         // Client and step on one CPU meanwhile (see `affinity.rs`); if that fails, the
         // round trips are timed anyway, with the noise it would have removed.
-        let pinned = OneCpu::pin(self.step.process.pid());
+        let pinned = OneCpu::pin(self.step.process.pid())
+            .inspect_err(|err| self.unpinned = Some(err.to_string()));
         pool.probe(Pick::Conn(0), batch.warmup, size, deadline)
             .await;
         let (started, cpu_before) = (Instant::now(), self.cpu());
@@ -593,9 +603,9 @@ impl Run<'_> {
     /// thread samples the step's resident set for its peak and perf counts its system calls.
     /// A count that fails is a note on the step.
     async fn burst(&self, pool: &mut Pool, notes: &mut Vec<String>) -> BurstResult {
-        self.bar
-            .set_message(format!("burst: {} rounds", self.plan.burst_rounds));
         let conns = pool.usable();
+        let rounds = self.plan.repeats(self.plan.burst_rounds, conns);
+        self.bar.set_message(format!("burst: {rounds} rounds"));
         let pid = self.step.process.pid();
         let syscalls = self
             .plan
@@ -605,7 +615,7 @@ impl Run<'_> {
         let peak = PeakRss::watch(pid);
         let mut burst = loadgen::Burst::default();
         let mut cpu_rounds = Vec::new();
-        for _ in 0..self.plan.repeats(self.plan.burst_rounds, conns) {
+        for _ in 0..rounds {
             let cpu_before = self.cpu();
             let round = pool
                 .burst(1, self.plan.message_size, self.plan.served_deadline)
@@ -666,7 +676,8 @@ impl Run<'_> {
             connect_p99_us: connect.map_or(0.0, |s| us(s.p99)),
             server_cpu_us_per_conn: per_each(cpu_before, self.cpu(), storm.opened),
             echo: EchoCounts::from(&storm.echo),
-            conns_per_s_each: vec![storm.conns_per_s()],
+            // Filled by `median_storm`, which sees every storm.
+            conns_per_s_each: Vec::new(),
             server_cpu_us_per_conn_each: Vec::new(),
         }
     }
@@ -705,7 +716,7 @@ impl OthersCpu {
         let ours = Self::ours(self.pid)?;
         let others = machine.saturating_sub(self.machine).as_secs_f64()
             - ours.saturating_sub(self.ours).as_secs_f64();
-        Some((others / self.started.elapsed().as_secs_f64()).max(0.0))
+        Some(others / self.started.elapsed().as_secs_f64())
     }
 }
 

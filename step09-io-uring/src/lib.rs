@@ -135,12 +135,12 @@ enum State {
     /// Waiting for the HTTP request head.
     Handshaking {
         /// The head so far, if it came in pieces. `None` in the common case: a head that
-        /// arrives whole is parsed straight from the shared read buffer.
+        /// arrives whole is parsed straight from the ring buffer the kernel filled.
         head: Option<Box<Vec<u8>>>,
         /// When we give up on a client that is too slow to finish it (slowloris).
         deadline: Deadline,
     },
-    /// Upgraded: frames, decoded by `frame.rs`.
+    /// Upgraded: frames, decoded by step06's `frame` module.
     Open {
         /// `None` unless a frame or message is unfinished.
         partial: Option<Box<Partial>>,
@@ -375,7 +375,14 @@ fn accepted(
         cancelling: false,
     });
     *open += 1;
-    read(conn, fd, &mut shared.ring)
+    // Asking the kernel to read can fail on its own (the submission queue full, and the
+    // kernel refusing more for now): like a failed registration in step06, that closes
+    // this connection only. No operation of its is in the kernel yet.
+    if let Err(err) = read(conn, fd, &mut shared.ring) {
+        eprintln!("step09-io-uring: cannot set up connection fd {fd}: {err}; closing it");
+        close(shared, connections, open, fd);
+    }
+    Ok(())
 }
 
 /// Ask the kernel to read `conn`, unless it does already or output waits.
