@@ -103,11 +103,22 @@ fn each_line_carries_the_status_read_as_it_arrived() {
 /// is counted by them, as step08's supervisor is by its workers.)
 #[test]
 fn by_default_the_status_is_the_steps_own() {
-    let script = r#"echo '{"event":"listening","addr":"127.0.0.1:9"}'; exec sleep 30"#;
+    // After its line the fake step changes nothing: it waits in `read` on a pipe nobody
+    // writes (opened read-write, so the open does not wait, and unlinked at once), with no
+    // child to be counted and no `exec` that would change its resident set after the
+    // reading at start. Killing it leaves nothing behind.
+    let script = r#"f=$(mktemp -u) && mkfifo "$f" && exec 3<>"$f" && rm "$f" &&
+        echo '{"event":"listening","addr":"127.0.0.1:9"}' && read _ <&3"#;
     let server = Server::try_start(fake_step(script), Watch::default()).expect("listens");
     let its = ProcStatus::read(server.pid()).expect("the fake step's status");
     let ours = ProcStatus::read("self").expect("this test's status");
     let start = server.rss_at_start();
+    assert!(
+        ours.rss_bytes.abs_diff(its.rss_bytes) > 1 << 20,
+        "this test ({} B) must be told apart from the fake step ({} B)",
+        ours.rss_bytes,
+        its.rss_bytes
+    );
     assert!(
         start.abs_diff(its.rss_bytes) <= 64 << 10,
         "read at start {start} B, the step's VmRSS {} B (this test's: {} B)",
