@@ -288,7 +288,7 @@ fn footnotes(report: &Report) -> String {
          *served*: connections whose one {size}-byte message came back within {served} when all \
          were sent together.\n\
          *user / conn*: (VmRSS when the step printed its memory line − VmRSS once it had \
-         settled, before the first connection) ÷ the step's own connection count; ⚠: the step's \
+         settled and served one warm-up connection) ÷ the step's own connection count; ⚠: the step's \
          own line and /proc, read at the same moment, disagree by more than 2%.\n\
          *kernel / conn*: growth of the socket slab caches ({caches}) and of kernel stacks \
          (/proc/meminfo) per connection opened: the median over {chunks} chunks of the last \

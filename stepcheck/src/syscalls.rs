@@ -99,7 +99,15 @@ impl SyscallCount {
             .find(|line| line.contains("raw_syscalls:sys_enter"))
             .and_then(|line| line.split(',').next())
             .and_then(|count| count.parse().ok())
-            .ok_or_else(|| format!("perf counted nothing: {}", text.trim()))
+            // perf's first words say why (no permission, no such event); its usage text
+            // after them does not.
+            .ok_or_else(|| {
+                let why = text.lines().map(str::trim).find(|l| !l.is_empty());
+                format!(
+                    "perf counted nothing: {}",
+                    why.unwrap_or("it printed nothing")
+                )
+            })
     }
 }
 
