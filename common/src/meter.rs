@@ -70,7 +70,12 @@ impl MemoryMeter {
         {
             return;
         }
-        let line = MemoryLine::measure(&self.step, conns, self.base_rss);
+        // Out of file descriptors (a step at its limit), /proc/self cannot be opened: no
+        // line rather than a false `rss 0 B`. Try again in a period.
+        let Some(line) = MemoryLine::measure(&self.step, conns, self.base_rss) else {
+            self.last_report = Some(Instant::now());
+            return;
+        };
         let text = match self.json {
             true => line.to_json(),
             false => line.to_string(),
@@ -123,9 +128,12 @@ pub struct MemoryLine {
 }
 
 impl MemoryLine {
-    /// Read this process's resident set and thread count now.
-    pub fn measure(step: &str, conns: usize, base_rss_bytes: u64) -> MemoryLine {
-        MemoryLine::new(step, conns, rss_bytes(), base_rss_bytes, thread_count())
+    /// Read this process's resident set and thread count now; `None` if /proc could not
+    /// be read (it takes a file descriptor, and a step at its limit has none).
+    pub fn measure(step: &str, conns: usize, base_rss_bytes: u64) -> Option<MemoryLine> {
+        let rss = memory_stats::memory_stats()?.physical_mem as u64;
+        let threads = ProcStatus::read("self").ok()?.threads;
+        Some(MemoryLine::new(step, conns, rss, base_rss_bytes, threads))
     }
 
     pub fn new(
@@ -195,11 +203,6 @@ pub fn format_bytes(bytes: u64) -> String {
 /// 10 000 threads takes a fifth of a second).
 pub fn rss_bytes() -> u64 {
     memory_stats::memory_stats().map_or(0, |stats| stats.physical_mem as u64)
-}
-
-/// This process's thread count, from the `Threads:` line of `/proc/self/status`.
-pub fn thread_count() -> usize {
-    ProcStatus::read("self").map_or(0, |status| status.threads)
 }
 
 /// A few lines of `/proc/PID/status`: what the kernel says a process holds.
@@ -404,7 +407,8 @@ mod tests {
     #[test]
     fn reads_its_own_process() {
         assert!(rss_bytes() > 0, "statm reading failed");
-        assert!(thread_count() >= 1);
+        let line = MemoryLine::measure("test", 1, 0).expect("/proc/self is readable");
+        assert!(line.rss_bytes > 0 && line.threads >= 1, "{line}");
     }
 
     /// A JSON memory line reads back into the same figures; other events are not memory lines.

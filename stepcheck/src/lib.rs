@@ -509,6 +509,18 @@ pub fn check_fd_exhaustion(
         "the server logged {logged} lines in 2 s at the fd limit (at most one a second):\n{}",
         server.stderr()
     );
+    // At the limit the step cannot open /proc/self to measure itself: a memory line then
+    // would say 0 B. None at all is true; 0 B is not.
+    while let Some(line) = server.next_line(Duration::ZERO) {
+        let Some(memory) = MemoryLine::from_json(&line.text) else {
+            continue;
+        };
+        assert!(
+            memory.rss_bytes > 0 && memory.threads >= 1,
+            "a memory line at the fd limit measured nothing: {}",
+            line.text
+        );
+    }
 
     drop(clients);
     // Served again once descriptors are free: retry for a while, the server may be backing off.
