@@ -35,11 +35,25 @@ impl Pool {
     /// each round at most `deadline` long. A connection that lost an echo is left out of
     /// later rounds (see [`Pool::echo_each`]).
     pub async fn burst(&mut self, rounds: usize, size: usize, deadline: Duration) -> Burst {
+        self.burst_with(rounds, size, deadline, |_| {}).await
+    }
+
+    /// [`Pool::burst`], calling `after_round` with each round's echoes as soon as the
+    /// round ends: the caller can read the server's CPU time between rounds and price
+    /// each round on its own.
+    pub async fn burst_with(
+        &mut self,
+        rounds: usize,
+        size: usize,
+        deadline: Duration,
+        mut after_round: impl FnMut(&EchoStats),
+    ) -> Burst {
         let mut burst = Burst::default();
         for _ in 0..rounds {
             let start = Instant::now();
             let round = self.echo_each(0, size, deadline).await;
             burst.busy += start.elapsed();
+            after_round(&round);
             burst.echo.merge(round);
             burst.rounds += 1;
         }

@@ -20,7 +20,7 @@ use crate::child::{Sample, StepProcess};
 use crate::kernel::KernelChunks;
 use crate::procfs::{self, KernelMemory};
 use crate::steps::{self, StepSpec};
-use crate::sweep::{SweepPoint, Visits};
+use crate::sweep::{self, SweepPoint, Visits};
 
 /// Fewer connections than this, and the kernel figure per connection is mostly noise.
 pub const MIN_CONNS_FOR_KERNEL: usize = 100;
@@ -613,19 +613,20 @@ impl Run<'_> {
             .then(|| SyscallCount::start(pid))
             .transpose();
         let peak = PeakRss::watch(pid);
-        let mut burst = loadgen::Burst::default();
         let mut cpu_rounds = Vec::new();
-        for _ in 0..rounds {
-            let cpu_before = self.cpu();
-            let round = pool
-                .burst(1, self.plan.message_size, self.plan.served_deadline)
-                .await;
-            cpu_rounds.push(per_each(cpu_before, self.cpu(), round.echo.ok));
-            burst.rounds += round.rounds;
-            burst.busy += round.busy;
-            burst.echo.merge(round.echo);
-        }
-        burst.echo = burst.echo.finish();
+        let mut cpu_before = self.cpu();
+        let burst = pool
+            .burst_with(
+                rounds,
+                self.plan.message_size,
+                self.plan.served_deadline,
+                |round| {
+                    let cpu_after = self.cpu();
+                    cpu_rounds.push(per_each(cpu_before, cpu_after, round.ok));
+                    cpu_before = cpu_after;
+                },
+            )
+            .await;
         let cpu = median_of(&cpu_rounds);
         let peak_rss = peak.stop();
         let syscalls = syscalls
@@ -734,10 +735,7 @@ fn median_storm(mut storms: Vec<StormResult>) -> Option<StormResult> {
 
 /// The median of the figures there are (lower middle of an even count).
 fn median_of(figures: &[Option<f64>]) -> Option<f64> {
-    let mut known: Vec<f64> = figures.iter().flatten().copied().collect();
-    known.sort_by(f64::total_cmp);
-    let mid = known.len().checked_sub(1)? / 2;
-    Some(known[mid])
+    sweep::median_of(figures.iter().flatten().copied())
 }
 
 /// CPU time between two readings, in µs per unit of work; `None` if either reading failed

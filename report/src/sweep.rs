@@ -89,14 +89,17 @@ impl Visits {
             p50_us: median(&sorted)?,
             spread_us: sorted.last()? - sorted.first()?,
             p99_us: us(p99),
-            server_cpu_us_per_echo: {
-                let mut cpu = self.cpu_us_per_echo;
-                cpu.sort_by(f64::total_cmp);
-                median(&cpu)
-            },
+            server_cpu_us_per_echo: median_of(self.cpu_us_per_echo),
             visits_p50_us: self.p50s_us,
         })
     }
+}
+
+/// The median of values in any order.
+pub fn median_of(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.into_iter().collect();
+    sorted.sort_by(f64::total_cmp);
+    median(&sorted)
 }
 
 /// The middle value of sorted values (the lower middle of an even count: a measured value).
