@@ -6,9 +6,9 @@
 //! - memory: all connections together hold at most `--max-buffered` bytes (heads in
 //!   pieces, unfinished frames and messages, unsent output); the one that would pass it is
 //!   closed with 1009 (503 while it handshakes);
-//! - time: a connection that holds bytes must finish something within `--stall-timeout`,
-//!   or `expire` closes it with 1008; a request head must be whole, and a client must hang
-//!   up after our close, within `--handshake-timeout` (408 for a head).
+//! - time: what a connection holds must be finished within `--stall-timeout` of when it
+//!   began to hold it, or `expire` closes it with 1008; a request head must be whole, and a
+//!   client must hang up after our close, within `--handshake-timeout` (408 for a head).
 //!
 //! (The third budget, one read per connection per wake-up, is `READ_BUDGET` in the loop.)
 
@@ -42,11 +42,15 @@ pub(crate) fn held(conn: &Conn) -> usize {
 /// - Memory: if it grew and all connections together now hold more than `--max-buffered`,
 ///   it is the one closed (see [`refuse`]). Its bytes go back at once, so the loop holds at
 ///   most the budget plus what one event added.
-/// - Time: a connection that holds bytes must finish something (a frame, a message, its
-///   pending output) within `--stall-timeout`. Its clock starts when it begins to hold
-///   bytes and starts again each time what it holds shrinks; `expire` closes it with 1008
-///   if the clock runs out. A client that trickles one byte at a time never finishes
-///   anything. (A head in pieces has the handshake timeout instead.)
+/// - Time: what an open connection holds (an unfinished frame or message, unsent output)
+///   must be finished within `--stall-timeout` of when it began to hold it. The clock
+///   starts when the connection goes from holding nothing to holding something, including
+///   when it opens with bytes that came behind its head; it stops when the connection holds
+///   nothing again, or when a read finishes all it held (`handle_readable`: the read that
+///   ends a message and starts the next one held nothing in between). It never moves while
+///   the connection holds something: bytes trickled in, a ping or an empty fragment in the
+///   middle of a message, are no excuse. `expire` closes it with 1008 when the clock runs
+///   out. (A head in pieces has the handshake timeout instead.)
 pub(crate) fn hold_to_budget(
     conn: &mut Conn,
     fd: RawFd,
@@ -59,10 +63,10 @@ pub(crate) fn hold_to_budget(
         return refuse(conn, fd, after, next, shared);
     }
     if let State::Open { deadline, .. } = &mut conn.state {
-        if before == 0 && after > 0 {
-            *deadline = shared.stalls.set(fd);
-        } else if 0 < after && after < before {
-            shared.stalls.restart(fd, deadline);
+        if after == 0 {
+            *deadline = None;
+        } else if deadline.is_none() {
+            *deadline = Some(shared.stalls.set(fd));
         }
     }
     Ok(next)
@@ -110,7 +114,10 @@ pub(crate) fn expire(
     open: &mut usize,
 ) {
     // Under connect/close churn most deadlines go stale long before they are due. A
-    // connection's deadline sits in one queue: `stalls` while open, `timers` otherwise.
+    // connection's deadline sits in one queue: `stalls` while open, `timers` otherwise. It
+    // was set in that queue when the connection entered its state (or, open, began to hold
+    // bytes), never carried over from the other: so keeping the live deadlines of the
+    // queue's own states drops none.
     for (timers, stalls) in [(&mut shared.timers, false), (&mut shared.stalls, true)] {
         if timers.is_mostly_stale(*open) {
             timers.rebuild(connections.iter().enumerate().filter_map(|(fd, conn)| {
@@ -133,7 +140,7 @@ pub(crate) fn expire(
         let Some(Some(conn)) = connections.get_mut(fd as usize) else {
             continue;
         };
-        if current_deadline(conn).is_none_or(|deadline| deadline > now) {
+        if current_deadline(conn).is_none_or(|deadline| deadline.get() > now) {
             continue;
         }
         // Best effort: a slow client should learn why it is cut off.
@@ -154,12 +161,12 @@ pub(crate) fn expire(
     }
 }
 
-/// The deadline a connection is held to right now, if any.
+/// The deadline a connection is held to right now, if any: an open connection has one
+/// while it holds bytes (see [`hold_to_budget`]).
 fn current_deadline(conn: &Conn) -> Option<Deadline> {
     match conn.state {
         State::Handshaking { deadline, .. } | State::Closing { deadline } => Some(deadline),
-        State::Open { deadline, .. } if held(conn) > 0 => Some(deadline),
-        State::Open { .. } => None,
+        State::Open { deadline, .. } => deadline,
     }
 }
 
@@ -169,6 +176,24 @@ mod tests {
     use crate::Config;
     use crate::timer::Timers;
     use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    /// The loop's shared state with a budget of `max_buffered` bytes.
+    fn shared_with_budget(max_buffered: usize) -> Shared {
+        let config = Config {
+            max_buffered,
+            ..Config::default()
+        };
+        let timers = Timers::new(config.timeout);
+        Shared {
+            buf: Vec::new(),
+            out: Vec::new(),
+            stalls: timers.with_timeout(config.stall_timeout),
+            timers,
+            held: 0,
+            config,
+        }
+    }
 
     /// A connection that turns to closing in the event that takes the total past the
     /// budget keeps sending its last bytes: the loop is told to wait for writability, as
@@ -176,21 +201,9 @@ mod tests {
     /// (its close frame then sits unsent until the closing deadline).
     #[test]
     fn a_closing_connection_over_budget_still_sends_its_last_bytes() {
+        let mut shared = shared_with_budget(1);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let config = Config {
-            max_buffered: 1,
-            ..Config::default()
-        };
-        let timers = Timers::new(config.timeout);
-        let mut shared = Shared {
-            buf: Vec::new(),
-            out: Vec::new(),
-            stalls: timers.with_timeout(config.stall_timeout),
-            timers,
-            held: 0,
-            config,
-        };
         let deadline = shared.timers.set(3);
         let mut conn = Conn {
             stream,
@@ -205,5 +218,51 @@ mod tests {
             "a closing connection over the budget stopped waiting to write its last bytes"
         );
         assert!(conn.unsent.is_some(), "its last bytes were dropped");
+    }
+
+    /// A connection that opens already holding bytes (its head came in pieces, the last
+    /// piece with the start of a frame) gets a stall deadline of its own, in `stalls`: the
+    /// rebuild of `timers` that connect/close churn brings, dropping its old handshake
+    /// deadline, loses nothing. Breaks if the clock starts only for a connection that held
+    /// nothing before the event (its head counted as something): it is then held for ever.
+    #[test]
+    fn a_connection_that_opens_holding_bytes_keeps_a_deadline_through_a_rebuild() {
+        let mut shared = shared_with_budget(64 << 20);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let fd = stream.as_raw_fd();
+        // 100 bytes of a frame announcing 4 096, behind the end of the head.
+        let start = [&[0x82, 0x80 | 126, 0x10, 0x00, 1, 2, 3, 4][..], &[0; 100]].concat();
+        let mut partial = None;
+        frame::decode(&mut partial, &start, 1 << 20, &mut shared.out);
+        let mut conn = Conn {
+            stream,
+            state: State::Open {
+                partial,
+                deadline: None,
+            },
+            unsent: None,
+        };
+        shared.held = held(&conn);
+        let first_piece_of_the_head = 20;
+        hold_to_budget(
+            &mut conn,
+            fd,
+            first_piece_of_the_head,
+            Next::Continue,
+            &mut shared,
+        )
+        .unwrap();
+
+        let mut connections: Vec<Option<Conn>> = (0..=fd).map(|_| None).collect();
+        connections[fd as usize] = Some(conn);
+        // Handshakes that came and went: stale entries enough for `timers` to be rebuilt.
+        (0..100).for_each(|_| _ = shared.timers.set(fd + 1));
+        let epoll = Epoll::new().unwrap();
+        expire(&mut shared, &epoll, &mut connections, &mut 1);
+        assert!(
+            shared.stalls.time_left().is_some(),
+            "an open connection holding bytes has no stall deadline"
+        );
     }
 }

@@ -70,6 +70,19 @@ impl Partial {
     }
 }
 
+/// What [`decode`] made of one read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decoded {
+    /// How the connection goes on.
+    pub flow: Flow,
+    /// What the connection held before this read is finished: at some point in the read,
+    /// between two frames, it held nothing (no part of a frame, no unfinished message).
+    /// The last frame of a message does that; a ping or an empty fragment in the middle of
+    /// a message does not. Whatever `partial` holds now began in this read. (The event
+    /// loop's stall clock starts again on it.)
+    pub finished: bool,
+}
+
 /// How the connection goes on after [`decode`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -91,8 +104,10 @@ pub fn decode(
     input: &[u8],
     max_message: usize,
     out: &mut Vec<u8>,
-) -> Flow {
-    match decode_frames(partial, input, max_message, out) {
+) -> Decoded {
+    // Holding nothing before the read, nothing from before it is left unfinished.
+    let mut finished = partial.is_none();
+    let flow = match decode_frames(partial, input, max_message, out, &mut finished) {
         Ok(flow) => {
             // An idle connection keeps nothing: give the buffers back now.
             if partial.as_ref().is_some_and(|p| p.is_empty()) {
@@ -106,14 +121,17 @@ pub fn decode(
             write_close(Some(code), b"", out);
             Flow::Close
         }
-    }
+    };
+    Decoded { flow, finished }
 }
 
+/// [`decode`]'s work. `finished` is set when, after a frame, nothing is unfinished.
 fn decode_frames(
     partial: &mut Option<Box<Partial>>,
     mut input: &[u8],
     max_message: usize,
     out: &mut Vec<u8>,
+    finished: &mut bool,
 ) -> Result<Flow, CloseCode> {
     // 1. Finish the frame the last read left incomplete, taking from `input` only the bytes
     //    that belong to it.
@@ -147,6 +165,8 @@ fn decode_frames(
         if handle_frame(partial, &header, &frame[header_len..], max_message, out)? == Flow::Close {
             return Ok(Flow::Close);
         }
+        // The cut frame is whole now: only a message can still be unfinished.
+        *finished |= message_of(partial).is_none();
         // `frame` is dropped here: its memory goes back as soon as the frame is handled.
     }
 
@@ -167,6 +187,7 @@ fn decode_frames(
             // Nothing after a close frame is read (RFC 6455, section 5.5.1).
             return Ok(Flow::Close);
         }
+        *finished |= message_of(partial).is_none();
         input = &input[header_len + payload_len..];
     }
     Ok(Flow::Open)
@@ -462,7 +483,7 @@ pub(crate) mod tests {
     fn run(input: &[u8]) -> (Flow, Vec<(u8, Vec<u8>)>) {
         let mut partial = None;
         let mut out = Vec::new();
-        let flow = decode(&mut partial, input, MAX, &mut out);
+        let flow = decode(&mut partial, input, MAX, &mut out).flow;
         (flow, server_frames(&out))
     }
 
@@ -477,7 +498,7 @@ pub(crate) mod tests {
         input.extend(client_frame(true, 2, &[0, 1, 2, 255]));
         let mut partial = None;
         let mut out = Vec::new();
-        assert_eq!(decode(&mut partial, &input, MAX, &mut out), Flow::Open);
+        assert_eq!(decode(&mut partial, &input, MAX, &mut out).flow, Flow::Open);
         assert_eq!(
             server_frames(&out),
             [(1, b"hello".to_vec()), (2, vec![0, 1, 2, 255])]
@@ -530,6 +551,34 @@ pub(crate) mod tests {
         decode(&mut partial, &client_frame(true, 0, b"def"), MAX, &mut out);
         assert_eq!(server_frames(&out), [(2, b"abcdef".to_vec())]);
         assert!(partial.is_none());
+    }
+
+    /// `finished` says a read finished what was held before it: the last frame of a
+    /// message does, even when the next message starts in the same read; the half of a
+    /// frame, a ping, or an empty fragment in the middle of a message does not. (The event
+    /// loop's stall clock hangs on it: a client must not keep a message open with those.)
+    #[test]
+    fn a_read_finishes_what_was_held_only_with_the_last_frame_of_a_message() {
+        let (mut partial, mut out) = (None, Vec::new());
+        let mut read = |input: &[u8]| decode(&mut partial, input, MAX, &mut out).finished;
+        assert!(
+            read(&client_frame(false, 2, b"first")),
+            "nothing was held before"
+        );
+        let empty_fragment = client_frame(false, 0, b"");
+        let ping = client_frame(true, 9, b"still there");
+        for tiny in [&empty_fragment, &ping] {
+            assert!(!read(&tiny[..1]), "half a frame finishes nothing");
+            assert!(!read(&tiny[1..]), "the message is still open");
+            assert!(!read(tiny), "a whole tiny frame finishes nothing either");
+        }
+        let mut last_and_next = client_frame(true, 0, b"last");
+        last_and_next.extend_from_slice(&client_frame(true, 2, b"next")[..3]);
+        assert!(
+            read(&last_and_next),
+            "the message is finished, the next began"
+        );
+        assert!(!read(&client_frame(true, 2, b"next")[3..5]));
     }
 
     /// A close gets its own code back (an empty close an empty one); frames after it are ignored.
@@ -624,7 +673,8 @@ pub(crate) mod tests {
                 &client_frame(false, 1, &[0xc0, 0x80]),
                 MAX,
                 &mut out
-            ),
+            )
+            .flow,
             Flow::Close
         );
         assert_eq!(server_frames(&out), [close(1007)]);
@@ -643,7 +693,7 @@ pub(crate) mod tests {
         // Only the header of a frame announcing a 2 MiB payload: refused at once.
         let frame = client_frame(true, 2, &vec![0; 2 * MAX]);
         assert_eq!(
-            decode(&mut partial, &frame[..14], MAX, &mut out),
+            decode(&mut partial, &frame[..14], MAX, &mut out).flow,
             Flow::Close
         );
         assert_eq!(server_frames(&out), [close(1009)]);
@@ -670,7 +720,7 @@ pub(crate) mod tests {
             header.extend_from_slice(&[0; 100]);
             let (mut partial, mut out) = (None, Vec::new());
             assert_eq!(
-                decode(&mut partial, &header, usize::MAX, &mut out),
+                decode(&mut partial, &header, usize::MAX, &mut out).flow,
                 Flow::Open
             );
             let held = partial.as_ref().map_or(0, |p| p.heap_bytes());
@@ -679,7 +729,7 @@ pub(crate) mod tests {
                 "a {len}-byte frame holds {held} bytes after 114"
             );
             assert_eq!(
-                decode(&mut partial, &[0; 1000], usize::MAX, &mut out),
+                decode(&mut partial, &[0; 1000], usize::MAX, &mut out).flow,
                 Flow::Open
             );
             let held = partial.as_ref().map_or(0, |p| p.heap_bytes());
@@ -694,7 +744,7 @@ pub(crate) mod tests {
             header.extend_from_slice(&[1, 2, 3, 4]);
             let (mut partial, mut out) = (None, Vec::new());
             assert_eq!(
-                decode(&mut partial, &header, usize::MAX, &mut out),
+                decode(&mut partial, &header, usize::MAX, &mut out).flow,
                 Flow::Close
             );
             assert_eq!(server_frames(&out), [close(1002)], "a length of {len}");
@@ -732,7 +782,7 @@ pub(crate) mod tests {
         let input = conversation();
         let (mut whole_partial, mut whole) = (None, Vec::new());
         assert_eq!(
-            decode(&mut whole_partial, &input, MAX, &mut whole),
+            decode(&mut whole_partial, &input, MAX, &mut whole).flow,
             Flow::Close
         );
         // Byte boundaries in the small frames, and around every header of the big one.
@@ -741,12 +791,12 @@ pub(crate) mod tests {
         for split in splits {
             let (mut partial, mut out) = (None, Vec::new());
             assert_eq!(
-                decode(&mut partial, &input[..split], MAX, &mut out),
+                decode(&mut partial, &input[..split], MAX, &mut out).flow,
                 Flow::Open,
                 "split at {split}"
             );
             assert_eq!(
-                decode(&mut partial, &input[split..], MAX, &mut out),
+                decode(&mut partial, &input[split..], MAX, &mut out).flow,
                 Flow::Close,
                 "split at {split}"
             );
@@ -764,7 +814,7 @@ pub(crate) mod tests {
         let mut flow = Flow::Open;
         for byte in &input {
             assert_eq!(flow, Flow::Open);
-            flow = decode(&mut partial, std::slice::from_ref(byte), MAX, &mut out);
+            flow = decode(&mut partial, std::slice::from_ref(byte), MAX, &mut out).flow;
         }
         assert_eq!((flow, out == whole), (Flow::Close, true));
     }
@@ -780,7 +830,7 @@ mod proptests {
     fn feed(chunks: &[&[u8]], max: usize) -> (Flow, Vec<u8>) {
         let (mut partial, mut out) = (None, Vec::new());
         for chunk in chunks {
-            if decode(&mut partial, chunk, max, &mut out) == Flow::Close {
+            if decode(&mut partial, chunk, max, &mut out).flow == Flow::Close {
                 return (Flow::Close, out);
             }
         }
@@ -812,7 +862,7 @@ mod proptests {
         ) {
             let (mut partial, mut out) = (None, Vec::new());
             for chunk in cut(&bytes, &points) {
-                if decode(&mut partial, chunk, max, &mut out) == Flow::Close {
+                if decode(&mut partial, chunk, max, &mut out).flow == Flow::Close {
                     prop_assert!(super::tests::server_frames(&out).last().is_some_and(|f| f.0 == 8));
                     break;
                 }

@@ -80,9 +80,9 @@ enum State {
     Open {
         /// `None` unless a frame or message is unfinished.
         partial: Option<Box<Partial>>,
-        /// While the connection holds bytes (`partial`, or unsent output): when it must
-        /// have finished something, or be closed (see `budget.rs`).
-        deadline: Deadline,
+        /// While the connection holds bytes (`partial`, or unsent output): when what it
+        /// holds must be finished, or the connection closed (see `budget.rs`).
+        deadline: Option<Deadline>,
     },
     /// We sent (or are sending) our last bytes: a close frame or an HTTP error.
     Closing {
@@ -312,8 +312,14 @@ fn handle_readable(conn: &mut Conn, fd: RawFd, shared: &mut Shared) -> io::Resul
 
     let flow = match &mut conn.state {
         State::Handshaking { .. } => read_head(conn, input, out, shared.config.max_message),
-        State::Open { partial, .. } => {
-            frame::decode(partial, input, shared.config.max_message, out)
+        State::Open { partial, deadline } => {
+            let decoded = frame::decode(partial, input, shared.config.max_message, out);
+            // What it held is finished: so is its stall clock (`hold_to_budget` starts a
+            // new one for what this read left unfinished, if anything).
+            if decoded.finished {
+                *deadline = None;
+            }
+            decoded.flow
         }
         // We said our last word and sent our FIN; what the client still sends is dropped
         // until it hangs up too (read returns 0 above).
@@ -378,13 +384,14 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, max_message: usiz
             // them. (Dropping them would lose the client's first message.)
             let early = &bytes[upgrade.head_len..];
             let mut partial = None;
-            let flow = frame::decode(&mut partial, early, max_message, out);
-            // The deadline matters only once bytes are held; `hold_to_budget` sets it then.
+            let decoded = frame::decode(&mut partial, early, max_message, out);
+            // A deadline only while bytes are held: `hold_to_budget` sets it, now if these
+            // bytes left a frame unfinished.
             conn.state = State::Open {
                 partial,
-                deadline: 0,
+                deadline: None,
             };
-            flow
+            decoded.flow
         }
     }
 }

@@ -4,12 +4,15 @@
 //! is its turn to hang up. No I/O here: the loop asks what is due and closes it.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 /// A deadline: whole seconds since the loop started. 4 bytes where an `Instant` takes 16,
 /// and a handshake timeout needs no finer grain than a second. (A u32 lasts 136 years.)
-pub type Deadline = u32;
+/// Never 0, as a deadline is set at least a second ahead: so `Option<Deadline>`, "no
+/// deadline" included, takes the same 4 bytes (the 0 is its `None`).
+pub type Deadline = NonZeroU32;
 
 /// A timer: one queue of `(deadline, fd)`, all set with the same timeout. The loop keeps
 /// two on one clock: handshakes and closes (`--handshake-timeout`), and connections that
@@ -17,9 +20,10 @@ pub type Deadline = u32;
 ///
 /// Every deadline is "now + the same timeout", set in the order things happen, so the
 /// queue is sorted by construction: its front is always the earliest deadline. No heap, no
-/// timer wheel, O(1) to set one. When a connection finishes its head, or closes, its entry
-/// just goes stale: it is skipped when it comes due, or dropped sooner by [`Timers::rebuild`]
-/// once stale entries outnumber the connections (connect/close churn makes many).
+/// timer wheel, O(1) to set one. A deadline is never moved: when a connection finishes its
+/// head or what it held, or closes, its entry just goes stale. It is skipped when it comes
+/// due, or dropped sooner by [`Timers::rebuild`] once stale entries outnumber the
+/// connections (connect/close churn makes many).
 pub struct Timers {
     /// When the loop started: deadlines count seconds from here.
     start: Instant,
@@ -56,18 +60,11 @@ impl Timers {
         deadline
     }
 
-    /// Move `fd`'s `deadline` to `timeout` from now. Within the same second it stays put: a
-    /// connection that makes progress many times a second sets one entry a second at most.
-    pub fn restart(&mut self, fd: RawFd, deadline: &mut Deadline) {
-        if self.timeout_from_now() != *deadline {
-            *deadline = self.set(fd);
-        }
-    }
-
-    /// `timeout` from now, rounded up to a whole second.
+    /// `timeout` from now, rounded up to a whole second (second 1 at the earliest).
     fn timeout_from_now(&self) -> Deadline {
         let due = self.start.elapsed() + self.timeout;
-        due.as_millis().div_ceil(1000) as Deadline
+        let seconds = due.as_millis().div_ceil(1000).max(1);
+        Deadline::new(seconds as u32).expect("bug: at least 1")
     }
 
     /// True once the queue is more than twice as long as it needs to be for `connections`
@@ -85,22 +82,22 @@ impl Timers {
         self.give_memory_back();
     }
 
-    /// The current second: a deadline `d` has passed when `d <= now`.
-    pub fn now(&self) -> Deadline {
-        self.start.elapsed().as_secs() as Deadline
+    /// The current second: a deadline `d` has passed when `d.get() <= now`.
+    pub fn now(&self) -> u32 {
+        self.start.elapsed().as_secs() as u32
     }
 
     /// How long until the earliest deadline, if any: the most epoll_wait may sleep.
     pub fn time_left(&self) -> Option<Duration> {
         let &(deadline, _) = self.queue.front()?;
-        let due = self.start + Duration::from_secs(deadline.into());
+        let due = self.start + Duration::from_secs(deadline.get().into());
         Some(due.saturating_duration_since(Instant::now()))
     }
 
     /// The next fd whose deadline is `now` or earlier, taken off the queue.
-    pub fn pop_due(&mut self, now: Deadline) -> Option<RawFd> {
+    pub fn pop_due(&mut self, now: u32) -> Option<RawFd> {
         let &(deadline, fd) = self.queue.front()?;
-        if deadline > now {
+        if deadline.get() > now {
             return None;
         }
         self.queue.pop_front();
@@ -152,16 +149,5 @@ mod tests {
             .iter()
             .is_sorted_by_key(|&(deadline, _)| deadline);
         assert!(sorted, "the queue is no longer earliest first");
-    }
-
-    /// A deadline restarted within the same second sets no new entry.
-    #[test]
-    fn restarting_within_a_second_sets_one_entry() {
-        let mut timers = Timers::new(Duration::from_secs(10));
-        let mut deadline = timers.set(7);
-        for _ in 0..1000 {
-            timers.restart(7, &mut deadline);
-        }
-        assert!(timers.queue.len() <= 2, "{} entries", timers.queue.len());
     }
 }

@@ -1,5 +1,5 @@
 //! The memory budget: how many bytes all connections together may make the server hold,
-//! and how long one of them may hold bytes without moving any.
+//! and for how long one of them may hold them.
 //!
 //! tungstenite keeps a partial frame in its read buffer and a fragmented message in a
 //! buffer of its own, and it does not say how large they are. What this module can see is
@@ -9,10 +9,16 @@
 //! waiting to go out: the `--max-buffered` of DESIGN.md, shared by every connection through
 //! one [`Budget`].
 //!
+//! Time, as in step06: what a connection holds must be finished within `--stall-timeout`
+//! of when it began to hold it. The clock starts at the first byte read while the
+//! connection holds none; a whole message starts it again (what is held then is its echo,
+//! [`BudgetedStream::message_in`]); it stops once everything is answered. Nothing else
+//! moves it: a byte trickled in, a ping, an empty fragment are no excuse.
+//!
 //! The count is an estimate, on the safe side but for one thing: after a message is
 //! answered, tungstenite may already have read the start of the next one into its read
-//! buffer. Those bytes, at most one `--read-buffer`, are not counted: they sit in the
-//! buffer every connection has anyway.
+//! buffer. Those bytes, at most one `--read-buffer`, are not counted, and not on the clock
+//! until another byte comes: they sit in the buffer every connection has anyway.
 
 use std::io;
 use std::pin::Pin;
@@ -70,8 +76,14 @@ pub struct BudgetedStream {
     stall_timeout: Duration,
     /// Bytes read and not yet answered: this connection's share of the budget.
     held: usize,
-    /// While bytes are held: when we give up on a connection that moves none. `None` for
-    /// an idle connection (8 bytes instead of a timer's hundred), as step06 keeps no
+    /// False until the handshake is done: a request head has `--handshake-timeout`, not
+    /// the stall clock.
+    open: bool,
+    /// While bytes are held (after the handshake): when what is held must be finished. Set
+    /// when the connection begins to hold bytes, never moved while it holds them.
+    deadline: Option<Instant>,
+    /// The timer for `deadline`, made the first time a read or a write has to wait. `None`
+    /// for an idle connection (8 bytes instead of a timer's hundred), as step06 keeps no
     /// buffer for one.
     stall: Option<Pin<Box<Sleep>>>,
     /// Why the stream failed, if it was this module's doing: the close code to send.
@@ -85,18 +97,42 @@ impl BudgetedStream {
             budget,
             stall_timeout,
             held: 0,
+            open: false,
+            deadline: None,
             stall: None,
             refusal: None,
         }
     }
 
+    /// The handshake is done: the request head is no longer held. `early` bytes read
+    /// behind it (frames a client sent without waiting for our `101`) still are, and from
+    /// now on what the connection holds is on the stall clock.
+    pub fn opened(&mut self, early: usize) {
+        self.answered(Some(self.held.saturating_sub(early)));
+        self.open = true;
+        if self.held > 0 {
+            self.start_clock();
+        }
+    }
+
+    /// A whole message came in: what the connection held is finished, and what it holds
+    /// now (the message, to be echoed) gets a clock of its own. Not for a ping or a pong:
+    /// a control frame in the middle of a message finishes nothing.
+    pub fn message_in(&mut self) {
+        if self.deadline.is_some() {
+            self.start_clock();
+        }
+    }
+
     /// The message these bytes belonged to is answered (its echo written out, a ping's
-    /// pong sent): `bytes` of them are no longer held, or all of them for `None`.
+    /// pong sent): `bytes` of them are no longer held, or all of them for `None`. Holding
+    /// nothing, the connection is off the clock.
     pub fn answered(&mut self, bytes: Option<usize>) {
         let freed = bytes.map_or(self.held, |bytes| bytes.min(self.held));
         self.budget.give_back(freed);
         self.held -= freed;
         if self.held == 0 {
+            self.deadline = None;
             self.stall = None;
         }
     }
@@ -107,28 +143,30 @@ impl BudgetedStream {
         self.refusal
     }
 
-    /// Bytes moved: the stall deadline starts again.
-    fn progress(&mut self) {
+    /// The stall clock starts now: `--stall-timeout` from now, what is held must be finished.
+    fn start_clock(&mut self) {
+        let deadline = Instant::now() + self.stall_timeout;
+        self.deadline = Some(deadline);
         if let Some(stall) = &mut self.stall {
-            stall.as_mut().reset(Instant::now() + self.stall_timeout);
+            stall.as_mut().reset(deadline);
         }
     }
 
-    /// Nothing moved. While bytes are held, wait no longer than the stall deadline: past
-    /// it, the connection is failed with 1008. An idle connection waits as long as it likes.
+    /// A read or write has to wait. While bytes are held, wait no longer than the stall
+    /// deadline: past it, the connection is failed with 1008. An idle connection (or one
+    /// still handshaking) waits as long as it likes.
     fn check_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        if self.held == 0 {
+        let Some(deadline) = self.deadline else {
             return Poll::Pending;
-        }
-        let timeout = self.stall_timeout;
+        };
         let stall = self
             .stall
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         ready!(stall.as_mut().poll(cx));
         self.refusal = Some(CloseCode::Policy);
         Poll::Ready(io::Error::new(
             io::ErrorKind::TimedOut,
-            "held buffered bytes without progress for --stall-timeout",
+            "held bytes unfinished for --stall-timeout",
         ))
     }
 }
@@ -165,13 +203,12 @@ impl AsyncRead for BudgetedStream {
         buf.advance(read);
         this.budget.give_back(room - read);
         this.held += read;
+        // Holding nothing before this read, it holds something now: the clock starts.
+        if this.open && read > 0 && this.deadline.is_none() {
+            this.start_clock();
+        }
         match result {
-            Poll::Ready(result) => {
-                if read > 0 {
-                    this.progress();
-                }
-                Poll::Ready(result)
-            }
+            Poll::Ready(result) => Poll::Ready(result),
             Poll::Pending => this.check_stall(cx).map(Err),
         }
     }
@@ -185,11 +222,7 @@ impl AsyncWrite for BudgetedStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_write(cx, bytes) {
-            Poll::Ready(Ok(written)) => {
-                this.progress();
-                Poll::Ready(Ok(written))
-            }
-            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Ready(result) => Poll::Ready(result),
             // The client reads too slowly for the echo we hold: the same deadline.
             Poll::Pending => this.check_stall(cx).map(Err),
         }

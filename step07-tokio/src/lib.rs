@@ -10,7 +10,8 @@
 //! built from `handle_connection`, plus the buffers the WebSocket library gives it.
 //!
 //! - `budget.rs`: the socket wrapped to count what connections hold against
-//!   `--max-buffered`, and to close one that holds bytes without progress.
+//!   `--max-buffered`, and to close one that does not finish what it holds within
+//!   `--stall-timeout`.
 //! - `refusal.rs`: the HTTP status for a refused handshake, and the `Host` check.
 
 mod budget;
@@ -62,8 +63,9 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1 << 16..=1 << 40))]
     pub max_buffered: u64,
 
-    /// Seconds a connection may hold buffered bytes without moving any, in or out; then
-    /// it is closed with 1008. An idle connection (holding nothing) is never timed out.
+    /// Seconds within which what a connection holds (a message, its echo) must be
+    /// finished, from when it began to hold it; then it is closed with 1008. An idle
+    /// connection (holding nothing) is never timed out.
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub stall_timeout: u64,
 }
@@ -136,7 +138,7 @@ struct ConnConfig {
     websocket: WebSocketConfig,
     /// How long the client has to finish its request head (`--handshake-timeout`).
     handshake_timeout: Duration,
-    /// How long a connection may hold bytes without progress (`--stall-timeout`).
+    /// How long a connection may hold bytes unfinished (`--stall-timeout`).
     stall_timeout: Duration,
 }
 
@@ -251,7 +253,9 @@ async fn handle_connection(
             return Ok(());
         }
     };
-    websocket.get_mut().answered(None); // the request head
+    // The request head is answered; nothing came behind it (tungstenite refuses a request
+    // with bytes after its head).
+    websocket.get_mut().opened(0);
     loop {
         let message = match websocket.next().await {
             Some(Ok(message)) => message,
@@ -264,6 +268,7 @@ async fn handle_connection(
             // nothing more, so a client that never reads cannot make it buffer without
             // end: the rule of steps 03-06, "stop reading while output is pending".
             message @ (Message::Text(_) | Message::Binary(_)) => {
+                websocket.get_mut().message_in();
                 let sent = websocket.send(message).await;
                 websocket.get_mut().answered(None);
                 sent
@@ -327,8 +332,8 @@ async fn fail(
 /// - 1007 (invalid data): a text message that is not UTF-8;
 /// - 1009 (message too big): over `--max-message`, or a read the `--max-buffered` budget
 ///   could not hold;
-/// - 1008 (policy violation): held buffered bytes without progress for `--stall-timeout`.
-///   Not 1009: nothing was too big; the client broke the rule that it keep moving, and
+/// - 1008 (policy violation): held bytes it did not finish within `--stall-timeout`.
+///   Not 1009: nothing was too big; the client broke the rule that it finish in time, and
 ///   1008 is the RFC's code for "a message that violates its policy" when no other fits.
 fn close_code(err: &tungstenite::Error, refusal: Option<CloseCode>) -> Option<CloseCode> {
     use tungstenite::error::ProtocolError;

@@ -8,11 +8,13 @@
 //! every step's memory line to `/proc`. [`inprocess`] runs a step's `serve` in the test's
 //! own process, for the faults a client cannot cause. [`chromium`] starts the headless
 //! browser that the browser and slide checks drive, and [`syscalls`] counts a step's
-//! system calls with `perf`.
+//! system calls with `perf`. [`stall`] sends the WebSocket steps clients that hold bytes
+//! and never finish them, which their stall clock must close.
 
 pub mod chromium;
 pub mod inprocess;
 pub mod memory;
+pub mod stall;
 pub mod syscalls;
 pub mod tcp;
 pub mod ws;
