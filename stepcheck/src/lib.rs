@@ -13,6 +13,7 @@
 pub mod chromium;
 pub mod inprocess;
 pub mod memory;
+pub mod refusals;
 pub mod syscalls;
 pub mod tcp;
 pub mod ws;
