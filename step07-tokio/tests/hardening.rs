@@ -166,45 +166,6 @@ fn broken_rules_get_their_close_code() {
     }
 }
 
-/// Refused handshakes are answered with an HTTP status, as step06 answers them.
-#[test]
-fn refused_handshakes_get_an_http_status() {
-    let server = Server::start(BIN, &[]);
-    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
-    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
-    let cases = [
-        ("GET / HTTP/1.1\r\nHost: h\r\n\r\n".to_string(), "426"),
-        (
-            format!("POST / HTTP/1.1\r\nHost: h\r\n{upgrade}\r\n"),
-            "405",
-        ),
-        (
-            format!("GET / HTTP/1.1\r\nHost: h\r\n{upgrade}{key}Sec-WebSocket-Version: 8\r\n\r\n"),
-            "426",
-        ),
-        (
-            format!("GET / HTTP/1.1\r\nHost: h\r\n{upgrade}Sec-WebSocket-Version: 13\r\n\r\n"),
-            "400",
-        ),
-        // RFC 6455 §4.2.1: no Host, no upgrade.
-        (
-            format!("GET / HTTP/1.1\r\n{upgrade}{key}Sec-WebSocket-Version: 13\r\n\r\n"),
-            "400",
-        ),
-    ];
-    for (request, status) in cases {
-        let mut stream = server.connect();
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut answer = Vec::new();
-        let _ = stream.take(64 * 1024).read_to_end(&mut answer);
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(
-            answer.starts_with(&format!("HTTP/1.1 {status} ")),
-            "{request:?} was answered {answer:?}, expected {status}"
-        );
-    }
-}
-
 /// Median round trip of `count` small echoes on a fresh connection.
 fn median_round_trip(server: &Server, count: usize) -> Duration {
     let mut client = ws::connect(server);
