@@ -61,9 +61,10 @@ impl<'a> FrameGuard<'a> {
 
     /// The bytes the client sent right behind its request head, for tungstenite to start
     /// from: all of them, or those before a header step06 refuses.
-    pub fn admit(&mut self, early: &[u8]) -> Vec<u8> {
-        let passed = self.follow(early);
-        early[..passed].to_vec()
+    pub fn admit(&mut self, mut early: Vec<u8>) -> Vec<u8> {
+        let passed = self.follow(&early);
+        early.truncate(passed);
+        early
     }
 
     /// The socket, e.g. to hang up.

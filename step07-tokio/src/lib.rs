@@ -27,7 +27,6 @@ use std::time::Duration;
 use common::{MemoryMeter, RateLimitedLog};
 use futures_util::{SinkExt, StreamExt};
 use step06_ws_epoll::handshake;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -239,40 +238,20 @@ async fn handle_connection(
     mut stream: BudgetedStream,
     config: &ConnConfig,
 ) -> tungstenite::Result<()> {
-    // The request head, judged by step06's `handshake.rs` (see `refusal.rs`). A client
-    // that connects and says nothing must not hold its task forever.
-    let request = refusal::read_request(&mut stream, &config.allowed_origins);
-    let request = match tokio::time::timeout(config.handshake_timeout, request).await {
-        Ok(Ok(request)) => request,
-        // Gone before its head was whole, or cut short by a budget (then told so).
-        Ok(Err(err)) => {
-            if let Some(answer) = refusal::cut_short(&stream) {
-                refusal::hang_up(&mut stream, answer.as_bytes()).await;
-            }
-            return Err(err.into());
-        }
-        // Too slow to finish its request head, or silent: told so, as step06 tells it,
-        // then closed. Bounded: a client that takes nothing cannot hold the task.
-        Err(_elapsed) => {
-            refusal::hang_up(&mut stream, handshake::TIMEOUT_RESPONSE.as_bytes()).await;
-            return Ok(());
-        }
+    // The opening handshake, judged as step06 judges it (`refusal.rs`). A refused client
+    // has had its answer; its task ends here.
+    let handshake = refusal::handshake(
+        &mut stream,
+        &config.allowed_origins,
+        config.handshake_timeout,
+    );
+    let Some(early) = handshake.await? else {
+        return Ok(());
     };
-    let upgrade = match request.verdict {
-        Ok(upgrade) => upgrade,
-        // Refused with step06's status (or, for a browser's `GET /`, given step06's page).
-        Err(reject) => {
-            refusal::hang_up(&mut stream, reject.response().as_bytes()).await;
-            return Ok(());
-        }
-    };
-    let switching = handshake::switching_protocols(&upgrade.accept);
-    stream.write_all(switching.as_bytes()).await?;
-
     // From here on tungstenite speaks the frames, each header held to step06's rules by
     // the guard first. Frames sent right behind the head are the first it reads.
     let mut guard = FrameGuard::new(&mut stream, config.max_message);
-    let early = guard.admit(&request.bytes[upgrade.head_len..]);
+    let early = guard.admit(early);
     let mut websocket =
         WebSocketStream::from_partially_read(guard, early, Role::Server, Some(config.websocket))
             .await;

@@ -23,21 +23,57 @@ use crate::budget::BudgetedStream;
 /// How long a client we refuse or fail gets to take our last words and hang up.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// A request head, read and judged.
-pub struct Request {
-    /// step06's verdict: upgrade (and how long the head was), or refuse.
-    pub verdict: Result<Upgrade, Reject>,
-    /// Every byte read: the head, and any frames the client sent right behind it.
-    pub bytes: Vec<u8>,
-}
-
-/// Read a request head and judge it, with step06's `parse_request`. At most `MAX_HEAD`
-/// bytes are read: `parse_request` refuses a head that does not end within them (`431`).
-/// A client that hangs up first is an error (`UnexpectedEof`).
-pub async fn read_request(
+/// The opening handshake: read the request head, judge it with step06's `parse_request`,
+/// and answer. `Ok(Some(early))` once upgraded (`101` sent), with the bytes the client sent
+/// right behind its head (frames, or nothing); `Ok(None)` for a client refused (and told
+/// why, with step06's status) or too slow to send its head within `timeout` (`408`).
+///
+/// A function of its own, so that what it holds (the head, the answer) is freed when it
+/// returns, not kept in the connection's task for the connection's whole life.
+pub async fn handshake(
     stream: &mut BudgetedStream,
     allowed_origins: &[String],
-) -> io::Result<Request> {
+    timeout: Duration,
+) -> io::Result<Option<Vec<u8>>> {
+    let head = read_head(stream, allowed_origins);
+    let (verdict, mut bytes) = match tokio::time::timeout(timeout, head).await {
+        Ok(Ok(head)) => head,
+        // Gone before its head was whole, or cut short by a budget (then told so).
+        Ok(Err(err)) => {
+            if let Some(answer) = cut_short(stream) {
+                hang_up(stream, answer.as_bytes()).await;
+            }
+            return Err(err);
+        }
+        // Too slow to finish its request head, or silent: told so, as step06 tells it,
+        // then closed. Bounded: a client that takes nothing cannot hold the task.
+        Err(_elapsed) => {
+            hang_up(stream, handshake::TIMEOUT_RESPONSE.as_bytes()).await;
+            return Ok(None);
+        }
+    };
+    match verdict {
+        Ok(upgrade) => {
+            let switching = handshake::switching_protocols(&upgrade.accept);
+            stream.write_all(switching.as_bytes()).await?;
+            Ok(Some(bytes.split_off(upgrade.head_len)))
+        }
+        // Refused with step06's status (or, for a browser's `GET /`, given step06's page).
+        Err(reject) => {
+            hang_up(stream, reject.response().as_bytes()).await;
+            Ok(None)
+        }
+    }
+}
+
+/// Read a request head until step06's `parse_request` has a verdict on it, and return the
+/// verdict and every byte read. At most `MAX_HEAD` bytes: `parse_request` refuses a head
+/// that does not end within them (`431`). A client that hangs up first is an error
+/// (`UnexpectedEof`).
+async fn read_head(
+    stream: &mut BudgetedStream,
+    allowed_origins: &[String],
+) -> io::Result<(Result<Upgrade, Reject>, Vec<u8>)> {
     // Most heads are a few hundred bytes; the buffer grows (doubling) for longer ones.
     let mut bytes = Vec::with_capacity(1024);
     loop {
@@ -50,14 +86,14 @@ pub async fn read_request(
             Ok(Some(upgrade)) => Ok(upgrade),
             Err(reject) => Err(reject),
         };
-        return Ok(Request { verdict, bytes });
+        return Ok((verdict, bytes));
     }
 }
 
 /// What a client is told when a budget (`budget.rs`) cut its request head short, as step06
 /// tells it: `503` when all connections together hold what they may, `408` when it held
 /// bytes too long; nothing when it simply left.
-pub fn cut_short(stream: &BudgetedStream) -> Option<&'static str> {
+fn cut_short(stream: &BudgetedStream) -> Option<&'static str> {
     match stream.refusal()? {
         CloseCode::Size => Some(handshake::BUSY_RESPONSE),
         _ => Some(handshake::TIMEOUT_RESPONSE),
