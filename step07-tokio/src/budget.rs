@@ -107,6 +107,12 @@ impl BudgetedStream {
         self.refusal
     }
 
+    /// The socket itself, for bytes no budget counts: what a client we refused still sends
+    /// before it hangs up, read and dropped (see `refusal::hang_up`).
+    pub fn socket(&mut self) -> &mut TcpStream {
+        &mut self.inner
+    }
+
     /// Bytes moved: the stall deadline starts again.
     fn progress(&mut self) {
         if let Some(stall) = &mut self.stall {

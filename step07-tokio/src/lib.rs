@@ -315,7 +315,7 @@ async fn fail(
     // Best effort, and bounded: a client that does not read will not take it. Then our
     // FIN, and the client's close (or anything else) dropped until it hangs up.
     let _ = tokio::time::timeout(refusal::CLOSE_GRACE, websocket.close(Some(close))).await;
-    refusal::hang_up(websocket.get_mut().stream(), b"").await;
+    refusal::hang_up(websocket.get_mut().stream(), b"", refusal::CLOSE_GRACE).await;
     Ok(())
 }
 

@@ -20,13 +20,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::budget::BudgetedStream;
 
-/// How long a client we refuse or fail gets to take our last words and hang up.
+/// How long a client we fail, or find too slow, gets to take our last words and hang up.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The opening handshake: read the request head, judge it with step06's `parse_request`,
 /// and answer. `Ok(Some(early))` once upgraded (`101` sent), with the bytes the client sent
 /// right behind its head (frames, or nothing); `Ok(None)` for a client refused (and told
-/// why, with step06's status) or too slow to send its head within `timeout` (`408`).
+/// why, with step06's status) or too slow to send its head within `timeout` (`408`). A
+/// refused client has `timeout` again to take the answer and hang up, as in step06.
 ///
 /// A function of its own, so that what it holds (the head, the answer) is freed when it
 /// returns, not kept in the connection's task for the connection's whole life.
@@ -41,14 +42,14 @@ pub async fn handshake(
         // Gone before its head was whole, or cut short by a budget (then told so).
         Ok(Err(err)) => {
             if let Some(answer) = cut_short(stream) {
-                hang_up(stream, answer.as_bytes()).await;
+                hang_up(stream, answer.as_bytes(), timeout).await;
             }
             return Err(err);
         }
         // Too slow to finish its request head, or silent: told so, as step06 tells it,
         // then closed. Bounded: a client that takes nothing cannot hold the task.
         Err(_elapsed) => {
-            hang_up(stream, handshake::TIMEOUT_RESPONSE.as_bytes()).await;
+            hang_up(stream, handshake::TIMEOUT_RESPONSE.as_bytes(), CLOSE_GRACE).await;
             return Ok(None);
         }
     };
@@ -60,7 +61,7 @@ pub async fn handshake(
         }
         // Refused with step06's status (or, for a browser's `GET /`, given step06's page).
         Err(reject) => {
-            hang_up(stream, reject.response().as_bytes()).await;
+            hang_up(stream, reject.response().as_bytes(), timeout).await;
             Ok(None)
         }
     }
@@ -102,20 +103,19 @@ fn cut_short(stream: &BudgetedStream) -> Option<&'static str> {
 
 /// Say our last words (`last_words`, e.g. an HTTP status, or nothing after a close frame)
 /// and hang up as step06 does: our FIN, then what the client still sends is read and
-/// dropped until it hangs up too, for at most [`CLOSE_GRACE`]. Closing a socket with
-/// unread bytes would send a reset, which can destroy our last words before the client
-/// reads them. Best effort: the client may be gone already.
-pub async fn hang_up(stream: &mut BudgetedStream, last_words: &[u8]) {
-    // Whatever it held is dropped, and no longer counts against the budgets.
+/// dropped until it hangs up too, for at most `within`. Closing a socket with unread
+/// bytes would send a reset, which can destroy our last words before the client reads
+/// them. Best effort: the client may be gone already.
+pub async fn hang_up(stream: &mut BudgetedStream, last_words: &[u8], within: Duration) {
+    // Whatever it held is dropped, and no longer counts against the budgets; nor does
+    // what it still sends, read from the socket itself (the budget may be spent).
     stream.answered(None);
     let answer = async {
         stream.write_all(last_words).await?;
         stream.shutdown().await?;
         let mut dropped = vec![0; 4096];
-        while stream.read(&mut dropped).await? > 0 {
-            stream.answered(None); // dropped: they hold nothing
-        }
+        while stream.socket().read(&mut dropped).await? > 0 {}
         Ok::<(), io::Error>(())
     };
-    let _ = tokio::time::timeout(CLOSE_GRACE, answer).await;
+    let _ = tokio::time::timeout(within, answer).await;
 }
