@@ -52,7 +52,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Runtime::MultiThread)]
     pub runtime: Runtime,
 
-    /// Seconds a client has to complete the opening handshake (as in step06).
+    /// Seconds a client has to send its whole request head, and, refused, to hang up after
+    /// our answer (as in step06).
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub handshake_timeout: u64,
 
