@@ -2,14 +2,15 @@
 //! answers.
 //!
 //! tokio-tungstenite can do the handshake itself (`accept_async`), but it refuses other
-//! requests than step06 does, and answers none of them: it takes a head of any size up to
-//! 64 KiB with any number of `Host` headers, keys or versions, resets a client whose head
-//! is longer, closes without a word on a bad key, and refuses a client whose first frame
-//! comes in the same segment as its head. So this step reads the request head itself and
-//! judges it with step06's `handshake.rs` (the parser, the checks, the answers); after the
-//! `101`, tungstenite speaks the frames (`WebSocketStream::from_partially_read` in
-//! `lib.rs`). Servers built on hyper split the work the same way: in axum, hyper parses
-//! the HTTP request, and tungstenite takes over the socket after the `101`.
+//! requests than step06 does, and answers none of them: it takes heads of up to 64 KiB and
+//! 124 header lines, with two `Host` headers, two keys or two versions, and any `Origin`;
+//! resets a client whose head is longer; closes without a word on a bad key; and refuses a
+//! client whose first frame comes in the same segment as its head. So this step reads the
+//! request head itself and judges it with step06's `handshake.rs` (the parser, the checks,
+//! the answers); after the `101`, tungstenite speaks the frames
+//! (`WebSocketStream::from_partially_read` in `lib.rs`). Servers built on hyper split the
+//! work the same way: in axum, hyper parses the HTTP request, and tungstenite takes over
+//! the socket after the `101`.
 
 use std::io;
 use std::time::Duration;
