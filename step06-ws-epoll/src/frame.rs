@@ -203,7 +203,7 @@ fn message_of(partial: &Option<Box<Partial>>) -> Option<usize> {
 ///
 /// The checks happen here, on the header alone, so a frame that is too big is refused
 /// before a single byte of its payload is buffered. A length that passes is still only a
-/// promise: nothing is reserved for it (see [`grow`]). (Public for step07, which holds
+/// promise: nothing is reserved for it (see `grow`). (Public for step07, which holds
 /// tungstenite's frames to the same rules.)
 pub fn parse_header(
     bytes: &[u8],
