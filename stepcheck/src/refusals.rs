@@ -4,9 +4,9 @@
 //! binary, so that no two steps can answer the same bytes differently.
 //!
 //! The table runs on a step started with `--max-message 1000` and two origins listed with
-//! `--allow-origin` ([`ALLOWED_ORIGINS`]). Each row is sent on a connection of its own, raw bytes in, raw bytes
-//! out, while a bystander connection stays open; after every row the bystander is echoed:
-//! one client's mistake closes that client only. A refused request is answered with its
+//! `--allow-origin` ([`ALLOWED_ORIGINS`]). Each row is sent on a connection of its own, raw
+//! bytes in, raw bytes out, while a bystander connection stays open; after every row the
+//! bystander is echoed: one client's mistake closes that client only. A refused request is answered with its
 //! status, then the server hangs up cleanly (a reset can destroy the answer before the
 //! client reads it); a refused frame gets a close frame with its code, then the hang-up.
 //!
@@ -34,13 +34,13 @@ pub struct Row {
     /// What the row sends, in a few words, for failure messages.
     pub what: &'static str,
     /// The bytes, and when they are sent.
-    pub send: Send,
+    pub input: Input,
     /// What the step must answer.
     pub answer: Answer,
 }
 
 /// What a row sends.
-pub enum Send {
+pub enum Input {
     /// A request head (and whatever follows it in the same write), on a fresh connection.
     Request(String, Vec<u8>),
     /// Frames, after a good upgrade.
@@ -109,17 +109,17 @@ pub fn rows(addr: SocketAddr) -> Vec<Row> {
     let with = |extra: &str| upgrade_request(&host, extra);
     let request = |what, head: String, status| Row {
         what,
-        send: Send::Request(head, Vec::new()),
+        input: Input::Request(head, Vec::new()),
         answer: Answer::Status(status),
     };
     let served = |what, head: String| Row {
         what,
-        send: Send::Request(head, Vec::new()),
+        input: Input::Request(head, Vec::new()),
         answer: Answer::Served(Vec::new()),
     };
     let frames = |what, bytes: Vec<u8>, code| Row {
         what,
-        send: Send::Frames(bytes),
+        input: Input::Frames(bytes),
         answer: Answer::Close(code),
     };
     let line_of = |bytes| format!("X-Filler: {}\r\n", "a".repeat(bytes));
@@ -245,12 +245,12 @@ pub fn rows(addr: SocketAddr) -> Vec<Row> {
         // Frames sent right behind the head, in the same write, are the first frames.
         Row {
             what: "a frame right behind the head, in the same write",
-            send: Send::Request(good(), frame(true, 1, b"right behind the head")),
+            input: Input::Request(good(), frame(true, 1, b"right behind the head")),
             answer: Answer::Served(vec![(1, b"right behind the head".to_vec())]),
         },
         Row {
             what: "an unmasked frame right behind the head, in the same write",
-            send: Send::Request(good(), raw_frame(true, 1, b"hi", false)),
+            input: Input::Request(good(), raw_frame(true, 1, b"hi", false)),
             answer: Answer::Close(1002),
         },
         // Frames no client may send.
@@ -323,7 +323,7 @@ pub fn rows_for_any_origin(addr: SocketAddr) -> Vec<Row> {
         .into_iter()
         .map(|origin| Row {
             what: "an Origin, with --allow-origin '*'",
-            send: Send::Request(
+            input: Input::Request(
                 upgrade_request(&host, &format!("Origin: {origin}\r\n")),
                 Vec::new(),
             ),
@@ -394,8 +394,8 @@ fn run(bin: &str, args: &[&str], table: fn(SocketAddr) -> Vec<Row>) -> Vec<Strin
 
 /// Send one row and check its answer.
 fn check(server: &Server, row: &Row) -> Result<(), String> {
-    let mut stream = match &row.send {
-        Send::Request(head, behind) => {
+    let mut stream = match &row.input {
+        Input::Request(head, behind) => {
             let mut stream = server.connect();
             stream.set_nodelay(true).expect("TCP_NODELAY on loopback");
             let mut bytes = head.clone().into_bytes();
@@ -412,7 +412,7 @@ fn check(server: &Server, row: &Row) -> Result<(), String> {
             }
             stream
         }
-        Send::Frames(bytes) => {
+        Input::Frames(bytes) => {
             let mut stream = open(server, &upgrade_request(&server.addr.to_string(), ""))?;
             stream
                 .write_all(bytes)
