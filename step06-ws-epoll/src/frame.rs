@@ -210,19 +210,25 @@ fn keep_frame(partial: &mut Option<Box<Partial>>, frame: Vec<u8>) -> Flow {
     Flow::Open
 }
 
-fn message_of(partial: &Option<Box<Partial>>) -> Option<&Message> {
-    partial.as_ref().and_then(|p| p.message.as_ref())
+/// How many payload bytes the fragmented message under way holds, if one is.
+fn message_of(partial: &Option<Box<Partial>>) -> Option<usize> {
+    partial
+        .as_ref()
+        .and_then(|p| p.message.as_ref())
+        .map(|m| m.payload.len())
 }
 
-/// Parse and check a frame header at the start of `bytes`: `Ok(None)` if it has not fully
-/// arrived, else the header, its length, and the payload's length.
+/// Parse and check a frame header at the start of `bytes`, `message` being how many bytes
+/// the fragmented message under way holds, if one is: `Ok(None)` if the header has not
+/// fully arrived, else the header, its length, and the payload's length.
 ///
 /// The checks happen here, on the header alone, so a frame that is too big is refused
 /// before a single byte of its payload is buffered. A length that passes is still only a
-/// promise: nothing is reserved for it (see [`grow`]).
-fn parse_header(
+/// promise: nothing is reserved for it (see `grow`). (Public for step07, which holds
+/// tungstenite's frames to the same rules.)
+pub fn parse_header(
     bytes: &[u8],
-    message: Option<&Message>,
+    message: Option<usize>,
     max_message: usize,
 ) -> Result<Option<(FrameHeader, usize, usize)>, CloseCode> {
     let mut cursor = Cursor::new(bytes);
@@ -246,7 +252,7 @@ fn parse_header(
     if payload_len > i64::MAX as u64 {
         return Err(CloseCode::Protocol);
     }
-    let already = message.map_or(0, |m| m.payload.len() as u64);
+    let already = message.unwrap_or(0) as u64;
     match header.opcode {
         OpCode::Control(_) if !header.is_final || payload_len > MAX_CONTROL_PAYLOAD => {
             return Err(CloseCode::Protocol);

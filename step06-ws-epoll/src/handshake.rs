@@ -75,18 +75,27 @@ pub enum Reject {
     /// Asked to upgrade, but not with `Upgrade: websocket` and a `Connection` header that
     /// holds the `upgrade` token: `400`.
     NotWebSocket,
-    /// `Sec-WebSocket-Version` is not 13: `426`, telling the client which version we speak.
+    /// `Sec-WebSocket-Version` missing or not 13: `426`, telling the client which version
+    /// we speak.
     BadVersion,
-    /// `Sec-WebSocket-Key` missing, or not the base64 of 16 bytes: `400`.
+    /// `Sec-WebSocket-Version` more than once: `400`. A request carries it once; a second
+    /// one makes a malformed request, not a version we do not speak.
+    TwoVersions,
+    /// `Sec-WebSocket-Key` missing, sent twice, or not the base64 of 16 bytes: `400`.
     BadKey,
+    /// A browser says the WebSocket is opened by a page of another origin than ours, and
+    /// not one allowed with `--allow-origin`: `403`.
+    Forbidden,
 }
 
-/// Parse the request head in `buf` (everything received so far) and check it.
+/// Parse the request head in `buf` (everything received so far) and check it. Pages of the
+/// `allowed_origins` may open WebSockets here besides the server's own (see
+/// `origin_allowed`).
 ///
 /// - `Ok(None)`: the head is not complete yet; call again when more bytes arrive.
 /// - `Ok(Some(upgrade))`: answer with [`switching_protocols`]; frames start at `head_len`.
 /// - `Err(reject)`: answer with [`Reject::response`] and close.
-pub fn parse_request(buf: &[u8]) -> Result<Option<Upgrade>, Reject> {
+pub fn parse_request(buf: &[u8], allowed_origins: &[String]) -> Result<Option<Upgrade>, Reject> {
     // Never look past MAX_HEAD bytes: a head that is not complete within them is too long,
     // whatever follows. This also bounds the work of re-parsing from the start each time.
     let window = &buf[..buf.len().min(MAX_HEAD)];
@@ -114,8 +123,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Upgrade>, Reject> {
     }
 
     let headers = request.headers;
-    let mut hosts = header_values(headers, "host");
-    let (Some(_), None) = (hosts.next(), hosts.next()) else {
+    let mut hosts = header_values(headers, "host").map(trim);
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
         return Err(Reject::BadHost);
     };
 
@@ -140,9 +149,11 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Upgrade>, Reject> {
 
     // Exactly one version header, saying 13: the RFC's version (drafts used 8 and others).
     let mut versions = header_values(headers, "sec-websocket-version").map(trim);
-    let (Some(b"13"), None) = (versions.next(), versions.next()) else {
-        return Err(Reject::BadVersion);
-    };
+    match (versions.next(), versions.next()) {
+        (Some(b"13"), None) => {}
+        (Some(_), Some(_)) => return Err(Reject::TwoVersions),
+        _ => return Err(Reject::BadVersion),
+    }
 
     // Exactly one key, the base64 of 16 bytes (a random nonce chosen by the client).
     let mut keys = header_values(headers, "sec-websocket-key").map(trim);
@@ -154,10 +165,48 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Upgrade>, Reject> {
         _ => return Err(Reject::BadKey),
     }
 
+    // A browser names the page that opens the WebSocket, and any page may try: without
+    // this check, a page of any site the user visits could talk to this server through
+    // the user's browser (cross-site WebSocket hijacking). No `Origin`: not a browser.
+    let mut origins = header_values(headers, "origin").map(trim);
+    match (origins.next(), origins.next()) {
+        (None, _) => {}
+        (Some(origin), None) if origin_allowed(origin, host, allowed_origins) => {}
+        _ => return Err(Reject::Forbidden),
+    }
+
     Ok(Some(Upgrade {
         accept: accept_key(key),
         head_len,
     }))
+}
+
+/// Whether a page of `origin` may open a WebSocket on a request for `host`: it is the
+/// server's own page (`http://` + the request's `Host`, the page of `GET /`), or it is
+/// listed in `allowed` (`--allow-origin`; `*` allows any). Origins and hosts compare
+/// without regard to case, as host names do.
+fn origin_allowed(origin: &[u8], host: &[u8], allowed: &[String]) -> bool {
+    let own = origin.split_at_checked(7).is_some_and(|(scheme, rest)| {
+        scheme.eq_ignore_ascii_case(b"http://") && rest.eq_ignore_ascii_case(host)
+    });
+    own || allowed
+        .iter()
+        .any(|allowed| allowed == "*" || allowed.as_bytes().eq_ignore_ascii_case(origin))
+}
+
+/// An `--allow-origin` value: `*`, or an origin as a browser sends it, `scheme://host` or
+/// `scheme://host:port`, with no path (not even `/`: it would never match).
+pub fn parse_origin(value: &str) -> Result<String, String> {
+    let well_formed = value == "*"
+        || value.split_once("://").is_some_and(|(scheme, rest)| {
+            !scheme.is_empty() && !rest.is_empty() && !rest.contains('/')
+        });
+    match well_formed {
+        true => Ok(value.to_string()),
+        false => Err(format!(
+            "an origin is `*` or `scheme://host[:port]`, with no path (e.g. `http://localhost:8000`), not {value:?}"
+        )),
+    }
 }
 
 /// `Sec-WebSocket-Accept` = base64(sha1(key + GUID)). The client checks it, so it knows the
@@ -185,9 +234,12 @@ impl Reject {
     fn status_line(self) -> &'static str {
         match self {
             Reject::HeadTooLarge => "HTTP/1.1 431 Request Header Fields Too Large",
-            Reject::Malformed | Reject::BadHost | Reject::NotWebSocket | Reject::BadKey => {
-                "HTTP/1.1 400 Bad Request"
-            }
+            Reject::Malformed
+            | Reject::BadHost
+            | Reject::NotWebSocket
+            | Reject::TwoVersions
+            | Reject::BadKey => "HTTP/1.1 400 Bad Request",
+            Reject::Forbidden => "HTTP/1.1 403 Forbidden",
             Reject::NotGet => "HTTP/1.1 405 Method Not Allowed",
             Reject::PlainHttp | Reject::BadVersion => "HTTP/1.1 426 Upgrade Required",
             Reject::Page => "HTTP/1.1 200 OK",
@@ -216,7 +268,15 @@ impl Reject {
                 "Sec-WebSocket-Version: 13\r\n",
                 "only WebSocket version 13 is spoken here\n",
             ),
-            Reject::BadKey => ("", "Sec-WebSocket-Key must be the base64 of 16 bytes\n"),
+            Reject::TwoVersions => ("", "a request carries one Sec-WebSocket-Version header\n"),
+            Reject::BadKey => (
+                "",
+                "a request carries one Sec-WebSocket-Key, the base64 of 16 bytes\n",
+            ),
+            Reject::Forbidden => (
+                "",
+                "WebSockets from this page's origin are not allowed here (see --allow-origin)\n",
+            ),
         };
         format!(
             "{}\r\n{extra_header}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -271,7 +331,7 @@ mod tests {
     #[test]
     fn rfc_example_request_upgrades() {
         let head = request("");
-        let upgrade = parse_request(head.as_bytes()).unwrap().unwrap();
+        let upgrade = parse_request(head.as_bytes(), &[]).unwrap().unwrap();
         assert_eq!(
             upgrade,
             Upgrade {
@@ -294,7 +354,7 @@ mod tests {
         let head = request("");
         let mut bytes = head.clone().into_bytes();
         bytes.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]); // a first frame, same segment
-        let upgrade = parse_request(&bytes).unwrap().unwrap();
+        let upgrade = parse_request(&bytes, &[]).unwrap().unwrap();
         assert_eq!(upgrade.head_len, head.len());
     }
 
@@ -304,7 +364,7 @@ mod tests {
         let head = request("");
         for end in 0..head.len() {
             assert_eq!(
-                parse_request(&head.as_bytes()[..end]),
+                parse_request(&head.as_bytes()[..end], &[]),
                 Ok(None),
                 "prefix of {end} bytes"
             );
@@ -316,7 +376,7 @@ mod tests {
     fn header_names_and_tokens_are_case_insensitive() {
         let head = "GET / HTTP/1.1\r\nhost: x\r\nUPGRADE: WebSocket\r\nconnection: keep-alive, upgrade\r\n\
                     sec-websocket-key:   dGhlIHNhbXBsZSBub25jZQ==  \r\nsec-websocket-version: 13\r\n\r\n";
-        let upgrade = parse_request(head.as_bytes()).unwrap().unwrap();
+        let upgrade = parse_request(head.as_bytes(), &[]).unwrap().unwrap();
         assert_eq!(upgrade.accept, RFC_ACCEPT);
     }
 
@@ -366,7 +426,89 @@ mod tests {
             ),
         ];
         for (head, expected) in cases {
-            assert_eq!(parse_request(head.as_bytes()), Err(expected), "{head:?}");
+            assert_eq!(
+                parse_request(head.as_bytes(), &[]),
+                Err(expected),
+                "{head:?}"
+            );
+        }
+    }
+
+    /// A version header sent twice is a malformed request (`400`), even saying 13 both times;
+    /// one other version is a version we do not speak (`426`).
+    #[test]
+    fn a_second_version_header_is_malformed() {
+        assert_eq!(
+            parse_request(request("Sec-WebSocket-Version: 13\r\n").as_bytes(), &[]),
+            Err(Reject::TwoVersions)
+        );
+        let other = request("").replace("Version: 13", "Version: 8");
+        assert_eq!(
+            parse_request(other.as_bytes(), &[]),
+            Err(Reject::BadVersion)
+        );
+    }
+
+    /// No `Origin`, or the server's own (`http://` + Host, any case), is upgraded; another is
+    /// refused with 403 unless listed (exactly) or `*` is; two `Origin` headers are refused.
+    #[test]
+    fn an_origin_is_the_servers_own_or_allowed() {
+        let with = |origin: &str| request(&format!("Origin: {origin}\r\n"));
+        let upgraded = |head: String, allowed: &[String]| {
+            matches!(parse_request(head.as_bytes(), allowed), Ok(Some(_)))
+        };
+        let refused = |head: String, allowed: &[String]| {
+            parse_request(head.as_bytes(), allowed) == Err(Reject::Forbidden)
+        };
+        let listed = ["http://localhost:8000".to_string()];
+        let any = ["*".to_string()];
+
+        assert!(upgraded(request(""), &[]), "no Origin");
+        assert!(upgraded(with("http://server.example.com"), &[]), "our own");
+        assert!(
+            upgraded(with("HTTP://Server.Example.COM"), &[]),
+            "our own, other case"
+        );
+        assert!(upgraded(with("http://localhost:8000"), &listed), "listed");
+        assert!(upgraded(with("http://evil.example"), &any), "any, with *");
+        for other in [
+            "http://evil.example",
+            "https://server.example.com",
+            "http://server.example.com:8080",
+            "http://server.example.com.evil.example",
+            "http://server.example.com/",
+            "server.example.com",
+            "null",
+            "",
+        ] {
+            assert!(refused(with(other), &listed), "{other:?}");
+        }
+        let twice =
+            request("Origin: http://server.example.com\r\nOrigin: http://server.example.com\r\n");
+        assert!(refused(twice, &any), "two Origin headers");
+        assert!(
+            Reject::Forbidden
+                .response()
+                .starts_with("HTTP/1.1 403 Forbidden\r\n"),
+            "{}",
+            Reject::Forbidden.response()
+        );
+    }
+
+    /// `--allow-origin` takes `*` or an origin without a path; anything else is an error.
+    #[test]
+    fn allow_origin_values_are_origins() {
+        for good in ["*", "http://localhost:8000", "https://example.com"] {
+            assert_eq!(parse_origin(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "",
+            "localhost:8000",
+            "http://",
+            "http://example.com/",
+            "://x",
+        ] {
+            assert!(parse_origin(bad).is_err(), "{bad:?}");
         }
     }
 
@@ -375,19 +517,19 @@ mod tests {
     fn head_over_8_kib_is_refused_complete_or_not() {
         let long = format!("X-Filler: {}\r\n", "a".repeat(MAX_HEAD));
         assert_eq!(
-            parse_request(request(&long).as_bytes()),
+            parse_request(request(&long).as_bytes(), &[]),
             Err(Reject::HeadTooLarge)
         );
         // Still arriving, but already past the limit: no need to wait for the rest.
         assert_eq!(
-            parse_request(&request(&long).as_bytes()[..MAX_HEAD + 1]),
+            parse_request(&request(&long).as_bytes()[..MAX_HEAD + 1], &[]),
             Err(Reject::HeadTooLarge)
         );
         // Just under the limit is fine.
         let filler = MAX_HEAD - request("X-Filler: \r\n").len();
         let fits = request(&format!("X-Filler: {}\r\n", "a".repeat(filler)));
         assert_eq!(fits.len(), MAX_HEAD);
-        assert!(parse_request(fits.as_bytes()).unwrap().is_some());
+        assert!(parse_request(fits.as_bytes(), &[]).unwrap().is_some());
     }
 
     /// A refusal carries what its status needs: 426 our version, 405 `Allow`, a sized body.
@@ -422,7 +564,7 @@ mod proptests {
         /// Arbitrary bytes never panic the parser.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            let _ = parse_request(&bytes);
+            let _ = parse_request(&bytes, &[]);
         }
 
         /// An upgrade request arriving in two pieces, cut anywhere before its last byte, with a
@@ -444,11 +586,11 @@ mod proptests {
             let mut bytes = head.clone().into_bytes();
             bytes.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]); // a first frame, same segment
             let (first, second) = bytes.split_at(cut.index(head.len()));
-            prop_assert_eq!(parse_request(first), Ok(None), "the first {} bytes", first.len());
+            prop_assert_eq!(parse_request(first, &[]), Ok(None), "the first {} bytes", first.len());
             let mut received = first.to_vec();
             received.extend_from_slice(second);
             let expected = Upgrade { accept: accept_key(key.as_bytes()), head_len: head.len() };
-            prop_assert_eq!(parse_request(&received), Ok(Some(expected)));
+            prop_assert_eq!(parse_request(&received, &[]), Ok(Some(expected)));
         }
 
         /// A request that asks for the upgrade correctly in every other way, among arbitrary
@@ -469,7 +611,7 @@ mod proptests {
                 head += &format!("Sec-WebSocket-Key: {key}\r\n");
             }
             head += "\r\n";
-            prop_assert_eq!(parse_request(head.as_bytes()), Err(Reject::BadKey), "{}", head);
+            prop_assert_eq!(parse_request(head.as_bytes(), &[]), Err(Reject::BadKey), "{}", head);
         }
     }
 

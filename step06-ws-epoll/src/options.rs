@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-/// The step's own settings, all of them budgets (the common ones are in
-/// `common::Options`).
-#[derive(Debug, Clone, Copy)]
+/// The step's own settings: the budgets, and who may open a WebSocket (the common ones are
+/// in `common::Options`).
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The largest message (all its fragments together) we accept; bigger → close 1009.
     pub max_message: usize,
@@ -21,16 +21,21 @@ pub struct Config {
     /// How long a connection may hold bytes without finishing anything (a frame, a message,
     /// taking its pending output). Past it, we close the connection with 1008.
     pub stall_timeout: Duration,
+    /// The origins whose pages may open a WebSocket here besides the server's own
+    /// (`*`: any); a browser's upgrade from any other page gets 403.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Config {
-    /// 1 MiB per message, 64 MiB in all, 10 s for a handshake, 10 s to finish anything held.
+    /// 1 MiB per message, 64 MiB in all, 10 s for a handshake, 10 s to finish anything
+    /// held; WebSockets from the server's own page only.
     fn default() -> Config {
         Config {
             max_message: 1 << 20,
             max_buffered: 64 << 20,
             timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -61,6 +66,12 @@ pub struct WsOptions {
     #[arg(long, value_name = "SECS", default_value_t = Config::default().stall_timeout.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub stall_timeout: u64,
+
+    /// An origin (`http://host:port`) whose pages may open WebSockets here, besides this
+    /// server's own page; repeat it for more, or `*` for any. A browser's upgrade from any
+    /// other page gets 403; a client that sends no `Origin` (not a browser) is served.
+    #[arg(long, value_name = "ORIGIN", value_parser = crate::handshake::parse_origin)]
+    pub allow_origin: Vec<String>,
 }
 
 impl WsOptions {
@@ -71,6 +82,7 @@ impl WsOptions {
             max_buffered: self.max_buffered as usize,
             timeout: Duration::from_secs(self.handshake_timeout),
             stall_timeout: Duration::from_secs(self.stall_timeout),
+            allowed_origins: self.allow_origin.clone(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The behaviour every WebSocket step promises, checked against this step's binary.
 
-use stepcheck::ws;
+use stepcheck::{refusals, ws};
 
 const BIN: &str = env!("CARGO_BIN_EXE_step06-ws-epoll");
 
@@ -96,4 +96,12 @@ fn a_ping_flood_does_not_starve_a_fresh_client() {
 #[test]
 fn survives_stdout_closed() {
     ws::survives_stdout_closed(BIN, &[]);
+}
+
+/// Every row of stepcheck's table of refusals (each request and frame a step must refuse,
+/// with its HTTP status or close code; and the Origin rule) is answered as the table says,
+/// and the server serves on. Breaks if this step answers any of them otherwise than step06.
+#[test]
+fn every_refusal_as_the_table_says() {
+    refusals::check_every_refusal(BIN, &[]);
 }

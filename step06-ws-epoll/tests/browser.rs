@@ -1,18 +1,22 @@
 //! A browser is a client: Debian's Chromium, headless, opens the page step06 serves for
 //! `GET /`, and the page's own WebSocket code echoes text and binary messages of every
-//! frame-length encoding, opens and closes more connections, and closes with 1000.
+//! frame-length encoding, opens and closes more connections, and closes with 1000. A page
+//! of another site (another port) cannot open a WebSocket here, unless `--allow-origin`
+//! lists it.
 //!
 //! The browser is driven over its DevTools protocol: JSON messages on a WebSocket, spoken
 //! here with the same tungstenite client the other checks use. Where Chromium is not
 //! installed the test says so and passes, unless `WORKSHOP_REQUIRE_CHROMIUM=1` (CI sets it).
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::thread;
-use std::time::Duration;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use stepcheck::{PATIENCE, Server, chromium};
@@ -31,7 +35,13 @@ struct Browser {
 
 impl Browser {
     fn launch(chromium: &Path) -> Browser {
-        let profile = std::env::temp_dir().join(format!("step06-chromium-{}", std::process::id()));
+        // One profile per browser: the tests of this file run at the same time.
+        static LAUNCHED: AtomicUsize = AtomicUsize::new(0);
+        let profile = std::env::temp_dir().join(format!(
+            "step06-chromium-{}-{}",
+            std::process::id(),
+            LAUNCHED.fetch_add(1, Ordering::Relaxed)
+        ));
         let mut child = chromium::headless(chromium, &profile)
             .args([
                 "--remote-debugging-address=127.0.0.1",
@@ -89,6 +99,8 @@ struct DevTools {
     next_id: u64,
     /// The tab's session, once attached.
     session: Option<String>,
+    /// The events that came while waiting for answers (e.g. `Log.entryAdded`).
+    events: Vec<Value>,
 }
 
 impl DevTools {
@@ -106,7 +118,28 @@ impl DevTools {
             socket,
             next_id: 1,
             session: None,
+            events: Vec::new(),
         }
+    }
+
+    /// Open `url` in a new tab, attach to it, and wait until `loaded` (a JavaScript
+    /// expression) is true there: the page's script has run.
+    fn open_tab(&mut self, url: &str, loaded: &str) {
+        self.session = None;
+        let target = self.call("Target.createTarget", json!({ "url": url }));
+        let attached = self.call(
+            "Target.attachToTarget",
+            json!({ "targetId": target["targetId"], "flatten": true }),
+        );
+        self.session = Some(attached["sessionId"].as_str().unwrap().to_string());
+        // The page may still be loading.
+        for _ in 0..100 {
+            if self.eval(loaded) == json!(true) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the page from {url} never ran its script");
     }
 
     /// Send a command and wait for its answer, skipping the events in between.
@@ -130,7 +163,8 @@ impl DevTools {
             };
             let answer: Value = serde_json::from_str(text).expect("DevTools speaks JSON");
             if answer["id"] != id {
-                continue; // an event
+                self.events.push(answer); // an event
+                continue;
             }
             if let Some(error) = answer.get("error") {
                 panic!("Chromium refused {method}: {error}");
@@ -188,23 +222,9 @@ fn the_page_echoes_in_a_real_browser() {
     let browser = Browser::launch(&chromium);
     let mut devtools = DevTools::connect(&browser.devtools);
 
+    // The page's script defines `ready` once it runs.
     let page = format!("http://{}/", server.addr);
-    let target = devtools.call("Target.createTarget", json!({ "url": page }));
-    let attached = devtools.call(
-        "Target.attachToTarget",
-        json!({ "targetId": target["targetId"], "flatten": true }),
-    );
-    devtools.session = Some(attached["sessionId"].as_str().unwrap().to_string());
-    // The page may still be loading: wait for its script to have defined `ready`.
-    let mut loaded = false;
-    for _ in 0..100 {
-        if devtools.eval("typeof ready !== 'undefined'") == json!(true) {
-            loaded = true;
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    assert!(loaded, "the page from {page} never ran its script");
+    devtools.open_tab(&page, "typeof ready !== 'undefined'");
 
     let wrong = devtools.eval(ECHOES);
     assert_eq!(wrong, json!([]), "echoes through the page came back wrong");
@@ -223,6 +243,137 @@ fn the_page_echoes_in_a_real_browser() {
         "the page's close"
     );
     server.wait_for_memory_line(0);
+
+    devtools.session = None; // a command to the browser, not the tab
+    let _ = devtools.call("Browser.close", json!({}));
+    drop(browser);
+}
+
+/// A page of another site: a static server on another loopback port, serving one page
+/// whose script tries a WebSocket to the address it is given. Dropping it stops the server.
+struct OtherSite {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    serving: Option<JoinHandle<()>>,
+}
+
+/// The other site's page: `tryWebSocket(url)` resolves to what became of the attempt.
+const OTHER_PAGE: &str = r#"<!doctype html>
+<meta charset="utf-8"><title>another site</title>
+<script>
+function tryWebSocket(url) {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url);
+    ws.onopen = () => ws.send("from another site");
+    ws.onmessage = (e) => { resolve("echoed: " + e.data); ws.close(); };
+    ws.onclose = (e) => resolve("closed, code " + e.code);
+  });
+}
+</script>"#;
+
+impl OtherSite {
+    fn serve() -> OtherSite {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the other site");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{OTHER_PAGE}",
+            OTHER_PAGE.len()
+        );
+        // Bounded: it stops when dropped, or after PATIENCE anyway.
+        let serving = thread::spawn(move || {
+            let start = Instant::now();
+            while !stopped.load(Ordering::Relaxed) && start.elapsed() < PATIENCE {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                // Every request (the page, a favicon) gets the page.
+                stream.set_nonblocking(false).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(1)))
+                    .unwrap();
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head);
+                let _ = stream.write_all(response.as_bytes());
+            }
+        });
+        OtherSite {
+            addr,
+            stop,
+            serving: Some(serving),
+        }
+    }
+}
+
+impl Drop for OtherSite {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(serving) = self.serving.take() {
+            let _ = serving.join();
+        }
+    }
+}
+
+/// A page of another origin (another port) cannot open a WebSocket here: the browser's
+/// attempt fails, and the browser reports the server's `403`. The same page can, on a
+/// server started with `--allow-origin` naming it. Breaks if the Origin check is removed
+/// (the first attempt is echoed) or does not read `--allow-origin` (the second is refused).
+#[test]
+fn a_page_from_another_origin_is_refused() {
+    let Some(chromium) = chromium::find_or_skip("the browser's Origin test") else {
+        return;
+    };
+    let other = OtherSite::serve();
+    let other_origin = format!("http://{}", other.addr);
+    let server = Server::start(BIN, &[]);
+    let allowing = Server::start(BIN, &["--allow-origin", &other_origin]);
+    let browser = Browser::launch(&chromium);
+    let mut devtools = DevTools::connect(&browser.devtools);
+
+    devtools.open_tab(
+        &format!("{other_origin}/"),
+        "typeof tryWebSocket === 'function'",
+    );
+    devtools.call("Log.enable", json!({}));
+    let refused = devtools.eval(&format!("tryWebSocket('ws://{}/')", server.addr));
+    assert_eq!(
+        refused,
+        json!("closed, code 1006"),
+        "a page of {other_origin} opened a WebSocket to {}",
+        server.addr
+    );
+    // The browser says why in its log; it may come a moment after the close event.
+    let says_403 = |events: &[Value]| {
+        events.iter().any(|event| {
+            event["method"] == "Log.entryAdded"
+                && event["params"]["entry"]["text"]
+                    .as_str()
+                    .is_some_and(|text| text.contains("403"))
+        })
+    };
+    for _ in 0..50 {
+        if says_403(&devtools.events) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        devtools.eval("0"); // collects the events that came meanwhile
+    }
+    assert!(
+        says_403(&devtools.events),
+        "the browser did not report a 403 for the refused WebSocket; its events: {:?}",
+        devtools.events
+    );
+
+    let allowed = devtools.eval(&format!("tryWebSocket('ws://{}/')", allowing.addr));
+    assert_eq!(
+        allowed,
+        json!("echoed: from another site"),
+        "a page of {other_origin}, listed with --allow-origin, could not use the WebSocket"
+    );
 
     devtools.session = None; // a command to the browser, not the tab
     let _ = devtools.call("Browser.close", json!({}));

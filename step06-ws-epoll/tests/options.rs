@@ -32,3 +32,23 @@ fn impossible_budgets_are_refused_at_parse_time() {
         );
     }
 }
+
+/// `--allow-origin` takes `*` or an origin as a browser sends it: one with a path (here a
+/// trailing `/`), which no browser sends and so would never match, is refused with a
+/// one-line error before the server starts. Breaks if the option loses its value parser.
+#[test]
+fn an_origin_with_a_path_is_refused_at_parse_time() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = Command::new(BIN)
+        .args(["--addr", &addr, "--allow-origin", "http://localhost:8000/"])
+        .output()
+        .expect("run step06-ws-epoll");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("invalid value")
+            && stderr.contains("--allow-origin"),
+        "an origin with a path was not refused at parse time: {stderr}"
+    );
+}

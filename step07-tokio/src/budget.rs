@@ -143,6 +143,12 @@ impl BudgetedStream {
         self.refusal
     }
 
+    /// The socket itself, for bytes no budget counts: what a client we refused still sends
+    /// before it hangs up, read and dropped (see `refusal::hang_up`).
+    pub fn socket(&mut self) -> &mut TcpStream {
+        &mut self.inner
+    }
+
     /// The stall clock starts now: `--stall-timeout` from now, what is held must be finished.
     fn start_clock(&mut self) {
         let deadline = Instant::now() + self.stall_timeout;

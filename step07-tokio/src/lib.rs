@@ -12,9 +12,12 @@
 //! - `budget.rs`: the socket wrapped to count what connections hold against
 //!   `--max-buffered`, and to close one that does not finish what it holds within
 //!   `--stall-timeout`.
-//! - `refusal.rs`: the HTTP status for a refused handshake, and the `Host` check.
+//! - `refusal.rs`: the opening handshake, read here and judged by step06's `handshake.rs`,
+//!   so that this step refuses what step06 refuses, with the same answers.
+//! - `guard.rs`: every frame header held to step06's rules before tungstenite reads it.
 
 mod budget;
+mod guard;
 mod refusal;
 
 use std::io;
@@ -24,14 +27,15 @@ use std::time::Duration;
 
 use common::{MemoryMeter, RateLimitedLog};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use step06_ws_epoll::handshake;
 use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use budget::{Budget, BudgetedStream};
+use guard::FrameGuard;
 
 /// Options of this step on top of the ones every step takes.
 #[derive(clap::Parser, Debug, Clone)]
@@ -49,7 +53,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Runtime::MultiThread)]
     pub runtime: Runtime,
 
-    /// Seconds a client has to complete the opening handshake (as in step06).
+    /// Seconds a client has to send its whole request head, and, refused, to hang up after
+    /// our answer (as in step06).
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub handshake_timeout: u64,
 
@@ -68,6 +73,12 @@ pub struct Args {
     /// connection (holding nothing) is never timed out.
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub stall_timeout: u64,
+
+    /// An origin (`http://host:port`) whose pages may open WebSockets here, besides the
+    /// server's own; repeat it for more, or `*` for any. A browser's upgrade from any other
+    /// page gets 403, as in step06.
+    #[arg(long, value_name = "ORIGIN", value_parser = handshake::parse_origin)]
+    pub allow_origin: Vec<String>,
 }
 
 /// The two tokio schedulers. The figures per connection come out about the same; the
@@ -90,8 +101,9 @@ impl Args {
         if let Some(bytes) = self.read_buffer {
             config = config.read_buffer_size(bytes as usize);
         }
-        // `--max-message` for the message and for each frame: tungstenite refuses a frame
-        // from its header, before it buffers any of it.
+        // `--max-message` for the message. Each frame is held to it at its header by the
+        // guard (`guard.rs`), as step06 does, so tungstenite's own per-frame limit is off:
+        // it would refuse a 125-byte ping under `--max-message 100`, where step06 answers.
         let max_message = self.max_message as usize;
         // Its write buffer is unbounded by default: a client that sends pings and never
         // reads the pongs grew it without end. The loop below stops reading until each
@@ -99,7 +111,7 @@ impl Args {
         let max_write = config.write_buffer_size + max_message + MAX_FRAME_OVERHEAD;
         config
             .max_message_size(Some(max_message))
-            .max_frame_size(Some(max_message))
+            .max_frame_size(None)
             .max_write_buffer_size(max_write)
     }
 
@@ -127,19 +139,20 @@ const MAX_FRAME_OVERHEAD: usize = 14 + 131;
 /// (a control frame's payload is at most 125 bytes, so its length fits the first byte).
 const CONTROL_FRAME_HEADER: usize = 6;
 
-/// How long a connection we fail gets to take our close frame before we hang up.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// What every connection's task is given.
-#[derive(Debug, Clone, Copy)]
+/// What every connection's task is given (shared: each task holds an `Arc` of it).
+#[derive(Debug)]
 struct ConnConfig {
-    /// tungstenite's settings: `--read-buffer`, and `--max-message` for frames, messages
-    /// and the write buffer.
+    /// tungstenite's settings: `--read-buffer`, and `--max-message` for messages and the
+    /// write buffer.
     websocket: WebSocketConfig,
+    /// `--max-message`, for the frame guard.
+    max_message: usize,
     /// How long the client has to finish its request head (`--handshake-timeout`).
     handshake_timeout: Duration,
     /// How long a connection may hold bytes unfinished (`--stall-timeout`).
     stall_timeout: Duration,
+    /// `--allow-origin`: the pages, besides the server's own, that may open WebSockets.
+    allowed_origins: Vec<String>,
 }
 
 /// Failed connections come in storms (a client churning 10 000 connections a second):
@@ -157,11 +170,13 @@ pub fn serve(listener: std::net::TcpListener, meter: MemoryMeter, args: &Args) -
     .enable_io() // the reactor: mio, that is, epoll
     .enable_time() // timers, for the memory line, the back-off and the handshake timeout
     .build()?;
-    let config = ConnConfig {
+    let config = Arc::new(ConnConfig {
         websocket: args.websocket_config(),
+        max_message: args.max_message as usize,
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         stall_timeout: Duration::from_secs(args.stall_timeout),
-    };
+        allowed_origins: args.allow_origin.clone(),
+    });
     let budget = Arc::new(Budget::new(args.max_buffered as usize));
     // `block_on` runs the accept loop on this, the main thread; the connections' tasks run
     // on the runtime's workers (multi-thread) or on this thread too (current-thread). So
@@ -173,7 +188,7 @@ pub fn serve(listener: std::net::TcpListener, meter: MemoryMeter, args: &Args) -
 async fn accept_loop(
     listener: std::net::TcpListener,
     meter: MemoryMeter,
-    config: ConnConfig,
+    config: Arc<ConnConfig>,
     budget: Arc<Budget>,
 ) -> io::Result<()> {
     // `from_std` registers the socket with the runtime's epoll but leaves its mode alone:
@@ -195,9 +210,10 @@ async fn accept_loop(
                 // before its handshake is done.
                 let guard = OpenGuard::new(&open);
                 let stream = BudgetedStream::new(stream, Arc::clone(&budget), config.stall_timeout);
+                let config = Arc::clone(&config);
                 tokio::spawn(async move {
                     let _guard = guard; // counts down when the task ends, however it ends
-                    if let Err(err) = handle_connection(stream, config).await {
+                    if let Err(err) = handle_connection(stream, &config).await {
                         if !peer_went_away(&err) {
                             // A poisoned lock only means another task panicked mid-line.
                             let mut log =
@@ -223,39 +239,28 @@ async fn accept_loop(
 /// allocates it once per connection. That is step06's `Conn`, written for us.
 async fn handle_connection(
     mut stream: BudgetedStream,
-    config: ConnConfig,
+    config: &ConnConfig,
 ) -> tungstenite::Result<()> {
-    // A client that connects and says nothing must not hold its task forever. The
-    // handshake borrows the stream, so that a refused client can still be answered.
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+    // The opening handshake, judged as step06 judges it (`refusal.rs`). A refused client
+    // has had its answer; its task ends here.
+    let handshake = refusal::handshake(
         &mut stream,
-        refusal::require_host,
-        Some(config.websocket),
+        &config.allowed_origins,
+        config.handshake_timeout,
     );
-    let mut websocket = match tokio::time::timeout(config.handshake_timeout, handshake).await {
-        Ok(Ok(websocket)) => websocket,
-        Ok(Err(err)) => {
-            if let Some(response) = refusal::response(&err) {
-                // Best effort: the client may be gone already.
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            }
-            return Err(err);
-        }
-        // Too slow to finish its request head, or silent: told so, as step06 tells it,
-        // then closed. Bounded: a client that takes nothing cannot hold the task.
-        Err(_elapsed) => {
-            let answer = async {
-                stream.write_all(refusal::TIMEOUT.as_bytes()).await?;
-                stream.shutdown().await
-            };
-            let _ = tokio::time::timeout(CLOSE_GRACE, answer).await;
-            return Ok(());
-        }
+    let Some(early) = handshake.await? else {
+        return Ok(());
     };
-    // The request head is answered; nothing came behind it (tungstenite refuses a request
-    // with bytes after its head).
-    websocket.get_mut().opened(0);
+    // From here on tungstenite speaks the frames, each header held to step06's rules by
+    // the guard first. Frames sent right behind the head are the first it reads; they are
+    // still held, and from now on on the stall clock.
+    let mut guard = FrameGuard::new(&mut stream, config.max_message);
+    let early = guard.admit(early);
+    let early_len = early.len();
+    let mut websocket =
+        WebSocketStream::from_partially_read(guard, early, Role::Server, Some(config.websocket))
+            .await;
+    websocket.get_mut().opened(early_len);
     loop {
         let message = match websocket.next().await {
             Some(Ok(message)) => message,
@@ -303,7 +308,7 @@ async fn handle_connection(
 /// End a connection on an error: with a close frame saying why when the client broke a
 /// rule (RFC 6455 §7.1.7 "fail the WebSocket connection"), in silence when it left.
 async fn fail(
-    websocket: &mut WebSocketStream<&mut BudgetedStream>,
+    websocket: &mut WebSocketStream<FrameGuard<'_>>,
     err: tungstenite::Error,
 ) -> tungstenite::Result<()> {
     let Some(code) = close_code(&err, websocket.get_ref().refusal()) else {
@@ -313,15 +318,10 @@ async fn fail(
         code,
         reason: "".into(),
     };
-    // Best effort, and bounded: a client that does not read will not take it.
-    let closing = async {
-        websocket.close(Some(close)).await?;
-        // Read until the client's close (or its hang-up), so that our close frame is not
-        // destroyed by a reset for unread bytes.
-        while let Some(Ok(_)) = websocket.next().await {}
-        Ok::<(), tungstenite::Error>(())
-    };
-    let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
+    // Best effort, and bounded: a client that does not read will not take it. Then our
+    // FIN, and the client's close (or anything else) dropped until it hangs up.
+    let _ = tokio::time::timeout(refusal::CLOSE_GRACE, websocket.close(Some(close))).await;
+    refusal::hang_up(websocket.get_mut().stream(), b"", refusal::CLOSE_GRACE).await;
     Ok(())
 }
 

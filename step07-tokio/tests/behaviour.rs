@@ -1,7 +1,7 @@
 //! The WebSocket behaviour every step promises, checked against this step's binary with
 //! both read-buffer settings the README measures.
 
-use stepcheck::ws;
+use stepcheck::{refusals, ws};
 
 const BIN: &str = env!("CARGO_BIN_EXE_step07-tokio");
 /// tungstenite's own default read buffer (128 KiB).
@@ -147,4 +147,19 @@ fn slow_client_answered_408_after_handshake_timeout() {
 #[test]
 fn survives_stdout_closed() {
     ws::survives_stdout_closed(BIN, DEFAULT);
+}
+
+/// Every row of stepcheck's table of refusals (each request and frame a step must refuse,
+/// with its HTTP status or close code; and the Origin rule) is answered as the table says,
+/// and the server serves on. Breaks if this step answers any of them otherwise than step06.
+#[test]
+fn every_refusal_as_the_table_says() {
+    refusals::check_every_refusal(BIN, DEFAULT);
+}
+
+/// Request heads in pieces count against `--max-buffered`: those that would pass it get
+/// `503`, as in step06; the others are upgraded, and a client already upgraded is served.
+#[test]
+fn heads_in_pieces_are_held_to_the_budget() {
+    ws::heads_in_pieces_are_held_to_the_budget(BIN, DEFAULT);
 }

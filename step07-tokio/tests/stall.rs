@@ -6,10 +6,8 @@ use stepcheck::stall;
 const BIN: &str = env!("CARGO_BIN_EXE_step07-tokio");
 
 /// A head in two pieces, the second bringing half a frame, under connect/close churn:
-/// closed with 1008, the budget given back. (Today tungstenite's handshake refuses bytes
-/// behind the head with `400`, so no such connection opens; step06 takes them.)
+/// closed with 1008, the budget given back.
 #[test]
-#[ignore = "step07 answers frames behind the head with 400 until it takes them as step06 does"]
 fn head_in_pieces_with_a_partial_frame_is_closed() {
     stall::head_in_pieces_with_a_partial_frame_is_closed(BIN, &[]);
 }

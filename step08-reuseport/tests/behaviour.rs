@@ -1,7 +1,7 @@
 //! The behaviour every WebSocket step promises, checked against this step's binary with
 //! two workers: the connections of each check are spread over both processes.
 
-use stepcheck::ws;
+use stepcheck::{refusals, ws};
 
 const BIN: &str = env!("CARGO_BIN_EXE_step08-reuseport");
 const TWO: &[&str] = &["--workers", "2"];
@@ -60,4 +60,12 @@ fn bad_handshake_refused() {
 #[test]
 fn idle_connection_cost_within_step06s_band() {
     ws::idle_connection_cost_within(BIN, TWO, 2000, ..128);
+}
+
+/// Every row of stepcheck's table of refusals (each request and frame a step must refuse,
+/// with its HTTP status or close code; and the Origin rule) is answered as the table says,
+/// and the server serves on. Breaks if this step answers any of them otherwise than step06.
+#[test]
+fn every_refusal_as_the_table_says() {
+    refusals::check_every_refusal(BIN, TWO);
 }

@@ -467,7 +467,7 @@ fn handle_readable(
     out.clear();
 
     let flow = match &mut conn.state {
-        State::Handshaking { .. } => read_head(conn, input, out, shared.config.max_message),
+        State::Handshaking { .. } => read_head(conn, input, out, &shared.config),
         State::Open { partial, deadline } => {
             let decoded = frame::decode(partial, input, shared.config.max_message, out);
             // What it held is finished: so is its stall clock (`hold_to_budget` starts a
@@ -517,7 +517,7 @@ fn send(conn: &mut Conn, fd: RawFd, out: &[u8], ring: &mut IoUring) -> io::Resul
 }
 
 /// The request head, or more of it, arrived: answer it once it is whole.
-fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, max_message: usize) -> Flow {
+fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) -> Flow {
     let State::Handshaking { head, .. } = &mut conn.state else {
         unreachable!("bug: read_head is called only while handshaking");
     };
@@ -531,7 +531,7 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, max_message: usiz
         }
         None => input,
     };
-    match handshake::parse_request(bytes) {
+    match handshake::parse_request(bytes, &config.allowed_origins) {
         Ok(None) => {
             // Not complete yet: keep what we have. (parse_request refuses heads over
             // 8 KiB, so this stays bounded.)
@@ -552,7 +552,7 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, max_message: usiz
             // them. (Dropping them would lose the client's first message.)
             let early = &bytes[upgrade.head_len..];
             let mut partial = None;
-            let decoded = frame::decode(&mut partial, early, max_message, out);
+            let decoded = frame::decode(&mut partial, early, config.max_message, out);
             // A deadline only while bytes are held: `hold_to_budget` sets it, now if these
             // bytes left a frame unfinished.
             conn.state = State::Open {

@@ -6,7 +6,7 @@
 
 mod support;
 
-use stepcheck::ws;
+use stepcheck::{refusals, ws};
 use support::available;
 
 const BIN: &str = env!("CARGO_BIN_EXE_step09-io-uring");
@@ -53,4 +53,8 @@ checks! {
     a_ping_flood_does_not_starve_a_fresh_client => ws::ping_flood_does_not_starve_a_fresh_client(BIN, &[]);
     /// stdout closed (`step09-io-uring | head -1`): the memory line is lost, the server serves on.
     survives_stdout_closed => ws::survives_stdout_closed(BIN, &[]);
+    /// Every row of stepcheck's table of refusals (each request and frame a step must
+    /// refuse, with its status or close code; and the Origin rule) is answered as the table
+    /// says, and the server serves on.
+    every_refusal_as_the_table_says => refusals::check_every_refusal(BIN, &[]);
 }

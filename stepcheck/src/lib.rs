@@ -4,8 +4,9 @@
 //! `env!("CARGO_BIN_EXE_stepNN-name")`, so all steps are held to the same checks, like for
 //! like. [`Server`] starts a step on a free port and reads its `--json` lines (the report
 //! starts every step it measures with it too); [`tcp`] holds the checks for the raw-TCP
-//! echo steps (01–05), [`ws`] those for the WebSocket steps (06–07), and [`memory`] holds
-//! every step's memory line to `/proc`. [`inprocess`] runs a step's `serve` in the test's
+//! echo steps (01–05), [`ws`] those for the WebSocket steps (06–09), [`refusals`] the one
+//! table of what a WebSocket step refuses and how it answers, and [`memory`] holds every
+//! step's memory line to `/proc`. [`inprocess`] runs a step's `serve` in the test's
 //! own process, for the faults a client cannot cause. [`chromium`] starts the headless
 //! browser that the browser and slide checks drive, and [`syscalls`] counts a step's
 //! system calls with `perf`. [`stall`] sends the WebSocket steps clients that hold bytes
@@ -14,6 +15,7 @@
 pub mod chromium;
 pub mod inprocess;
 pub mod memory;
+pub mod refusals;
 pub mod stall;
 pub mod syscalls;
 pub mod tcp;
