@@ -42,6 +42,10 @@ pub const HOSTILE: usize = 4;
 /// most) all of them fit in the budget together.
 pub const HELD: usize = 100 << 10;
 
+/// The bytes of frame behind a head in pieces, for half of the heads: few enough to come
+/// in the same read as the end of the head.
+pub const FEW: usize = 512;
+
 /// How often a hostile client sends its next piece.
 pub const TICK: Duration = Duration::from_millis(250);
 
@@ -251,8 +255,15 @@ pub fn churn(addr: SocketAddr, count: usize) {
 fn check(bin: &str, extra: &[&str], attack: Attack) {
     let args: Vec<&str> = extra.iter().copied().chain(ARGS).collect();
     let mut server = Server::start(bin, &args);
+    // A head in pieces comes in two sizes: with 100 KiB of frame behind it, which the step
+    // reads in several reads, and with a few bytes, which all come in the read that ends
+    // the head (so no later read can start a clock the opening forgot).
+    let held = |i: usize| match attack {
+        Attack::HeadInPieces if i % 2 == 1 => FEW,
+        _ => HELD,
+    };
     let mut hostiles: Vec<Hostile> = (0..HOSTILE)
-        .map(|_| Hostile::start(server.addr, attack, HELD))
+        .map(|i| Hostile::start(server.addr, attack, held(i)))
         .collect();
     thread::sleep(TICK); // the server reads the first pieces apart from the rest
     for hostile in &mut hostiles {
