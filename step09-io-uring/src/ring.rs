@@ -92,7 +92,7 @@ pub fn new_ring(sq_entries: u32, cq_entries: u32) -> Result<IoUring, Unavailable
                 "check with `grep Seccomp /proc/self/status` (2 means filtered)",
             ),
             // DEFER_TASKRUN came with 6.1, after everything else this step uses (multishot
-            // accept and receive, buffer rings, cancelling by fd): a kernel that takes it
+            // accept and receive, buffer rings, cancelling): a kernel that takes it
             // has them all.
             Some(libc::EINVAL) => Unavailable::new(
                 "this kernel is too old for DEFER_TASKRUN (6.1 or later is needed)",

@@ -251,6 +251,93 @@ fn an_unfinished_request_head_gets_408() {
     );
 }
 
+/// Closing a connection costs the same however many others are open. 500 silent clients
+/// reach `--handshake-timeout` together, once alone and once beside 10 000 idle WebSocket
+/// connections (each with its multishot receive in the kernel): the server's CPU time per
+/// close, from its CPU-time clock, is about the same both times. A ratio of two CPU times,
+/// not a duration. Breaks if `close` cancels by fd: the kernel then walks every request
+/// pending in the ring for each close, and the 10 000 make each close some ten times
+/// dearer (with 15 000 timing out together, the loop froze for 8 s and more).
+#[test]
+fn a_close_costs_the_same_beside_10_000_idle_connections() {
+    if !available() {
+        return;
+    }
+    const TIMING_OUT: usize = 500;
+    const IDLE: usize = 10_000;
+    let limit = common::raise_fd_limit().expect("the open-file limit");
+    let needed = (TIMING_OUT + IDLE + 200) as u64;
+    if limit.soft < needed {
+        return eprintln!("skipped: needs {needed} open files; {limit}");
+    }
+    let alone = cpu_per_close(TIMING_OUT, 0);
+    let beside_idle = cpu_per_close(TIMING_OUT, IDLE);
+    let ratio = beside_idle / alone;
+    eprintln!(
+        "CPU per close: {:.1} µs alone, {:.1} µs beside {IDLE} idle connections ({ratio:.2}×)",
+        alone * 1e6,
+        beside_idle * 1e6
+    );
+    assert!(
+        ratio < 3.0,
+        "each close costs {ratio:.1} times more beside {IDLE} idle connections than alone: \
+         closing a connection must not walk every other connection's request"
+    );
+}
+
+/// The server's CPU seconds per close when `timing_out` clients that never send a byte
+/// reach `--handshake-timeout` together, while `idle` upgraded connections stay open.
+fn cpu_per_close(timing_out: usize, idle: usize) -> f64 {
+    // Time enough to open the idle ones before the silent ones are due.
+    let server = Server::start(BIN, &["--handshake-timeout", "5"]);
+    let _silent: Vec<TcpStream> = (0..timing_out).map(|_| server.connect()).collect();
+    // The idle ones' handshake deadlines, stale once they upgrade, come due a second after
+    // the silent ones': skipping them then is the loop's work, not the closes'.
+    thread::sleep(std::time::Duration::from_secs(1));
+    let _idle = upgraded(&server, idle);
+    server.wait_for_memory_line((idle + timing_out) as u64);
+    let before = server.cpu_seconds();
+    // The memory line comes once the loop has closed them and submitted its cancels.
+    server.wait_for_memory_line(idle as u64);
+    (server.cpu_seconds() - before) / timing_out as f64
+}
+
+/// `n` connections upgraded to WebSocket, then idle. The requests go out all at once and
+/// the answers are read after, so thousands take a moment, not thousands of round trips.
+fn upgraded(server: &Server, n: usize) -> Vec<TcpStream> {
+    use std::io::{BufRead, BufReader};
+
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    let mut clients: Vec<TcpStream> = (0..n).map(|_| server.connect()).collect();
+    for client in &mut clients {
+        client.write_all(request.as_bytes()).unwrap();
+    }
+    for client in &mut clients {
+        // The server sends nothing after its answer: the reader cannot take more than it.
+        let mut answer = BufReader::new(&*client);
+        let mut status = String::new();
+        answer.read_line(&mut status).unwrap();
+        assert!(
+            status.starts_with("HTTP/1.1 101 "),
+            "an upgrade answered with {status:?}"
+        );
+        let mut line = String::new();
+        while line != "\r\n" {
+            line.clear();
+            let read = answer.read_line(&mut line).unwrap();
+            assert!(
+                read > 0,
+                "the answer to an upgrade ends before its blank line"
+            );
+        }
+    }
+    clients
+}
+
 /// Where io_uring is refused (here by a seccomp filter, as container runtimes install), the
 /// step exits at once, before listening, with one line that says why and how to check.
 #[test]
