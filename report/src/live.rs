@@ -243,3 +243,20 @@ impl Sampler {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The page draws each step in the colour the report's charts give it, and in the
+    /// lesson's order when no plan says otherwise.
+    /// Breaks if the charts' palette or the steps' order changes and the page's does not.
+    #[test]
+    fn the_page_looks_like_the_charts() {
+        let charts: Vec<String> = crate::charts::PALETTE
+            .iter()
+            .map(|c| format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2))
+            .collect();
+        assert_eq!(charts, ::live::page::PALETTE);
+        let steps: Vec<&str> = crate::steps::STEPS.iter().map(|s| s.name).collect();
+        assert_eq!(steps, ::live::page::LESSON);
+    }
+}

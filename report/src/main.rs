@@ -219,7 +219,7 @@ fn main() -> ExitCode {
         drop(follow);
         bar.finish_and_clear();
         eprintln!("{}", one_line(&result));
-        live::progress(spec.name, &one_line(&result));
+        live::progress(spec.name, one_line(&result).trim_start());
         results.push(result);
     }
 
