@@ -3,6 +3,7 @@
 //! What a projector shows: the page at URL in headless Chromium at 1280×720, once it has
 //! drawn its history, saved as a PNG. The figure in slides/figures/ was taken so.
 
+#[allow(dead_code)] // the driver has more than this example uses
 #[path = "../tests/support/devtools.rs"]
 mod devtools;
 

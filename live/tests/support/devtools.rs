@@ -112,7 +112,12 @@ impl DevTools {
     /// A new tab at `url`, 1280×720, and this session attached to it.
     pub fn open(browser: &Browser, url: &str) -> DevTools {
         let mut devtools = DevTools::connect(&browser.devtools);
-        let target = devtools.call("Target.createTarget", json!({ "url": url }));
+        // A window of its own: a tab behind another is hidden, and a hidden tab's timers run
+        // once a second at most, as they should where nobody looks.
+        let target = devtools.call(
+            "Target.createTarget",
+            json!({ "url": url, "newWindow": true }),
+        );
         let attached = devtools.call(
             "Target.attachToTarget",
             json!({ "targetId": target["targetId"], "flatten": true }),
