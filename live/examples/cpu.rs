@@ -39,14 +39,20 @@ fn args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut value = || it.next().and_then(|v| v.parse().ok()).expect("a number after the option");
+        let mut value = || {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .expect("a number after the option")
+        };
         match arg.as_str() {
             "--browsers" => args.browsers = value() as usize,
             "--seconds" => args.seconds = value(),
             "--lines-per-second" => args.per_second = value(),
             "--chromium" => args.chromium = true,
             _ => {
-                eprintln!("usage: cpu [--browsers N] [--chromium] [--seconds S] [--lines-per-second R]");
+                eprintln!(
+                    "usage: cpu [--browsers N] [--chromium] [--seconds S] [--lines-per-second R]"
+                );
                 std::process::exit(2);
             }
         }
@@ -180,7 +186,11 @@ fn main() {
         100.0 * cpu / wall,
         args.per_second,
         args.browsers,
-        if args.chromium { "Chromium" } else { "plain-socket" },
+        if args.chromium {
+            "Chromium"
+        } else {
+            "plain-socket"
+        },
         rss as f64 / 1024.0,
         peak as f64 / 1024.0,
     );
@@ -188,9 +198,17 @@ fn main() {
     if args.chromium {
         let lags: Vec<String> = tabs
             .iter_mut()
-            .map(|t| format!("{:.0}", t.eval("live.maxDrawLagMs").as_f64().unwrap_or(-1.0)))
+            .map(|t| {
+                format!(
+                    "{:.0}",
+                    t.eval("live.maxDrawLagMs").as_f64().unwrap_or(-1.0)
+                )
+            })
             .collect();
-        println!("longest wait from a line's arrival to its drawing, per tab (ms): {}", lags.join(" "));
+        println!(
+            "longest wait from a line's arrival to its drawing, per tab (ms): {}",
+            lags.join(" ")
+        );
     }
     drop(tabs);
     for browser in &chromiums {
@@ -206,5 +224,10 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     write!(stream, "GET {path} HTTP/1.1\r\nHost: live\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
-    response.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string()
+    response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }

@@ -29,9 +29,14 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// Connections loadgen opens: a few thousand, under any open-file limit a test meets.
 const CONNS: usize = 3000;
 
-/// A step's binary, built if need be (`cargo test --workspace` has built it already; `cargo
-/// test -p live` has not), from the same profile as live's.
+/// A step's binary beside live's: `cargo test --workspace` builds it before any test runs;
+/// after `cargo test -p live` alone it may be missing, and is built here, in the same
+/// profile as live's.
 fn step_binary(name: &str) -> PathBuf {
+    let bin = Path::new(support::BIN).parent().unwrap().join(name);
+    if bin.exists() {
+        return bin;
+    }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut cargo = Command::new(env!("CARGO"));
     cargo
@@ -42,7 +47,7 @@ fn step_binary(name: &str) -> PathBuf {
     }
     let status = cargo.status().expect("cargo runs");
     assert!(status.success(), "cannot build {name}: {status}");
-    Path::new(support::BIN).parent().unwrap().join(name)
+    bin
 }
 
 /// Opens the page in a new tab and waits until it has caught up with live's history.
