@@ -29,7 +29,7 @@ static BOARD: OnceLock<Arc<::live::Board>> = OnceLock::new();
 static SERVER_CONNS: AtomicU64 = AtomicU64::new(0);
 
 /// How often a step's progress bar is looked at (and posted, if it changed).
-const EVERY: Duration = Duration::from_millis(250);
+const EVERY: Duration = Duration::from_millis(100);
 
 /// Serve the page on `addr`; returns the address served (port 0 picks one).
 pub fn start(addr: SocketAddr) -> Result<SocketAddr, String> {
