@@ -35,7 +35,7 @@ const TEXT: u32 = 30;
 
 /// Okabe & Ito's palette, "Color Universal Design" (2002), without its yellow (too pale
 /// on white for a projector).
-const PALETTE: [RGBColor; 7] = [
+pub const PALETTE: [RGBColor; 7] = [
     RGBColor(0x00, 0x72, 0xB2), // blue
     RGBColor(0xD5, 0x5E, 0x00), // vermillion
     RGBColor(0x00, 0x9E, 0x73), // bluish green

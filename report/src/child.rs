@@ -45,6 +45,7 @@ impl StepProcess {
         let watch = Watch {
             patience: LISTEN_PATIENCE,
             read_status: procfs::status,
+            tee: crate::live::tee,
             ..Watch::default()
         };
         let server = Server::try_start(stepcheck::step_command(bin, REPORT_EVERY, args), watch)

@@ -13,7 +13,7 @@
 //! Layout: `steps.rs` lists the rows; `child.rs` runs one step and reads its lines;
 //! `measure.rs` puts it through the plan (with `sweep.rs` for the round trips and
 //! `kernel.rs` for the slab figures, `procfs.rs` reading /proc/slabinfo); `output.rs`
-//! writes the tables and `charts.rs` the pictures.
+//! writes the tables and `charts.rs` the pictures; `live.rs` feeds the `--live` page.
 //!
 //! A step joins the report by having a line in `steps.rs`; one whose binary is missing or
 //! exits before listening becomes a row that says so.
@@ -22,6 +22,7 @@ mod affinity;
 mod charts;
 mod child;
 mod kernel;
+mod live;
 mod measure;
 mod million;
 mod output;
@@ -69,6 +70,11 @@ struct Args {
     /// step08-reuseport, measured; writes million.json.
     #[arg(long)]
     million: bool,
+
+    /// Serve a page that draws each step as it is measured (the million as it opens), to
+    /// project; it stays up after the run until Ctrl-C [ADDR: 127.0.0.1:9100].
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = live::DEFAULT_ADDR)]
+    live: Option<std::net::SocketAddr>,
 }
 
 /// `--conns`: a whole number of connections, at least one.
@@ -155,8 +161,17 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
+    if let Some(addr) = args.live
+        && let Err(err) = live::start(addr)
+    {
+        eprintln!("report: --live: {err}");
+        return ExitCode::from(2);
+    }
+
     if args.million {
-        return million::run(args.conns, &out_dir, &bin_dir);
+        let code = million::run(args.conns, &out_dir, &bin_dir);
+        live::stay();
+        return code;
     }
 
     // Whether perf can count system calls here: asked once, of this process, so that the
@@ -191,6 +206,7 @@ fn main() -> ExitCode {
         .build()
         .expect("bug: a current-thread runtime builds on any Linux");
     let mut results: Vec<StepResult> = Vec::new();
+    live::plan(&specs.iter().map(|s| s.name).collect::<Vec<_>>(), conns);
     for (i, spec) in specs.iter().enumerate() {
         let bar = ProgressBar::new(0)
             .with_style(
@@ -198,9 +214,12 @@ fn main() -> ExitCode {
                     .expect("bug: the progress template is valid"),
             )
             .with_prefix(format!("[{}/{}] {}", i + 1, specs.len(), spec.name));
+        let follow = live::follow(i + 1, specs.len(), spec.name, &bar);
         let result = runtime.block_on(measure::measure(spec, &plan, &bin_dir, &bar));
+        drop(follow);
         bar.finish_and_clear();
         eprintln!("{}", one_line(&result));
+        live::progress(spec.name, one_line(&result).trim_start());
         results.push(result);
     }
 
@@ -255,6 +274,7 @@ fn main() -> ExitCode {
         out_dir.display()
     );
 
+    live::stay();
     if report.steps.iter().any(|r| r.error.is_none()) && written.iter().all(|(_, r)| r.is_ok()) {
         ExitCode::SUCCESS
     } else {

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::child::StepProcess;
+use crate::live;
 use crate::procfs::KernelMemory;
 
 /// Kernel memory per loopback connection, both ends, as measured on this kind of machine
@@ -283,7 +284,19 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
     let kernel_before = KernelMemory::read();
 
     let mut loadgen = Loadgen::start(&loadgen_bin, &format!("ws://{addr}/"), m.conns)?;
+    live::progress(
+        "step08-reuseport",
+        &format!("opening {} connections", m.conns),
+    );
+    let watch = live::MillionWatch::start(live::MillionProcesses {
+        asked: m.conns,
+        workers: worker_pids.clone(),
+        anon_before,
+        loadgen: loadgen.child.id(),
+        kernel_before: kernel_before.clone(),
+    });
     let summary = loadgen.summary(Duration::from_secs(900))?;
+    watch.finish();
     let since = Instant::now();
 
     // Everything is held (and has echoed once): measure.
@@ -322,6 +335,13 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
         .map(|s| s.rss_bytes);
 
     eprintln!("report: measured; closing the connections");
+    live::progress(
+        "step08-reuseport",
+        &format!(
+            "{} held, opened in {:.0} s; closing them",
+            m.held, m.open_seconds
+        ),
+    );
     loadgen.stop();
     stop(&mut server);
     m.softnet_drops = (drops_before, softnet_drops());

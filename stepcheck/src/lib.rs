@@ -92,15 +92,21 @@ pub struct Watch {
     /// Reads the step's /proc status as each stdout line arrives, given its pid. The
     /// report passes its own, which sums a step made of several processes.
     pub read_status: fn(u32) -> io::Result<ProcStatus>,
+    /// Shown each stdout line as it arrives, on the reader thread, before it is queued:
+    /// the report's `--live` page draws a step's memory lines from here, the moment they
+    /// are printed rather than when the report next reads them.
+    pub tee: fn(&Line),
 }
 
 impl Default for Watch {
-    /// [`PATIENCE`], stdout kept, the step's `/proc/PID/status` (its workers', for step08).
+    /// [`PATIENCE`], stdout kept, the step's `/proc/PID/status` (its workers', for step08),
+    /// no tee.
     fn default() -> Watch {
         Watch {
             patience: PATIENCE,
             keep_stdout: true,
             read_status: ProcStatus::read_serving,
+            tee: |_line| {},
         }
     }
 }
@@ -237,7 +243,9 @@ impl Server {
                 let at = Instant::now();
                 // Read /proc now, as close as we can to the moment the step measured itself.
                 let proc = (watch.read_status)(pid).ok();
-                if tx.send(Line { text, at, proc }).is_err() || !watch.keep_stdout {
+                let line = Line { text, at, proc };
+                (watch.tee)(&line);
+                if tx.send(line).is_err() || !watch.keep_stdout {
                     break; // dropping `stdout` closes the pipe
                 }
             }
