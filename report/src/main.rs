@@ -240,8 +240,7 @@ fn main() -> ExitCode {
         steps: results,
         tables: String::new(),
     };
-    let scans = |name: &str| steps::STEPS.iter().any(|s| s.name == name && s.scans);
-    let markdown = output::markdown(&report, &scans);
+    let markdown = output::markdown(&report);
     print!("{markdown}");
     report.tables = markdown;
 

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::measure::{BUSY_MACHINE, MIN_CONNS_FOR_KERNEL, Plan, StepResult};
 use crate::procfs::SOCKET_CACHES;
+use crate::steps;
 use crate::sweep::{SweepPoint, WIDE_SPREAD, WIDE_SPREAD_FLOOR_US};
 
 /// Everything `report.json` holds.
@@ -32,18 +33,15 @@ pub struct Report {
     pub tables: String,
 }
 
-/// Steps whose every idle connection costs each wake-up: their sweep must rise.
-pub type Scans<'a> = &'a dyn Fn(&str) -> bool;
-
 /// The three tables, the notes, and a few lines saying how each figure was measured.
-pub fn markdown(report: &Report, scans: Scans) -> String {
+pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
     out.push_str(&memory_table(report));
     out.push('\n');
     out.push_str(&latency_table(&report.steps));
     out.push('\n');
     out.push_str(&busy_table(&report.steps));
-    out.push_str(&notes(&report.steps, scans));
+    out.push_str(&notes(&report.steps));
     out.push_str(&footnotes(report));
     out
 }
@@ -211,7 +209,7 @@ pub fn busy_table(steps: &[StepResult]) -> String {
 }
 
 /// What went wrong or looks odd, one line per step and problem.
-fn notes(steps: &[StepResult], scans: Scans) -> String {
+fn notes(steps: &[StepResult]) -> String {
     let mut out = String::new();
     for r in steps {
         let mut notes: Vec<String> = Vec::new();
@@ -232,7 +230,7 @@ fn notes(steps: &[StepResult], scans: Scans) -> String {
                     .join("; ")
             ));
         }
-        if scans(&r.step) && r.sweep.len() > 2 && !rises(&r.sweep) {
+        if steps::scans(&r.step) && r.sweep.len() > 2 && !rises(&r.sweep) {
             notes.push(format!(
                 "⚠ the round trip should rise with every idle connection here, and did not \
                  at every point: {}",
@@ -461,14 +459,11 @@ mod tests {
             others_cpu_cores: others,
             ..StepResult::default()
         };
-        let text = notes(
-            &[
-                step("step05-epoll", Some(0.6)),
-                step("step06-ws-epoll", Some(0.05)),
-                step("step07-tokio", None),
-            ],
-            &|_| false,
-        );
+        let text = notes(&[
+            step("step05-epoll", Some(0.6)),
+            step("step06-ws-epoll", Some(0.05)),
+            step("step07-tokio", None),
+        ]);
         assert!(
             text.contains("- step05-epoll: ⚠ busy machine: other processes took 0.60 CPUs"),
             "{text}"
