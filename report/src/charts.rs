@@ -10,8 +10,8 @@ use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::measure::StepResult;
 use crate::output::{cpu_us, micros};
+use crate::schema::StepResult;
 use crate::steps;
 
 /// A chart: drawn from the steps' results into an SVG file.

@@ -19,14 +19,17 @@
 //! exits before listening becomes a row that says so.
 
 mod affinity;
+mod busy;
 mod charts;
 mod child;
 mod kernel;
 mod live;
 mod measure;
+mod memory;
 mod million;
 mod output;
 mod procfs;
+mod schema;
 mod steps;
 mod sweep;
 
@@ -38,8 +41,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use stepcheck::syscalls::SyscallCount;
 
-use measure::{Batch, Plan, StepResult};
-use output::Report;
+use schema::{Batch, Plan, Report, StepResult};
 
 /// Run every step against N connections and report what each costs.
 #[derive(Parser, Debug)]

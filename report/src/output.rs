@@ -4,34 +4,12 @@
 
 use std::fmt::Write;
 
-use serde::Serialize;
-
-use crate::measure::{BUSY_MACHINE, MIN_CONNS_FOR_KERNEL, Plan, StepResult};
+use crate::busy::BUSY_MACHINE;
+use crate::kernel::MIN_CONNS_FOR_KERNEL;
 use crate::procfs::SOCKET_CACHES;
+use crate::schema::{Report, StepResult, SweepPoint};
 use crate::steps;
-use crate::sweep::{SweepPoint, WIDE_SPREAD, WIDE_SPREAD_FLOOR_US};
-
-/// Everything `report.json` holds.
-#[derive(Debug, Serialize)]
-pub struct Report {
-    pub quick: bool,
-    /// `release` or `debug`: the profile the steps were built with.
-    pub profile: String,
-    pub cores: usize,
-    /// Whether /proc/slabinfo was readable (it needs root).
-    pub kernel_readable: bool,
-    /// Why the burst's system calls were not counted (no perf, no right to trace); `None`
-    /// when they were.
-    pub syscalls_not_counted: Option<String>,
-    /// The slab caches summed into the kernel figure.
-    pub socket_caches: Vec<String>,
-    pub wall_seconds: f64,
-    /// What every step was put through.
-    pub plan: Plan,
-    pub steps: Vec<StepResult>,
-    /// The tables as printed: the figures a README or slide may quote.
-    pub tables: String,
-}
+use crate::sweep::{WIDE_SPREAD, WIDE_SPREAD_FLOOR_US};
 
 /// The three tables, the notes, and a few lines saying how each figure was measured.
 pub fn markdown(report: &Report) -> String {
