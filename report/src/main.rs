@@ -22,6 +22,7 @@ mod affinity;
 mod busy;
 mod charts;
 mod child;
+mod fit;
 mod kernel;
 mod live;
 mod measure;
