@@ -1,6 +1,8 @@
 //! The report in words: three narrow Markdown tables (memory, latency, busy) for the
 //! terminal and a README, the notes under them, and the footnotes, written from the same
-//! [`Plan`] the measurement followed; JSON for tools.
+//! [`Plan`](crate::schema::Plan) the measurement followed; and the one line per step that
+//! stderr shows as each is done. The figures' formats (`micros`, `rate`…) serve the charts
+//! and the million's table too.
 
 use std::fmt::Write;
 
@@ -380,6 +382,30 @@ fn list_us(values: &[f64]) -> String {
         .map(|v| micros(*v))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// One line per step on stderr as it finishes: the progress a log shows when there is no
+/// terminal for the bars.
+pub fn one_line(r: &StepResult) -> String {
+    if let Some(err) = &r.error {
+        return format!("{:>24}: not measured: {err}", r.step);
+    }
+    let user = r.memory.as_ref().and_then(|m| m.rss_per_conn_bytes);
+    format!(
+        "{:>24}: {} held, {} served, RSS {} per conn, kernel {} per conn, p50 {}, \
+         storm {}, burst {} ({:.1} s)",
+        r.step,
+        r.conns.held,
+        r.conns.served,
+        user.map_or("–".into(), common::format_bytes),
+        r.kernel
+            .as_ref()
+            .map_or("–".into(), |k| signed_bytes(k.per_conn_bytes)),
+        r.idle_rtt().map_or("–".into(), |p| micros(p.p50_us)),
+        r.storm.as_ref().map_or("–".into(), |s| rate(s.conns_per_s)),
+        r.burst.as_ref().map_or("–".into(), |b| rate(b.msgs_per_s)),
+        r.wall_seconds
+    )
 }
 
 #[cfg(test)]
