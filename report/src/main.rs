@@ -139,7 +139,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let conns = conns(&args);
+    let conns = conns_that_fit(&args);
     let bin_dir = match &args.bin_dir {
         Some(dir) => dir.clone(),
         None => match build_steps() {
@@ -212,7 +212,7 @@ fn main() -> ExitCode {
 /// N: `--conns`, or the default, as far as this process's open-file limit allows (raised
 /// to its hard limit first). loadgen's sockets are in this process, each step's in its own:
 /// both need N fds. The million counts its own, over many processes.
-fn conns(args: &Args) -> usize {
+fn conns_that_fit(args: &Args) -> usize {
     let wanted = args.conns.unwrap_or(if args.quick { 2000 } else { 10_000 });
     match common::raise_fd_limit() {
         Ok(limit) if !args.million && wanted > loadgen::max_conns(limit.soft) => {
