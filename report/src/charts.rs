@@ -10,8 +10,9 @@ use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::measure::StepResult;
 use crate::output::{cpu_us, micros};
+use crate::schema::StepResult;
+use crate::steps;
 
 /// A chart: drawn from the steps' results into an SVG file.
 pub type Draw = fn(&[StepResult], &Path) -> Result<(), Box<dyn Error>>;
@@ -272,30 +273,22 @@ fn rtt_lines(
 
 /// select and poll: every wake-up scans every connection, so the round trip climbs.
 pub fn rtt_select_poll(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
-    let scans = |r: &StepResult| steps_scan(&r.step);
     rtt_lines(
         steps,
         path,
-        &scans,
+        &|r| steps::scans(&r.step),
         "select and poll: every idle connection slows each round trip",
     )
 }
 
 /// epoll and what is built on it: the round trip stays flat however many sit idle.
 pub fn rtt_epoll(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
-    let flat = |r: &StepResult| !steps_scan(&r.step);
     rtt_lines(
         steps,
         path,
-        &flat,
+        &|r| !steps::scans(&r.step),
         "epoll: the round trip stays flat as idle connections pile up",
     )
-}
-
-fn steps_scan(name: &str) -> bool {
-    crate::steps::STEPS
-        .iter()
-        .any(|s| s.name == name && s.scans)
 }
 
 /// The whole workshop in one picture: what a connection costs at rest (x, log) against what

@@ -2,16 +2,21 @@
 //! the behaviour suites use: started with `--json`, its stdout read line by line on a
 //! thread that reads /proc beside each line, and killed (by its pid) when dropped, also
 //! when the report fails half-way. What only the report needs is here: a start that fails
-//! softly (the row shows why), and the newest memory line.
+//! softly (the row shows why), the newest memory line, and [`Started`]: the step warmed up
+//! and settled, with the baseline its memory figures are taken from.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{MemoryLine, ProcStatus};
+use indicatif::ProgressBar;
+use loadgen::{ConnectOptions, Pace, Pool, Protocol, Target};
 use stepcheck::{Line, Server, Watch};
 
 use crate::procfs;
+use crate::schema::Plan;
+use crate::steps::StepSpec;
 
 /// How often the step prints its memory line (at most), in seconds: often enough that the
 /// report waits little for a fresh one.
@@ -115,6 +120,95 @@ impl StepProcess {
     pub fn is_running(&mut self) -> bool {
         self.server.is_running()
     }
+}
+
+/// A step started, listening, and settled: what each part of its measurement works with.
+pub struct Started {
+    pub process: StepProcess,
+    addr: SocketAddr,
+    /// What loadgen speaks to it.
+    protocol: Protocol,
+    /// Our baseline: the step's resident set once it has settled and served one connection
+    /// (see [`warm_up`]), just before the first of the measured ones. The step's own baseline
+    /// is taken right after bind, before it allocated whatever it allocates at start-up (a
+    /// shared read buffer, a runtime's worker threads) and before it ran the code that
+    /// serves a connection; its per-connection figure spreads that over the connections,
+    /// ours does not.
+    pub base_rss: u64,
+}
+
+impl Started {
+    /// Start the step `spec` names from `bin`, let one connection come and go (see
+    /// [`warm_up`]), and read our baseline once it has settled.
+    pub async fn start(bin: &Path, spec: &StepSpec, plan: &Plan) -> Result<Started, String> {
+        // Blocking: waits for the listening line. Nothing else runs on this thread meanwhile.
+        let mut process = StepProcess::start(bin, spec.args)?;
+        let addr = process.addr();
+        warm_up(&mut process, spec.protocol, addr, plan).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let base_rss = procfs::status(process.pid())
+            .map_err(|err| {
+                format!(
+                    "cannot read /proc/{}/status: {err}{}",
+                    process.pid(),
+                    process.last_words()
+                )
+            })?
+            .rss_bytes;
+        Ok(Started {
+            process,
+            addr,
+            protocol: spec.protocol,
+            base_rss,
+        })
+    }
+
+    /// An empty pool of loadgen connections to the step.
+    pub fn pool(&self) -> Result<Pool, String> {
+        pool_for(self.protocol, self.addr)
+    }
+
+    /// The step's CPU time so far (zero if it has exited: the figure is then not used).
+    pub fn cpu(&self) -> Option<Duration> {
+        procfs::cpu_time(self.process.pid()).ok()
+    }
+}
+
+/// One connection comes, is echoed once, and goes, before our baseline is read.
+///
+/// The first connection runs code the step has not run yet (accept, read, write, close: in
+/// libc, in the step), and the kernel maps code in when it is first run, 64 KiB around the
+/// page at a time ("fault-around"). Those pages count in the resident set, once. Where the
+/// 64 KiB windows fall moves with the address-space layout, which is random from run to
+/// run, so without this a window lands before or after the baseline by chance: step03 at
+/// 1000 connections read 36 B or 102 B per connection from one run to the next. After one
+/// connection has come and gone, that code is in the baseline, and the figure is what
+/// holding connections costs. A step that cannot serve it is left to fail in the run.
+async fn warm_up(process: &mut StepProcess, protocol: Protocol, addr: SocketAddr, plan: &Plan) {
+    let Ok(mut pool) = pool_for(protocol, addr) else {
+        return;
+    };
+    let since = Instant::now();
+    pool.grow_to(1, Pace::default(), &ProgressBar::hidden())
+        .await;
+    pool.echo_each(0, plan.message_size, plan.served_deadline)
+        .await;
+    // Seen by the step, then seen to go: its memory line says 1, then 0.
+    process.memory_line(1, since, Duration::from_secs(3));
+    let closed_at = Instant::now();
+    pool.close();
+    process.memory_line(0, closed_at, Duration::from_secs(3));
+}
+
+/// An empty pool of loadgen connections to the step at `addr`, in its protocol.
+fn pool_for(protocol: Protocol, addr: SocketAddr) -> Result<Pool, String> {
+    let url = match protocol {
+        Protocol::Tcp => format!("tcp://{addr}"),
+        Protocol::WebSocket => format!("ws://{addr}/"),
+    };
+    let mut opts = ConnectOptions::new(url.parse::<Target>()?);
+    opts.timeout = Duration::from_secs(5);
+    Ok(Pool::new(opts))
 }
 
 #[cfg(test)]

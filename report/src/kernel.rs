@@ -4,8 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use crate::measure::{KernelFigure, StepResult};
 use crate::procfs::KernelMemory;
+use crate::schema::{KernelFigure, StepResult};
+
+/// Fewer connections than this, and the kernel figure per connection is mostly noise.
+pub const MIN_CONNS_FOR_KERNEL: usize = 100;
 
 /// Kernel memory per connection, one figure per chunk of connections opened.
 #[derive(Debug, Default)]

@@ -7,26 +7,44 @@
 //! line), kernel memory per connection (from /proc/slabinfo), threads, CPU time, and the
 //! round trip on one connection as idle connections pile up (with the CPU each echo costs
 //! the step), and the busy side: a storm of new connections, a burst of messages on all of
-//! them at once (with the system calls each message costs, counted by `perf stat`). It prints three Markdown tables (memory, latency, busy), writes
-//! `report.json`, and draws the SVG charts into `--out`.
+//! them at once (with the system calls each message costs, counted by `perf stat`). It
+//! prints three Markdown tables (memory, latency, busy), writes `report.json`, and draws the
+//! SVG charts into `--out`.
 //!
-//! Layout: `steps.rs` lists the rows; `child.rs` runs one step and reads its lines;
-//! `measure.rs` puts it through the plan (with `sweep.rs` for the round trips and
-//! `kernel.rs` for the slab figures, `procfs.rs` reading /proc/slabinfo); `output.rs`
-//! writes the tables and `charts.rs` the pictures; `live.rs` feeds the `--live` page.
+//! Layout, in the order a run meets each module:
+//!
+//! - `steps.rs`: the steps the report runs, one line each, in the lesson's order.
+//! - `measure.rs`: one step through the plan, stage by stage, with:
+//!   - `child.rs`: the step as a child process: started, warmed up, its lines read;
+//!   - `sweep.rs`: the round trip against idle connections, from repeated visits;
+//!   - `affinity.rs`: the client and the step on one CPU while round trips are timed;
+//!   - `memory.rs`: user-space memory per connection, the step's line beside /proc;
+//!   - `kernel.rs`: kernel memory per connection, from the slab caches around chunks;
+//!   - `busy.rs`: the burst and the storms, and what other processes took meanwhile;
+//!   - `procfs.rs`: what /proc says about a step, the machine and its slab caches.
+//! - `schema.rs`: what `report.json` holds: the plan and each step's figures.
+//! - `output.rs`: the tables, their notes and footnotes, in Markdown.
+//! - `charts.rs`: the SVG charts, one message each.
+//! - `live.rs`: what the `--live` page is fed while the report measures.
+//! - `million.rs`: `--million`, a million WebSocket connections on step08, measured, with:
+//!   - `fit.rs`: what this machine allows, and the largest N that fits in it.
 //!
 //! A step joins the report by having a line in `steps.rs`; one whose binary is missing or
 //! exits before listening becomes a row that says so.
 
 mod affinity;
+mod busy;
 mod charts;
 mod child;
+mod fit;
 mod kernel;
 mod live;
 mod measure;
+mod memory;
 mod million;
 mod output;
 mod procfs;
+mod schema;
 mod steps;
 mod sweep;
 
@@ -38,8 +56,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use stepcheck::syscalls::SyscallCount;
 
-use measure::{Batch, Plan, StepResult};
-use output::Report;
+use schema::{Batch, Plan, Report, StepResult};
 
 /// Run every step against N connections and report what each costs.
 #[derive(Parser, Debug)]
@@ -122,26 +139,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-
-    let wanted = args.conns.unwrap_or(if args.quick { 2000 } else { 10_000 });
-    let conns = match common::raise_fd_limit() {
-        // loadgen's sockets are in this process, each step's in its own: both need N fds.
-        Ok(limit) if !args.million && wanted > loadgen::max_conns(limit.soft) => {
-            let max = loadgen::max_conns(limit.soft).max(1);
-            eprintln!(
-                "report: {wanted} connections do not fit under this process's {limit}; measuring {max}."
-            );
-            max
-        }
-        Ok(_) => wanted,
-        Err(err) => {
-            eprintln!(
-                "report: cannot read the open-file limit ({err}); trying {wanted} connections"
-            );
-            wanted
-        }
-    };
-
+    let conns = conns_that_fit(&args);
     let bin_dir = match &args.bin_dir {
         Some(dir) => dir.clone(),
         None => match build_steps() {
@@ -160,7 +158,6 @@ fn main() -> ExitCode {
         eprintln!("report: cannot create {}: {err}", out_dir.display());
         return ExitCode::FAILURE;
     }
-
     if let Some(addr) = args.live
         && let Err(err) = live::start(addr)
     {
@@ -179,49 +176,9 @@ fn main() -> ExitCode {
     let syscalls_not_counted = SyscallCount::start(std::process::id())
         .and_then(SyscallCount::finish)
         .err();
-    let plan = Plan {
-        conns,
-        message_size: 64,
-        served_deadline: Duration::from_secs(if args.quick { 2 } else { 3 }),
-        echo_probes: if args.quick { 100 } else { 200 },
-        probe_deadline: Duration::from_secs(2),
-        batch: Batch {
-            warmup: 20,
-            max: if args.quick { 200 } else { 400 },
-            min: if args.quick { 50 } else { 100 },
-            time: Duration::from_millis(if args.quick { 300 } else { 500 }),
-        },
-        sweep_passes: 3,
-        kernel_chunks: 5,
-        storm_in_flight: 256,
-        storms: 3,
-        burst_rounds: 5,
-        count_syscalls: syscalls_not_counted.is_none(),
-    };
-
+    let plan = plan(conns, args.quick, syscalls_not_counted.is_none());
     let started = Instant::now();
-    // One thread, like loadgen's own binary: the client takes one core, the step the other.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("bug: a current-thread runtime builds on any Linux");
-    let mut results: Vec<StepResult> = Vec::new();
-    live::plan(&specs.iter().map(|s| s.name).collect::<Vec<_>>(), conns);
-    for (i, spec) in specs.iter().enumerate() {
-        let bar = ProgressBar::new(0)
-            .with_style(
-                ProgressStyle::with_template("{prefix:>30} {bar:30} {pos:>5}/{len:<5} {msg}")
-                    .expect("bug: the progress template is valid"),
-            )
-            .with_prefix(format!("[{}/{}] {}", i + 1, specs.len(), spec.name));
-        let follow = live::follow(i + 1, specs.len(), spec.name, &bar);
-        let result = runtime.block_on(measure::measure(spec, &plan, &bin_dir, &bar));
-        drop(follow);
-        bar.finish_and_clear();
-        eprintln!("{}", one_line(&result));
-        live::progress(spec.name, one_line(&result).trim_start());
-        results.push(result);
-    }
+    let results = measure_all(&specs, &plan, &bin_dir);
 
     let mut report = Report {
         quick: args.quick,
@@ -240,12 +197,99 @@ fn main() -> ExitCode {
         steps: results,
         tables: String::new(),
     };
-    let scans = |name: &str| steps::STEPS.iter().any(|s| s.name == name && s.scans);
-    let markdown = output::markdown(&report, &scans);
-    print!("{markdown}");
-    report.tables = markdown;
+    report.tables = output::markdown(&report);
+    print!("{}", report.tables);
+    let written = write_files(&report, &out_dir);
 
-    let json = serde_json::to_string_pretty(&report).expect("bug: the report serializes");
+    live::stay();
+    if report.steps.iter().any(|r| r.error.is_none()) && written {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// N: `--conns`, or the default, as far as this process's open-file limit allows (raised
+/// to its hard limit first). loadgen's sockets are in this process, each step's in its own:
+/// both need N fds. The million counts its own, over many processes.
+fn conns_that_fit(args: &Args) -> usize {
+    let wanted = args.conns.unwrap_or(if args.quick { 2000 } else { 10_000 });
+    match common::raise_fd_limit() {
+        Ok(limit) if !args.million && wanted > loadgen::max_conns(limit.soft) => {
+            let max = loadgen::max_conns(limit.soft).max(1);
+            eprintln!(
+                "report: {wanted} connections do not fit under this process's {limit}; measuring {max}."
+            );
+            max
+        }
+        Ok(_) => wanted,
+        Err(err) => {
+            eprintln!(
+                "report: cannot read the open-file limit ({err}); trying {wanted} connections"
+            );
+            wanted
+        }
+    }
+}
+
+/// How hard every step is pushed: the same for each, so that rows compare like for like.
+fn plan(conns: usize, quick: bool, count_syscalls: bool) -> Plan {
+    Plan {
+        conns,
+        message_size: 64,
+        served_deadline: Duration::from_secs(if quick { 2 } else { 3 }),
+        echo_probes: if quick { 100 } else { 200 },
+        probe_deadline: Duration::from_secs(2),
+        batch: Batch {
+            warmup: 20,
+            max: if quick { 200 } else { 400 },
+            min: if quick { 50 } else { 100 },
+            time: Duration::from_millis(if quick { 300 } else { 500 }),
+        },
+        sweep_passes: 3,
+        kernel_chunks: 5,
+        storm_in_flight: 256,
+        storms: 3,
+        burst_rounds: 5,
+        count_syscalls,
+    }
+}
+
+/// Every step through the plan, one after another, each with its progress bar (followed by
+/// the `--live` page) and a line on stderr when it is done.
+fn measure_all(specs: &[steps::StepSpec], plan: &Plan, bin_dir: &Path) -> Vec<StepResult> {
+    // One thread, like loadgen's own binary: the client takes one core, the step the other.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("bug: a current-thread runtime builds on any Linux");
+    let mut results = Vec::new();
+    live::plan(
+        &specs.iter().map(|s| s.name).collect::<Vec<_>>(),
+        plan.conns,
+    );
+    for (i, spec) in specs.iter().enumerate() {
+        let bar = ProgressBar::new(0)
+            .with_style(
+                ProgressStyle::with_template("{prefix:>30} {bar:30} {pos:>5}/{len:<5} {msg}")
+                    .expect("bug: the progress template is valid"),
+            )
+            .with_prefix(format!("[{}/{}] {}", i + 1, specs.len(), spec.name));
+        let follow = live::follow(i + 1, specs.len(), spec.name, &bar);
+        let result = runtime.block_on(measure::measure(spec, plan, bin_dir, &bar));
+        drop(follow);
+        bar.finish_and_clear();
+        eprintln!("{}", output::one_line(&result));
+        live::progress(spec.name, output::one_line(&result).trim_start());
+        results.push(result);
+    }
+    results
+}
+
+/// `report.json` and every chart into `out_dir`; says on stderr what was written and what
+/// could not be. Returns whether everything was.
+fn write_files(report: &Report, out_dir: &Path) -> bool {
+    let json = serde_json::to_string_pretty(report).expect("bug: the report serializes");
     let mut written = vec![(
         "report.json",
         std::fs::write(out_dir.join("report.json"), json + "\n").map_err(|e| e.to_string()),
@@ -273,13 +317,7 @@ fn main() -> ExitCode {
             .join(", "),
         out_dir.display()
     );
-
-    live::stay();
-    if report.steps.iter().any(|r| r.error.is_none()) && written.iter().all(|(_, r)| r.is_ok()) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    written.iter().all(|(_, r)| r.is_ok())
 }
 
 /// Build every binary in the workspace with the profile this report was built with, so a
@@ -306,33 +344,4 @@ fn build_steps() -> Result<PathBuf, String> {
         .parent()
         .expect("bug: a binary lives in a directory")
         .to_path_buf())
-}
-
-/// One line per step on stderr as it finishes: the progress a log shows when there is no
-/// terminal for the bars.
-fn one_line(r: &StepResult) -> String {
-    if let Some(err) = &r.error {
-        return format!("{:>24}: not measured: {err}", r.step);
-    }
-    let user = r.memory.as_ref().and_then(|m| m.rss_per_conn_bytes);
-    format!(
-        "{:>24}: {} held, {} served, RSS {} per conn, kernel {} per conn, p50 {}, \
-         storm {}, burst {} ({:.1} s)",
-        r.step,
-        r.conns.held,
-        r.conns.served,
-        user.map_or("–".into(), common::format_bytes),
-        r.kernel
-            .as_ref()
-            .map_or("–".into(), |k| output::signed_bytes(k.per_conn_bytes)),
-        r.idle_rtt()
-            .map_or("–".into(), |p| output::micros(p.p50_us)),
-        r.storm
-            .as_ref()
-            .map_or("–".into(), |s| output::rate(s.conns_per_s)),
-        r.burst
-            .as_ref()
-            .map_or("–".into(), |b| output::rate(b.msgs_per_s)),
-        r.wall_seconds
-    )
 }

@@ -1,49 +1,27 @@
 //! The report in words: three narrow Markdown tables (memory, latency, busy) for the
 //! terminal and a README, the notes under them, and the footnotes, written from the same
-//! [`Plan`] the measurement followed; JSON for tools.
+//! [`Plan`](crate::schema::Plan) the measurement followed; and the one line per step that
+//! stderr shows as each is done. The figures' formats (`micros`, `rate`…) serve the charts
+//! and the million's table too.
 
 use std::fmt::Write;
 
-use serde::Serialize;
-
-use crate::measure::{BUSY_MACHINE, MIN_CONNS_FOR_KERNEL, Plan, StepResult};
+use crate::busy::BUSY_MACHINE;
+use crate::kernel::MIN_CONNS_FOR_KERNEL;
 use crate::procfs::SOCKET_CACHES;
-use crate::sweep::{SweepPoint, WIDE_SPREAD, WIDE_SPREAD_FLOOR_US};
-
-/// Everything `report.json` holds.
-#[derive(Debug, Serialize)]
-pub struct Report {
-    pub quick: bool,
-    /// `release` or `debug`: the profile the steps were built with.
-    pub profile: String,
-    pub cores: usize,
-    /// Whether /proc/slabinfo was readable (it needs root).
-    pub kernel_readable: bool,
-    /// Why the burst's system calls were not counted (no perf, no right to trace); `None`
-    /// when they were.
-    pub syscalls_not_counted: Option<String>,
-    /// The slab caches summed into the kernel figure.
-    pub socket_caches: Vec<String>,
-    pub wall_seconds: f64,
-    /// What every step was put through.
-    pub plan: Plan,
-    pub steps: Vec<StepResult>,
-    /// The tables as printed: the figures a README or slide may quote.
-    pub tables: String,
-}
-
-/// Steps whose every idle connection costs each wake-up: their sweep must rise.
-pub type Scans<'a> = &'a dyn Fn(&str) -> bool;
+use crate::schema::{Report, StepResult, SweepPoint};
+use crate::steps;
+use crate::sweep::{WIDE_SPREAD, WIDE_SPREAD_FLOOR_US};
 
 /// The three tables, the notes, and a few lines saying how each figure was measured.
-pub fn markdown(report: &Report, scans: Scans) -> String {
+pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
     out.push_str(&memory_table(report));
     out.push('\n');
     out.push_str(&latency_table(&report.steps));
     out.push('\n');
     out.push_str(&busy_table(&report.steps));
-    out.push_str(&notes(&report.steps, scans));
+    out.push_str(&notes(&report.steps));
     out.push_str(&footnotes(report));
     out
 }
@@ -211,7 +189,7 @@ pub fn busy_table(steps: &[StepResult]) -> String {
 }
 
 /// What went wrong or looks odd, one line per step and problem.
-fn notes(steps: &[StepResult], scans: Scans) -> String {
+fn notes(steps: &[StepResult]) -> String {
     let mut out = String::new();
     for r in steps {
         let mut notes: Vec<String> = Vec::new();
@@ -232,7 +210,7 @@ fn notes(steps: &[StepResult], scans: Scans) -> String {
                     .join("; ")
             ));
         }
-        if scans(&r.step) && r.sweep.len() > 2 && !rises(&r.sweep) {
+        if steps::scans(&r.step) && r.sweep.len() > 2 && !rises(&r.sweep) {
             notes.push(format!(
                 "⚠ the round trip should rise with every idle connection here, and did not \
                  at every point: {}",
@@ -406,6 +384,30 @@ fn list_us(values: &[f64]) -> String {
         .join(", ")
 }
 
+/// One line per step on stderr as it finishes: the progress a log shows when there is no
+/// terminal for the bars.
+pub fn one_line(r: &StepResult) -> String {
+    if let Some(err) = &r.error {
+        return format!("{:>24}: not measured: {err}", r.step);
+    }
+    let user = r.memory.as_ref().and_then(|m| m.rss_per_conn_bytes);
+    format!(
+        "{:>24}: {} held, {} served, RSS {} per conn, kernel {} per conn, p50 {}, \
+         storm {}, burst {} ({:.1} s)",
+        r.step,
+        r.conns.held,
+        r.conns.served,
+        user.map_or("–".into(), common::format_bytes),
+        r.kernel
+            .as_ref()
+            .map_or("–".into(), |k| signed_bytes(k.per_conn_bytes)),
+        r.idle_rtt().map_or("–".into(), |p| micros(p.p50_us)),
+        r.storm.as_ref().map_or("–".into(), |s| rate(s.conns_per_s)),
+        r.burst.as_ref().map_or("–".into(), |b| rate(b.msgs_per_s)),
+        r.wall_seconds
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,14 +463,11 @@ mod tests {
             others_cpu_cores: others,
             ..StepResult::default()
         };
-        let text = notes(
-            &[
-                step("step05-epoll", Some(0.6)),
-                step("step06-ws-epoll", Some(0.05)),
-                step("step07-tokio", None),
-            ],
-            &|_| false,
-        );
+        let text = notes(&[
+            step("step05-epoll", Some(0.6)),
+            step("step06-ws-epoll", Some(0.05)),
+            step("step07-tokio", None),
+        ]);
         assert!(
             text.contains("- step05-epoll: ⚠ busy machine: other processes took 0.60 CPUs"),
             "{text}"

@@ -109,6 +109,12 @@ pub fn select(filter: &[String]) -> Result<Vec<StepSpec>, String> {
         .collect())
 }
 
+/// Whether the step named `name` scans every idle connection at each wake-up (see
+/// [`StepSpec::scans`]): its round trip must rise with the connections held.
+pub fn scans(name: &str) -> bool {
+    STEPS.iter().any(|s| s.name == name && s.scans)
+}
+
 /// Connection counts at which a step's round trip is measured: 1 (the probe connection
 /// alone), a tenth and a half of the step's top, and the top: N, or the step's cap. The
 /// last one is where every other figure is measured.
@@ -153,6 +159,15 @@ mod tests {
                 .unwrap_err()
                 .contains("step05-epoll")
         );
+    }
+
+    /// select and poll scan every connection at each wake-up; the rest, and a name not in the
+    /// table, do not.
+    #[test]
+    fn only_select_and_poll_scan() {
+        let scanning: Vec<&str> = STEPS.iter().map(|s| s.name).filter(|n| scans(n)).collect();
+        assert_eq!(scanning, ["step03-select", "step04-poll"]);
+        assert!(!scans("step99"));
     }
 
     /// Round trips are measured at 1, a tenth, a half and the top, stopping at each step's cap.

@@ -3,9 +3,8 @@
 //! visits with their spread, or flagged when no two visits agree.
 
 use loadgen::EchoStats;
-use serde::Serialize;
 
-use crate::measure::us;
+use crate::schema::{SweepPoint, us};
 
 /// A sweep point is flagged instead of printed when no other visit's median lies within
 /// this share of the point's median (and [`WIDE_SPREAD_FLOOR_US`]): with one visit spoiled
@@ -16,23 +15,6 @@ pub const WIDE_SPREAD: f64 = 0.5;
 /// Differences below this are scheduling on loopback (client and server on one core or two,
 /// a core waking from idle), not what idle connections cost: never flagged.
 pub const WIDE_SPREAD_FLOOR_US: f64 = 50.0;
-
-/// Round trip with `conns` connections held (one of them the probe), over every visit.
-#[derive(Debug, Clone, Serialize)]
-pub struct SweepPoint {
-    pub conns: usize,
-    /// The median of the visits' medians.
-    pub p50_us: f64,
-    /// Largest minus smallest of the visits' medians (0 with one visit).
-    pub spread_us: f64,
-    /// p99 over every round trip timed at this point.
-    pub p99_us: f64,
-    /// The step's CPU time per echo while the round trips ran: the per-wake-up cost
-    /// itself, far less sensitive to a busy machine than the wall-clock round trip.
-    pub server_cpu_us_per_echo: Option<f64>,
-    /// Each visit's median, in the order they were taken.
-    pub visits_p50_us: Vec<f64>,
-}
 
 impl SweepPoint {
     /// No two visits agree on the median ([`WIDE_SPREAD`]): too wide a spread to quote it.

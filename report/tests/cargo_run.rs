@@ -1,6 +1,6 @@
 //! `cargo run --release -p report`, the first command in the top README, must start the
-//! report itself: this package builds a second binary (`burst-syscalls`), and without a
-//! default `cargo run` refuses to choose.
+//! report itself: should this package build a second binary again (it once built
+//! `burst-syscalls`), `cargo run` without a default would refuse to choose.
 
 use std::path::Path;
 use std::process::Command;

@@ -1,0 +1,308 @@
+//! What `report.json` holds, field by field: the plan every step was put through, and each
+//! step's figures. Types only, with the few rules that belong to a figure itself; the
+//! figures are measured in `measure.rs` and read in `output.rs` and `charts.rs`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::MemoryLine;
+use loadgen::{EchoStats, Protocol};
+use serde::Serialize;
+
+use crate::steps::StepSpec;
+
+/// Everything `report.json` holds.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub quick: bool,
+    /// `release` or `debug`: the profile the steps were built with.
+    pub profile: String,
+    pub cores: usize,
+    /// Whether /proc/slabinfo was readable (it needs root).
+    pub kernel_readable: bool,
+    /// Why the burst's system calls were not counted (no perf, no right to trace); `None`
+    /// when they were.
+    pub syscalls_not_counted: Option<String>,
+    /// The slab caches summed into the kernel figure.
+    pub socket_caches: Vec<String>,
+    pub wall_seconds: f64,
+    /// What every step was put through.
+    pub plan: Plan,
+    pub steps: Vec<StepResult>,
+    /// The tables as printed: the figures a README or slide may quote.
+    pub tables: String,
+}
+
+/// How hard to push each step; the same for every step, so rows compare like for like.
+/// The table's footnotes are written from these same values.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// Connections each step is asked to hold (before its own cap).
+    pub conns: usize,
+    /// Bytes per echo message, everywhere.
+    pub message_size: usize,
+    /// How long the echo on every connection may take before the rest count as not served.
+    pub served_deadline: Duration,
+    /// Echo probes on random connections at the end, checked byte for byte.
+    pub echo_probes: usize,
+    /// One probe not back by then is lost.
+    pub probe_deadline: Duration,
+    /// The round trips timed at each sweep point, each time it is visited.
+    pub batch: Batch,
+    /// Times each sweep point is visited: up, down, up again… Interleaved, so that a busy
+    /// moment on the machine spoils one visit of a point, not all of them.
+    pub sweep_passes: usize,
+    /// Chunks the last stretch of connections is opened in, for the kernel's figures.
+    pub kernel_chunks: usize,
+    /// Connection attempts in flight at once during the storm.
+    pub storm_in_flight: usize,
+    /// Storms per step (see [`Plan::repeats`]); the median storm is reported.
+    pub storms: usize,
+    /// Rounds of the burst (see [`Plan::repeats`]): one message on every connection at
+    /// once, each round; the step's CPU per message is the median round's.
+    pub burst_rounds: usize,
+    /// Whether to count the step's system calls during the burst (perf works here).
+    pub count_syscalls: bool,
+}
+
+impl Plan {
+    /// How many storms or burst rounds for a step holding `held`: `times`, or up to three
+    /// times as many for a step that holds fewer than N (select's 1 000), whose storms and
+    /// rounds are short: its median rests on more of them.
+    pub fn repeats(&self, times: usize, held: usize) -> usize {
+        let more = self.conns.div_ceil(held.max(1)).clamp(1, 3);
+        times.max(1) * more
+    }
+}
+
+/// One visit of a sweep point: round trips one after another on one connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct Batch {
+    /// Sent first and not counted: the first ones pay for cold caches.
+    pub warmup: usize,
+    /// At most this many timed.
+    pub max: usize,
+    /// At least this many timed, however slow they are: enough for a steady median.
+    pub min: usize,
+    /// Past `min`, stop after this long (poll at 10 000 idle takes milliseconds each).
+    pub time: Duration,
+}
+
+/// The step, as the table and `report.json` name it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StepResult {
+    pub step: String,
+    pub bin: String,
+    pub protocol: String,
+    pub args: Vec<String>,
+    /// Why the step has no figures, if it has none.
+    pub error: Option<String>,
+    /// Problems met along the way, printed under the tables.
+    pub notes: Vec<String>,
+    pub conns: Conns,
+    /// What it costs in user space, `None` without a memory line.
+    pub memory: Option<UserMemory>,
+    /// What its connections cost in the kernel, `None` where unreadable or too few.
+    pub kernel: Option<KernelFigure>,
+    /// Echo probes on random connections at the end.
+    pub echo: EchoCounts,
+    /// CPU the step used over the whole run.
+    pub cpu_seconds: Option<f64>,
+    /// Round trip on one connection against connections held; the last point is at `held`.
+    pub sweep: Vec<SweepPoint>,
+    pub storm: Option<StormResult>,
+    pub burst: Option<BurstResult>,
+    /// CPUs' worth of time other processes took while the burst and storms ran (see
+    /// `busy.rs`); past its `BUSY_MACHINE`, the busy figures may be off. Signed as
+    /// measured: a quiet machine reads a few hundredths either side of zero.
+    pub others_cpu_cores: Option<f64>,
+    pub wall_seconds: f64,
+}
+
+impl StepResult {
+    /// A row for `spec`, with no figures yet.
+    pub fn new(spec: &StepSpec) -> StepResult {
+        StepResult {
+            step: spec.name.to_string(),
+            bin: spec.bin.to_string(),
+            protocol: match spec.protocol {
+                Protocol::Tcp => "tcp".into(),
+                Protocol::WebSocket => "ws".into(),
+            },
+            args: spec.args.iter().map(|a| a.to_string()).collect(),
+            ..StepResult::default()
+        }
+    }
+
+    /// The round trip with every connection held: the sweep's last point.
+    pub fn idle_rtt(&self) -> Option<&SweepPoint> {
+        self.sweep.last()
+    }
+}
+
+/// How many connections, from both sides.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Conns {
+    /// Connections the report asked for (after the step's cap).
+    pub asked: usize,
+    /// Connections open from loadgen's side when measured.
+    pub held: usize,
+    /// Connections whose one message came back while all were sent at once.
+    pub served: usize,
+    /// Connections the step says it holds, in its memory line.
+    pub server: Option<usize>,
+    /// Failed attempts by reason, e.g. `3 timed out`.
+    pub failures: String,
+}
+
+/// User-space memory: the step's line and /proc, read at the same moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserMemory {
+    /// (VmRSS − VmRSS just before the first connection) / the step's count, from /proc.
+    pub rss_per_conn_bytes: Option<u64>,
+    /// The resident sets from /proc and from the line agree (see `memory.rs`).
+    pub rss_agree: Option<bool>,
+    /// VmRSS when the line arrived, `None` if the step had exited.
+    pub proc_rss_bytes: Option<u64>,
+    /// VmRSS once the step had settled, before the first connection.
+    pub proc_base_rss_bytes: u64,
+    pub threads: Option<usize>,
+    /// The step's own memory line.
+    pub line: MemoryLine,
+}
+
+/// Kernel memory per connection: growth of the socket caches and kernel stacks / held.
+/// Covers BOTH ends of each loopback connection (the step's socket and loadgen's).
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelFigure {
+    /// The median of `chunks_per_conn`.
+    pub per_conn_bytes: i64,
+    /// Each cache's share of the median chunk's growth, per connection.
+    pub by_cache: BTreeMap<String, i64>,
+    /// Growth per connection while each chunk of the last stretch opened, sorted.
+    pub chunks_per_conn: Vec<i64>,
+}
+
+/// Round trip with `conns` connections held (one of them the probe), over every visit;
+/// whether its visits agree enough to quote it is `sweep.rs`'s rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepPoint {
+    pub conns: usize,
+    /// The median of the visits' medians.
+    pub p50_us: f64,
+    /// Largest minus smallest of the visits' medians (0 with one visit).
+    pub spread_us: f64,
+    /// p99 over every round trip timed at this point.
+    pub p99_us: f64,
+    /// The step's CPU time per echo while the round trips ran: the per-wake-up cost
+    /// itself, far less sensitive to a busy machine than the wall-clock round trip.
+    pub server_cpu_us_per_echo: Option<f64>,
+    /// Each visit's median, in the order they were taken.
+    pub visits_p50_us: Vec<f64>,
+}
+
+/// Outcome counts of the echo probes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EchoCounts {
+    pub ok: usize,
+    pub lost: usize,
+    pub mismatched: usize,
+    pub failed: usize,
+}
+
+impl From<&EchoStats> for EchoCounts {
+    fn from(stats: &EchoStats) -> EchoCounts {
+        EchoCounts {
+            ok: stats.ok,
+            lost: stats.lost,
+            mismatched: stats.mismatched,
+            failed: stats.failed,
+        }
+    }
+}
+
+/// Many clients arriving at once.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormResult {
+    /// Connections opened in the storm.
+    pub conns: usize,
+    pub conns_per_s: f64,
+    pub connect_p50_us: f64,
+    pub connect_p99_us: f64,
+    /// The step's CPU time over the storm / connections opened.
+    pub server_cpu_us_per_conn: Option<f64>,
+    /// Their first echoes.
+    pub echo: EchoCounts,
+    /// Every storm's rate, in the order they ran; the figures above are the median storm's.
+    pub conns_per_s_each: Vec<f64>,
+    /// Every storm's CPU per connection, in the same order.
+    pub server_cpu_us_per_conn_each: Vec<Option<f64>>,
+}
+
+/// Every connection speaking at once, several rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct BurstResult {
+    /// Connections that each sent one message per round.
+    pub conns: usize,
+    pub rounds: usize,
+    pub msgs_per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    /// The median over the rounds of the step's CPU time in the round / echoes back.
+    pub server_cpu_us_per_msg: Option<f64>,
+    /// Each round's CPU per message, in the order they ran.
+    pub server_cpu_us_per_msg_rounds: Vec<Option<f64>>,
+    /// (highest VmRSS during the burst − VmRSS before the first connection) / held.
+    pub peak_rss_per_conn_bytes: Option<u64>,
+    /// The step's system calls during the burst / echoes back, counted by `perf stat`;
+    /// `None` where perf cannot count.
+    pub syscalls_per_msg: Option<f64>,
+    pub echo: EchoCounts,
+}
+
+/// Every time in `report.json` is in microseconds, as a float.
+pub fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// CPU time between two readings, in µs per unit of work; `None` if either reading failed
+/// or there was no work.
+pub fn per_each(before: Option<Duration>, after: Option<Duration>, work: usize) -> Option<f64> {
+    let (before, after) = (before?, after?);
+    (work > 0).then(|| us(after.saturating_sub(before)) / work as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A step that holds a tenth of N gets three times the storms and rounds, no more.
+    #[test]
+    fn a_step_holding_fewer_gets_more_repeats() {
+        let plan = |conns| Plan {
+            conns,
+            message_size: 64,
+            served_deadline: Duration::ZERO,
+            echo_probes: 0,
+            probe_deadline: Duration::ZERO,
+            batch: Batch {
+                warmup: 0,
+                max: 0,
+                min: 0,
+                time: Duration::ZERO,
+            },
+            sweep_passes: 1,
+            kernel_chunks: 1,
+            storm_in_flight: 1,
+            storms: 3,
+            burst_rounds: 5,
+            count_syscalls: false,
+        };
+        assert_eq!(plan(10_000).repeats(3, 10_000), 3);
+        assert_eq!(plan(10_000).repeats(5, 7_000), 10);
+        assert_eq!(plan(10_000).repeats(3, 1_000), 9);
+        assert_eq!(plan(10_000).repeats(3, 0), 9);
+        assert_eq!(plan(10_000).repeats(0, 10_000), 1);
+    }
+}
