@@ -61,3 +61,16 @@ fn bad_handshake_refused() {
 fn idle_connection_cost_within_step06s_band() {
     ws::idle_connection_cost_within(BIN, TWO, 2000, ..128);
 }
+
+/// The supervisor's stdout a pipe nobody reads: its lines are dropped, not waited for, and
+/// the next line that gets through says how many were dropped.
+#[test]
+fn serves_with_stdout_full() {
+    ws::serves_with_stdout_full(BIN, TWO);
+}
+
+/// stdout and stderr on /dev/full: it starts and serves; no output error is fatal.
+#[test]
+fn serves_with_output_on_dev_full() {
+    ws::serves_with_output_on_dev_full(BIN, TWO);
+}

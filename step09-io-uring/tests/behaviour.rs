@@ -53,4 +53,9 @@ checks! {
     a_ping_flood_does_not_starve_a_fresh_client => ws::ping_flood_does_not_starve_a_fresh_client(BIN, &[]);
     /// stdout closed (`step09-io-uring | head -1`): the memory line is lost, the server serves on.
     survives_stdout_closed => ws::survives_stdout_closed(BIN, &[]);
+    /// stdout a pipe nobody reads: lines are dropped, not waited for; clients are served
+    /// all along, and the next line that gets through says how many were dropped.
+    serves_with_stdout_full => ws::serves_with_stdout_full(BIN, &[]);
+    /// stdout and stderr on /dev/full: it starts and serves; no output error is fatal.
+    serves_with_output_on_dev_full => ws::serves_with_output_on_dev_full(BIN, &[]);
 }
