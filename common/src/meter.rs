@@ -31,23 +31,23 @@ pub struct MemoryMeter {
     last_report: Option<Instant>,
     /// Print a line every period, even with the same count: see [`MemoryMeter::heartbeat`].
     heartbeat: bool,
-    /// `/proc/self/stat`, opened once here: see [`SelfStat`].
-    stat: SelfStat,
+    /// `/proc/self/status`, opened once here: see [`SelfStatus`].
+    status: SelfStatus,
 }
 
 impl MemoryMeter {
     /// Take the baseline now: call it after binding and before the first accept.
     pub fn new(step: &str, opts: &Options) -> MemoryMeter {
-        let stat = SelfStat::open();
+        let status = SelfStatus::open();
         MemoryMeter {
             step: step.to_string(),
             json: opts.json,
             period: opts.report_every(),
-            base_rss: stat.read().map_or(0, |(rss, _threads)| rss),
+            base_rss: status.read().map_or(0, |now| now.rss_bytes),
             last_conns: 0,
             last_report: None,
             heartbeat: false,
-            stat,
+            status,
         }
     }
 
@@ -89,10 +89,10 @@ impl MemoryMeter {
         self.last_report = Some(Instant::now());
         // Cannot fail at the fd limit (the file is open already), but /proc can always
         // say no: no line rather than a false `rss 0 B`. Try again in a period.
-        let Some((rss, threads)) = self.stat.read() else {
+        let Some(now) = self.status.read() else {
             return;
         };
-        let line = MemoryLine::new(&self.step, conns, rss, self.base_rss, threads);
+        let line = MemoryLine::new(&self.step, conns, now.rss_bytes, self.base_rss, now.threads);
         // Without blocking (see `output`): if the reader has no room, the line is dropped
         // and the next one, a period later, says how many were.
         let printed = crate::output::print(|dropped| {
@@ -229,34 +229,28 @@ pub fn rss_bytes() -> u64 {
     memory_stats::memory_stats().map_or(0, |stats| stats.physical_mem as u64)
 }
 
-/// `/proc/self/stat`, opened when the meter starts and read again for every line (from
-/// offset 0: /proc makes the text anew for each read). A step at its fd limit has no
+/// `/proc/self/status`, opened when the meter starts and read again for every line (from
+/// offset 0: /proc writes the text anew for each read). A step at its fd limit has no
 /// descriptor left to open a file with, so a meter that opened /proc for each line would go
 /// silent, or stale, exactly when the line matters.
 ///
-/// One line of numbers; the meter takes two of them: `num_threads` (field 20) and `rss`
-/// (field 24, in pages: the resident set that `/proc/self/statm` and `VmRSS` give too).
+/// `status` and not `stat`: the kernel keeps the resident set in per-CPU counters, which
+/// `status` (like `statm`) sums exactly, where the `rss` of `stat` reads only their last
+/// total, a few hundred KiB behind.
 #[derive(Debug)]
-struct SelfStat(Option<File>);
+struct SelfStatus(Option<File>);
 
-impl SelfStat {
-    fn open() -> SelfStat {
-        SelfStat(File::open("/proc/self/stat").ok())
+impl SelfStatus {
+    fn open() -> SelfStatus {
+        SelfStatus(File::open("/proc/self/status").ok())
     }
 
-    /// The resident set in bytes and the thread count, now.
-    fn read(&self) -> Option<(u64, usize)> {
-        // About 300 bytes; the two fields we need are in the first 250 or so, whatever
-        // the length of the rest.
-        let mut buf = [0u8; 1024];
+    /// The resident set and the thread count, now.
+    fn read(&self) -> Option<ProcStatus> {
+        // About 1.5 KiB; `VmRSS` and `Threads` are in the first half, whatever the rest.
+        let mut buf = [0u8; 4096];
         let n = self.0.as_ref()?.read_at(&mut buf, 0).ok()?;
-        let text = std::str::from_utf8(&buf[..n]).ok()?;
-        // The name (field 2) is in parentheses and may hold spaces: count from after it.
-        let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
-        let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
-        // SAFETY: sysconf takes no pointers.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-        Some((field(24)? * page, field(20)? as usize))
+        ProcStatus::parse(&String::from_utf8_lossy(&buf[..n]))
     }
 }
 
@@ -463,21 +457,33 @@ mod tests {
     #[test]
     fn reads_its_own_process() {
         assert!(rss_bytes() > 0, "statm reading failed");
-        let stat = SelfStat::open();
-        let (rss, threads) = stat.read().expect("/proc/self/stat is readable");
-        let status = ProcStatus::read("self").unwrap();
+        let status = SelfStatus::open();
+        let now = status.read().expect("/proc/self/status is readable");
+        let fresh = ProcStatus::read("self").unwrap();
         // The same counters, read a moment apart (other tests run meanwhile, in threads
         // of this process): within a few MiB, and at least this test's own thread.
-        assert!(threads >= 1 && status.threads >= 1);
+        assert!(now.threads >= 1);
         assert!(
-            rss.abs_diff(status.rss_bytes) < 4 << 20,
-            "{rss} vs {status:?}"
+            now.rss_bytes.abs_diff(fresh.rss_bytes) < 4 << 20,
+            "{now:?} vs {fresh:?}"
         );
-        // Read again, the file says what is true now, not what it said when opened.
-        let grown = vec![1u8; 16 << 20];
-        let (after, _) = stat.read().unwrap();
-        assert!(after >= rss + (15 << 20), "{rss} then {after}");
-        drop(std::hint::black_box(grown));
+        // Read again, the file says what is true now, not what it said when opened, and
+        // to the page: the kernel's per-CPU counters summed, as statm (`rss_bytes`) sums
+        // them, where `stat` would lag by up to 32 pages a CPU.
+        // (Other tests allocate meanwhile, in this process: a few tries at each step find
+        // a quiet moment; a lag would stay.)
+        let mut grown = Vec::new();
+        for _ in 0..16 {
+            grown.push(std::hint::black_box(vec![1u8; 10 * 4096]));
+            let gaps: Vec<u64> = (0..5)
+                .map(|_| status.read().unwrap().rss_bytes.abs_diff(rss_bytes()))
+                .collect();
+            assert!(
+                gaps.iter().any(|&gap| gap < 4 * 4096),
+                "off statm by {gaps:?} B"
+            );
+        }
+        assert!(status.read().unwrap().rss_bytes >= now.rss_bytes + 150 * 4096);
     }
 
     /// A JSON memory line reads back into the same figures; other events are not memory lines.
