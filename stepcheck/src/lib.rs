@@ -312,16 +312,11 @@ impl Server {
 
     /// Start `bin --addr 127.0.0.1:PORT --report-every 0.1 EXTRA...` with its stdout and
     /// stderr on `/dev/full`, where every write fails (ENOSPC), and wait until it accepts
-    /// connections. PORT is a free port found just before: no `listening` line can say it.
+    /// connections. PORT is a free port found just before (no `listening` line can say it),
+    /// outside the range port 0 is given from.
     /// Text lines, not `--json`: they are lost anyway.
     pub fn start_on_dev_full(bin: &str, extra: &[&str]) -> Server {
-        // Free a moment ago; if something else takes it meanwhile, the step cannot bind
-        // and exits, and the check fails saying so.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port_below_the_ephemeral_range()));
         let full = || {
             std::fs::File::options()
                 .write(true)
@@ -562,6 +557,34 @@ fn accepted_sockets(pid: u32, port: u16) -> usize {
         }
     }
     accepted
+}
+
+/// A loopback port free a moment ago, below the range the kernel picks ports from for
+/// `bind(port 0)` and `connect`: no other check's step, bound to port 0 meanwhile, can be
+/// given it. (step08 binds with `SO_REUSEPORT`: a port another step08 took meanwhile would
+/// not fail its bind, it would join that server's workers.)
+fn free_port_below_the_ephemeral_range() -> u16 {
+    let first_ephemeral: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (
+        first_ephemeral.saturating_sub(10_000).max(10_000),
+        first_ephemeral,
+    );
+    assert!(
+        low < high,
+        "no port range below {first_ephemeral} to pick from"
+    );
+    // Anywhere in it, so that checks running at once seldom try the same one.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos())
+        ^ std::process::id();
+    (0..1000)
+        .map(|i| low + (seed.wrapping_add(i * 7919)) % (high - low))
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok())
+        .expect("a free loopback port below the ephemeral range") as u16
 }
 
 impl Drop for Server {
