@@ -48,6 +48,17 @@ pub fn log(args: fmt::Arguments) {
     });
 }
 
+/// Lose every line from now on. For a step's `serve` run on a thread of a test's own
+/// process (stepcheck's `inprocess`): its lines would land among the test harness's, which
+/// captures only what goes through `print!` and `eprint!`.
+pub fn discard() {
+    with_streams(|streams| {
+        for stream in streams {
+            stream.sink = Sink::Nowhere;
+        }
+    });
+}
+
 /// `eprintln!` that never blocks and never panics: a line on stderr, dropped (and counted)
 /// if the reader has no room for it now. See [`output`](crate::output).
 #[macro_export]
