@@ -43,7 +43,7 @@ pub fn log(args: fmt::Arguments) {
     with_streams(|[_, stderr]| {
         stderr.line(|dropped| match dropped {
             0 => args.to_string(),
-            n => format!("{args} ({n} earlier lines dropped: stderr was full)"),
+            n => format!("{args} ({n} earlier lines dropped)"),
         })
     });
 }
