@@ -1,12 +1,14 @@
 //! The routine parts every step shares, so that a step's source holds only what it teaches:
 //! command-line options, the open-file limit, the memory meter that prints the memory line
 //! (with the `/proc` readers, [`ProcStatus`] and [`cpu_time`], that stepcheck and report
-//! hold a step to), a rate-limited stderr log for errors that come in storms, and ([`sys`])
-//! the syscall-result helper and errno predicates every event loop needs.
+//! hold a step to), a rate-limited stderr log for errors that come in storms, ([`output`])
+//! lines on stdout and stderr that never block a loop ([`log!`] is its `eprintln!`), and
+//! ([`sys`]) the syscall-result helper and errno predicates every event loop needs.
 
 mod fdlimit;
 mod meter;
 mod options;
+pub mod output;
 mod ratelog;
 pub mod sys;
 
@@ -32,7 +34,7 @@ pub fn bind(
     opts: &Options,
 ) -> io::Result<(TcpListener, MemoryMeter)> {
     let limit = raise_fd_limit()?;
-    eprintln!("{step}: {limit}");
+    log!("{step}: {limit}");
 
     let addr = opts.addr_or(default_port);
     let listener = match TcpListener::bind(addr) {
@@ -40,17 +42,17 @@ pub fn bind(
         Err(err) => {
             // Nothing to serve without the socket: say why in one line (not as a Debug
             // dump of the error, which is what returning it from main would print), and stop.
-            eprintln!("{step}: cannot listen on {addr}: {err}");
+            log!("{step}: cannot listen on {addr}: {err}");
             std::process::exit(1);
         }
     };
     widen_backlog(&listener)?;
     let local = listener.local_addr()?;
-    if opts.json {
-        println!(r#"{{"event":"listening","addr":"{local}"}}"#);
-    } else {
-        println!("listening on {local}");
-    }
+    // The first line: nothing was dropped before it.
+    output::print(|_dropped| match opts.json {
+        true => format!(r#"{{"event":"listening","addr":"{local}"}}"#),
+        false => format!("listening on {local}"),
+    });
 
     let meter = MemoryMeter::new(step, opts);
     Ok((listener, meter))

@@ -1,4 +1,6 @@
-use std::io::{self, Write};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -25,21 +27,35 @@ pub struct MemoryMeter {
     base_rss: u64,
     /// The connection count in the last line printed (0 before the first).
     last_conns: usize,
-    /// When the last line was printed.
+    /// When the last line was printed (or dropped).
     last_report: Option<Instant>,
+    /// Print a line every period, even with the same count: see [`MemoryMeter::heartbeat`].
+    heartbeat: bool,
+    /// `/proc/self/status`, opened once here: see [`SelfStatus`].
+    status: SelfStatus,
 }
 
 impl MemoryMeter {
     /// Take the baseline now: call it after binding and before the first accept.
     pub fn new(step: &str, opts: &Options) -> MemoryMeter {
+        let status = SelfStatus::open();
         MemoryMeter {
             step: step.to_string(),
             json: opts.json,
             period: opts.report_every(),
-            base_rss: rss_bytes(),
+            base_rss: status.read().map_or(0, |now| now.rss_bytes),
             last_conns: 0,
             last_report: None,
+            heartbeat: false,
+            status,
         }
+    }
+
+    /// Print a line every period even when the count did not change: whoever reads the
+    /// lines (step08's supervisor) then knows that the loop is still turning.
+    pub fn heartbeat(mut self) -> MemoryMeter {
+        self.heartbeat = true;
+        self
     }
 
     /// Append a detail to the step's name in the line, e.g. `step06-ws-epoll/shared`.
@@ -61,7 +77,7 @@ impl MemoryMeter {
     /// Print the memory line if the connection count changed since the last line and the
     /// last line is at least one period old. Cheap when there is nothing to print.
     pub fn tick(&mut self, conns: usize) {
-        if conns == self.last_conns {
+        if conns == self.last_conns && !self.heartbeat {
             return;
         }
         if self
@@ -70,22 +86,25 @@ impl MemoryMeter {
         {
             return;
         }
-        // Out of file descriptors (a step at its limit), /proc/self cannot be opened: no
-        // line rather than a false `rss 0 B`. Try again in a period.
-        let Some(line) = MemoryLine::measure(&self.step, conns, self.base_rss) else {
-            self.last_report = Some(Instant::now());
+        self.last_report = Some(Instant::now());
+        // Cannot fail at the fd limit (the file is open already), but /proc can always
+        // say no: no line rather than a false `rss 0 B`. Try again in a period.
+        let Some(now) = self.status.read() else {
             return;
         };
-        let text = match self.json {
-            true => line.to_json(),
-            false => line.to_string(),
-        };
-        // Not `println!`, which panics when stdout is gone (`step05-epoll | head -1`, a
-        // closed terminal): the memory line is a report, and losing it must not take the
-        // server down. An error here (EPIPE, mostly) loses this line, nothing else.
-        let _ = writeln!(std::io::stdout(), "{text}");
-        self.last_conns = conns;
-        self.last_report = Some(Instant::now());
+        let line = MemoryLine::new(&self.step, conns, now.rss_bytes, self.base_rss, now.threads);
+        // Without blocking (see `output`): if the reader has no room, the line is dropped
+        // and the next one, a period later, says how many were.
+        let printed = crate::output::print(|dropped| {
+            let line = MemoryLine { dropped, ..line };
+            match self.json {
+                true => line.to_json(),
+                false => line.to_string(),
+            }
+        });
+        if printed {
+            self.last_conns = conns;
+        }
     }
 
     /// For blocking steps, whose one thread cannot wake up to report: a thread that reads
@@ -125,17 +144,17 @@ pub struct MemoryLine {
     pub per_conn_bytes: u64,
     /// Threads in the process now.
     pub threads: usize,
+    /// Lines dropped since the last line that went out, because the reader had no room
+    /// for them (see `output`). Left out of the line when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl MemoryLine {
-    /// Read this process's resident set and thread count now; `None` if /proc could not
-    /// be read (it takes a file descriptor, and a step at its limit has none).
-    pub fn measure(step: &str, conns: usize, base_rss_bytes: u64) -> Option<MemoryLine> {
-        let rss = memory_stats::memory_stats()?.physical_mem as u64;
-        let threads = ProcStatus::read("self").ok()?.threads;
-        Some(MemoryLine::new(step, conns, rss, base_rss_bytes, threads))
-    }
-
     pub fn new(
         step: &str,
         conns: usize,
@@ -154,6 +173,7 @@ impl MemoryLine {
             base_rss_bytes,
             per_conn_bytes,
             threads,
+            dropped: 0,
         }
     }
 
@@ -179,7 +199,11 @@ impl std::fmt::Display for MemoryLine {
             format_bytes(self.base_rss_bytes),
             format_bytes(self.per_conn_bytes),
             self.threads
-        )
+        )?;
+        match self.dropped {
+            0 => Ok(()),
+            n => write!(f, "  dropped {n}"),
+        }
     }
 }
 
@@ -203,6 +227,31 @@ pub fn format_bytes(bytes: u64) -> String {
 /// 10 000 threads takes a fifth of a second).
 pub fn rss_bytes() -> u64 {
     memory_stats::memory_stats().map_or(0, |stats| stats.physical_mem as u64)
+}
+
+/// `/proc/self/status`, opened when the meter starts and read again for every line (from
+/// offset 0: /proc writes the text anew for each read). A step at its fd limit has no
+/// descriptor left to open a file with, so a meter that opened /proc for each line would go
+/// silent, or stale, exactly when the line matters.
+///
+/// `status` and not `stat`: the kernel keeps the resident set in per-CPU counters, which
+/// `status` (like `statm`) sums exactly, where the `rss` of `stat` reads only their last
+/// total, a few hundred KiB behind.
+#[derive(Debug)]
+struct SelfStatus(Option<File>);
+
+impl SelfStatus {
+    fn open() -> SelfStatus {
+        SelfStatus(File::open("/proc/self/status").ok())
+    }
+
+    /// The resident set and the thread count, now.
+    fn read(&self) -> Option<ProcStatus> {
+        // About 1.5 KiB; `VmRSS` and `Threads` are in the first half, whatever the rest.
+        let mut buf = [0u8; 4096];
+        let n = self.0.as_ref()?.read_at(&mut buf, 0).ok()?;
+        ProcStatus::parse(&String::from_utf8_lossy(&buf[..n]))
+    }
 }
 
 /// A few lines of `/proc/PID/status`: what the kernel says a process holds.
@@ -403,12 +452,38 @@ mod tests {
         assert_eq!(format_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
     }
 
-    /// The meter can read this process's own resident set and thread count.
+    /// The meter reads this process's own resident set and thread count, the figures
+    /// /proc/self/status gives.
     #[test]
     fn reads_its_own_process() {
         assert!(rss_bytes() > 0, "statm reading failed");
-        let line = MemoryLine::measure("test", 1, 0).expect("/proc/self is readable");
-        assert!(line.rss_bytes > 0 && line.threads >= 1, "{line}");
+        let status = SelfStatus::open();
+        let now = status.read().expect("/proc/self/status is readable");
+        let fresh = ProcStatus::read("self").unwrap();
+        // The same counters, read a moment apart (other tests run meanwhile, in threads
+        // of this process): within a few MiB, and at least this test's own thread.
+        assert!(now.threads >= 1);
+        assert!(
+            now.rss_bytes.abs_diff(fresh.rss_bytes) < 4 << 20,
+            "{now:?} vs {fresh:?}"
+        );
+        // Read again, the file says what is true now, not what it said when opened, and
+        // to the page: the kernel's per-CPU counters summed, as statm (`rss_bytes`) sums
+        // them, where `stat` would lag by up to 32 pages a CPU.
+        // (Other tests allocate meanwhile, in this process: a few tries at each step find
+        // a quiet moment; a lag would stay.)
+        let mut grown = Vec::new();
+        for _ in 0..16 {
+            grown.push(std::hint::black_box(vec![1u8; 10 * 4096]));
+            let gaps: Vec<u64> = (0..5)
+                .map(|_| status.read().unwrap().rss_bytes.abs_diff(rss_bytes()))
+                .collect();
+            assert!(
+                gaps.iter().any(|&gap| gap < 4 * 4096),
+                "off statm by {gaps:?} B"
+            );
+        }
+        assert!(status.read().unwrap().rss_bytes >= now.rss_bytes + 150 * 4096);
     }
 
     /// A JSON memory line reads back into the same figures; other events are not memory lines.

@@ -5,7 +5,6 @@
 //! flood the terminal (and the disk, when stderr is a file) and cost more CPU than the
 //! failures themselves. One line a second, with a count, says the same.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// At most one line per `period` on stderr; the lines in between are counted, not printed.
@@ -39,8 +38,8 @@ impl RateLimitedLog {
     /// when the line is printed, so a held-back line costs no formatting.
     pub fn log(&mut self, line: impl FnOnce() -> String) {
         if let Some(line) = self.admit(Instant::now(), line) {
-            // stderr closed or full is no reason to stop serving: the line is lost, nothing else.
-            let _ = writeln!(std::io::stderr(), "{line}");
+            // Never blocks, never fails (see `output`): stderr full or closed loses the line.
+            crate::log!("{line}");
         }
     }
 

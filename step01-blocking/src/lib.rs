@@ -25,7 +25,7 @@ pub fn serve(listener: TcpListener, meter: MemoryMeter) -> io::Result<()> {
         let stream = match stream {
             Ok(stream) => stream,
             Err(err) => {
-                eprintln!("step01-blocking: accept: {err}");
+                common::log!("step01-blocking: accept: {err}");
                 continue;
             }
         };
@@ -33,7 +33,7 @@ pub fn serve(listener: TcpListener, meter: MemoryMeter) -> io::Result<()> {
         // While we are in here, nobody else is served.
         if let Err(err) = handle_connection(stream) {
             if !is_disconnect(&err) {
-                eprintln!("step01-blocking: connection: {err}; closing it");
+                common::log!("step01-blocking: connection: {err}; closing it");
             }
         }
         open.store(0, Ordering::Relaxed);

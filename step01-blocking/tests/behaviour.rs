@@ -35,3 +35,16 @@ fn resets_leave_the_server_serving() {
 fn memory_line_counts_the_one_connection() {
     tcp::memory_line_counts_connections(BIN, 1);
 }
+
+/// stdout a pipe nobody reads: lines are dropped, not waited for; clients are served all
+/// along, and the next line that gets through says how many were dropped.
+#[test]
+fn serves_with_stdout_full() {
+    tcp::serves_with_stdout_full(BIN);
+}
+
+/// stdout and stderr on /dev/full: it starts and serves; no output error is fatal.
+#[test]
+fn serves_with_output_on_dev_full() {
+    tcp::serves_with_output_on_dev_full(BIN);
+}

@@ -93,7 +93,7 @@ pub fn serve(
             let _guard = guard;
             if let Err(err) = handle_connection(stream) {
                 if !is_disconnect(&err) {
-                    eprintln!("step02-threads: connection: {err}; closing it");
+                    common::log!("step02-threads: connection: {err}; closing it");
                 }
             }
         });

@@ -119,7 +119,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
                 }
                 Err(err) => {
                     if !is_disconnect(&err) {
-                        eprintln!("step03-select: connection fd {fd}: {err}; closing it");
+                        common::log!("step03-select: connection fd {fd}: {err}; closing it");
                     }
                     close(&mut connections, i);
                     continue;
@@ -172,7 +172,7 @@ fn accept_all(
             continue; // `stream` is dropped here, which closes it.
         }
         if let Err(err) = stream.set_nonblocking(true) {
-            eprintln!("step03-select: cannot set up a connection: {err}; closing it");
+            common::log!("step03-select: cannot set up a connection: {err}; closing it");
             continue;
         }
         connections.push(Conn {
@@ -265,7 +265,7 @@ impl Refusals {
         if self.unlogged == 0 || recent {
             return;
         }
-        eprintln!(
+        common::log!(
             "step03-select: closed {} connection(s) whose fd was past FD_SETSIZE = {} ({} in all)",
             self.unlogged,
             libc::FD_SETSIZE,

@@ -58,3 +58,16 @@ fn survives_running_out_of_fds() {
 fn clients_past_fd_setsize_are_closed_and_the_rest_served() {
     tcp::clients_past_fd_setsize_are_closed(BIN, 1100);
 }
+
+/// stdout a pipe nobody reads: lines are dropped, not waited for; clients are served all
+/// along, and the next line that gets through says how many were dropped.
+#[test]
+fn serves_with_stdout_full() {
+    tcp::serves_with_stdout_full(BIN);
+}
+
+/// stdout and stderr on /dev/full: it starts and serves; no output error is fatal.
+#[test]
+fn serves_with_output_on_dev_full() {
+    tcp::serves_with_output_on_dev_full(BIN);
+}

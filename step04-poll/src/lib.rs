@@ -105,7 +105,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
                 Err(err) => {
                     if !is_disconnect(&err) {
                         let fd = pollfds[i].fd;
-                        eprintln!("step04-poll: connection fd {fd}: {err}; closing it");
+                        common::log!("step04-poll: connection fd {fd}: {err}; closing it");
                     }
                     close(&mut pollfds, &mut connections, i);
                     continue;
@@ -152,7 +152,7 @@ fn accept_all(
             Err(err) => return Err(err),
         };
         if let Err(err) = stream.set_nonblocking(true) {
-            eprintln!("step04-poll: cannot set up a connection: {err}; closing it");
+            common::log!("step04-poll: cannot set up a connection: {err}; closing it");
             continue;
         }
         pollfds.push(pollfd(stream.as_raw_fd(), READABLE));

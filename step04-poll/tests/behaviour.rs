@@ -52,3 +52,16 @@ fn an_idle_connection_costs_under_128_bytes() {
 fn survives_running_out_of_fds() {
     tcp::survives_running_out_of_fds(BIN);
 }
+
+/// stdout a pipe nobody reads: lines are dropped, not waited for; clients are served all
+/// along, and the next line that gets through says how many were dropped.
+#[test]
+fn serves_with_stdout_full() {
+    tcp::serves_with_stdout_full(BIN);
+}
+
+/// stdout and stderr on /dev/full: it starts and serves; no output error is fatal.
+#[test]
+fn serves_with_output_on_dev_full() {
+    tcp::serves_with_output_on_dev_full(BIN);
+}

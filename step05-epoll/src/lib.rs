@@ -137,7 +137,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter) -> io::Result<()> {
             };
             if let Err(err) = result {
                 if !is_disconnect(&err) {
-                    eprintln!("step05-epoll: connection fd {fd}: {err}; closing it");
+                    common::log!("step05-epoll: connection fd {fd}: {err}; closing it");
                 }
                 close(&epoll, &mut connections, &mut open, fd);
             }
@@ -169,7 +169,7 @@ fn accept_all(
             .set_nonblocking(true)
             .and_then(|()| epoll.register(stream.as_fd(), READABLE))
         {
-            eprintln!("step05-epoll: cannot set up connection fd {fd}: {err}; closing it");
+            common::log!("step05-epoll: cannot set up connection fd {fd}: {err}; closing it");
             continue;
         }
 
@@ -240,7 +240,7 @@ fn close(epoll: &Epoll, connections: &mut [Option<Conn>], open: &mut usize, fd: 
         .expect("bug: closing a connection that is not open");
     if let Err(err) = epoll.deregister(conn.stream.as_fd()) {
         // Closing the socket's last fd takes it out of the interest list anyway.
-        eprintln!("step05-epoll: epoll_ctl(DEL) fd {fd}: {err}; closing it anyway");
+        common::log!("step05-epoll: epoll_ctl(DEL) fd {fd}: {err}; closing it anyway");
     }
     *open -= 1;
     // Dropping the TcpStream closes the fd.

@@ -239,7 +239,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             };
             if let Err(err) = result {
                 if !is_disconnect(&err) {
-                    eprintln!("step06-ws-epoll: connection fd {fd}: {err}; closing it");
+                    common::log!("step06-ws-epoll: connection fd {fd}: {err}; closing it");
                 }
                 close(&epoll, &mut connections, &mut open, &mut shared.held, fd);
             }
@@ -272,7 +272,7 @@ fn accept_all(
             .set_nonblocking(true)
             .and_then(|()| epoll.register(stream.as_fd(), READABLE))
         {
-            eprintln!("step06-ws-epoll: cannot set up connection fd {fd}: {err}; closing it");
+            common::log!("step06-ws-epoll: cannot set up connection fd {fd}: {err}; closing it");
             continue;
         }
 
@@ -465,7 +465,7 @@ fn close(
         .expect("bug: closing a connection that is not open");
     if let Err(err) = epoll.deregister(conn.stream.as_fd()) {
         // Closing the socket's last fd takes it out of the interest list anyway.
-        eprintln!("step06-ws-epoll: epoll_ctl(DEL) fd {fd}: {err}; closing it anyway");
+        common::log!("step06-ws-epoll: epoll_ctl(DEL) fd {fd}: {err}; closing it anyway");
     }
     *open -= 1;
     *held_in_all -= held(&conn);

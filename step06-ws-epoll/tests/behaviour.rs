@@ -105,3 +105,16 @@ fn survives_stdout_closed() {
 fn every_refusal_as_the_table_says() {
     refusals::check_every_refusal(BIN, &[]);
 }
+
+/// stdout a pipe nobody reads: lines are dropped, not waited for; clients are served all
+/// along, and the next line that gets through says how many were dropped.
+#[test]
+fn serves_with_stdout_full() {
+    ws::serves_with_stdout_full(BIN, &[]);
+}
+
+/// stdout and stderr on /dev/full: it starts and serves; no output error is fatal.
+#[test]
+fn serves_with_output_on_dev_full() {
+    ws::serves_with_output_on_dev_full(BIN, &[]);
+}

@@ -163,3 +163,18 @@ fn every_refusal_as_the_table_says() {
 fn heads_in_pieces_are_held_to_the_budget() {
     ws::heads_in_pieces_are_held_to_the_budget(BIN, DEFAULT);
 }
+
+/// stdout a pipe nobody reads: lines are dropped, not waited for; clients are served all
+/// along (on one thread too, where a blocked write would stop every task), and the next
+/// line that gets through says how many were dropped.
+#[test]
+fn serves_with_stdout_full() {
+    ws::serves_with_stdout_full(BIN, DEFAULT);
+    ws::serves_with_stdout_full(BIN, &["--runtime", "current-thread"]);
+}
+
+/// stdout and stderr on /dev/full: it starts and serves; no output error is fatal.
+#[test]
+fn serves_with_output_on_dev_full() {
+    ws::serves_with_output_on_dev_full(BIN, DEFAULT);
+}

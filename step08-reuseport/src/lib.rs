@@ -11,7 +11,8 @@
 //!
 //! The supervisor (this process, started by the user) starts the workers by re-running
 //! its own binary with a hidden `--worker` flag, reads their memory lines from a pipe,
-//! prints one memory line for the whole server, and replaces a worker that dies.
+//! prints one memory line for the whole server, and replaces a worker that dies or goes
+//! silent.
 //!
 //! - `reuseport.rs`: binding many listening sockets to one address.
 //! - `signals.rs`: Ctrl-C and SIGTERM stop every worker.
@@ -21,11 +22,11 @@ mod reuseport;
 mod signals;
 
 use std::ffi::OsString;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::{MemoryLine, MemoryMeter, Options, format_bytes};
@@ -43,7 +44,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// How long stopped workers get to exit after SIGTERM before they are killed.
-const STOP_GRACE: Duration = Duration::from_secs(2);
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// A worker prints its memory line every report period, changed or not (a heartbeat). One
+/// that says nothing for this many periods, and at least [`SILENCE_MIN`], is taken for
+/// dead: stopped (SIGSTOP), stuck, or starved of CPU. Its socket still takes its share of
+/// new connections, which nobody accepts, so it is killed and replaced.
+const SILENT_PERIODS: u32 = 5;
+const SILENCE_MIN: Duration = Duration::from_secs(3);
 
 /// Run as a worker: bind our own socket in the address's reuseport group, say so on stdout
 /// (the pipe to the supervisor), and serve with step06's loop. Its memory lines (JSON, as
@@ -52,12 +60,13 @@ pub fn work(addr: SocketAddr, opts: &Options, ws: &WsOptions) -> io::Result<()> 
     // Each worker is its own process, with its own open-file limit to raise.
     common::raise_fd_limit()?;
     let listener = reuseport::listen(addr)?;
-    let meter = MemoryMeter::new(STEP, opts);
-    println!(
-        r#"{{"event":"listening","addr":"{}","base_rss_bytes":{}}}"#,
-        listener.local_addr()?,
-        meter.base_rss()
-    );
+    // A line every period, so that the supervisor can tell a silent worker from a quiet one.
+    let meter = MemoryMeter::new(STEP, opts).heartbeat();
+    let local = listener.local_addr()?;
+    common::output::print(|_dropped| {
+        let base = meter.base_rss();
+        format!(r#"{{"event":"listening","addr":"{local}","base_rss_bytes":{base}}}"#)
+    });
     step06_ws_epoll::serve(listener, meter, ws.config())
 }
 
@@ -99,15 +108,57 @@ struct Figures {
     threads: usize,
 }
 
+impl From<Report> for Figures {
+    fn from(report: Report) -> Figures {
+        match report {
+            Report::Listening { base_rss_bytes } => Figures {
+                conns: 0,
+                rss_bytes: base_rss_bytes,
+                base_rss_bytes,
+                threads: 1,
+            },
+            Report::Memory {
+                conns,
+                rss_bytes,
+                base_rss_bytes,
+                threads,
+            } => Figures {
+                conns,
+                rss_bytes,
+                base_rss_bytes,
+                threads,
+            },
+        }
+    }
+}
+
+/// What the thread reading a worker's pipe leaves for the supervisor: one slot, which
+/// each line overwrites. The latest line of each worker is all the supervisor needs, so
+/// however far behind it falls, it holds one line per worker, never a backlog.
+#[derive(Debug, Default)]
+struct Latest {
+    /// From the worker's last line; `None` until it listens.
+    figures: Option<Figures>,
+    /// When that line came.
+    heard: Option<Instant>,
+}
+
 /// A running worker process.
 struct Worker {
     child: Child,
-    /// Numbers the workers started in this slot, so that a late line from a dead worker's
-    /// pipe is not taken for its replacement's.
-    generation: u64,
     started: Instant,
-    /// `None` until it listens.
-    figures: Option<Figures>,
+    /// Filled by the thread that reads the worker's stdout.
+    latest: Arc<Mutex<Latest>>,
+    /// Killed for its silence, not reaped yet.
+    killed: bool,
+}
+
+impl Worker {
+    /// The worker's latest line, as the reading thread left it.
+    fn latest(&self) -> std::sync::MutexGuard<'_, Latest> {
+        // A reading thread that panicked mid-update left figures that are still figures.
+        self.latest.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// One of the N places a worker runs in; empty between a death and the replacement.
@@ -117,46 +168,40 @@ struct Slot {
     restart_at: Option<Instant>,
 }
 
-/// A line from worker `slot`, generation `generation`.
-type Message = (usize, u64, Report);
-
 struct Supervisor {
     plan: Plan,
     /// The address every worker binds, port resolved.
     addr: SocketAddr,
     slots: Vec<Slot>,
-    generations: u64,
-    sender: Sender<Message>,
-    receiver: Receiver<Message>,
 }
 
-/// Start the workers, print one memory line for all of them, replace any that dies, and
-/// stop them all on SIGINT or SIGTERM.
+/// Start the workers, print one memory line for all of them, replace any that dies or goes
+/// silent, and stop them all on SIGINT or SIGTERM.
+///
+/// Nothing here waits on output: lines go out through `common::output`, which drops them
+/// when stdout has no room, and the workers' lines come in through one slot per worker.
 pub fn supervise(plan: Plan) -> io::Result<()> {
     let limit = common::raise_fd_limit()?;
     let per_worker = limit.soft.saturating_sub(32);
-    eprintln!("{STEP}: {limit}");
-    eprintln!(
+    common::log!("{STEP}: {limit}");
+    common::log!(
         "{STEP}: the limit is per process: {} workers may hold {} × {per_worker} connections",
-        plan.workers, plan.workers
+        plan.workers,
+        plan.workers
     );
     // The supervisor's hold on the port; it never listens (see reuseport::reserve).
     let (_reserved, addr) = match reuseport::reserve(plan.addr) {
         Ok(reserved) => reserved,
         Err(err) => {
-            eprintln!("{STEP}: cannot listen on {}: {err}", plan.addr);
+            common::log!("{STEP}: cannot listen on {}: {err}", plan.addr);
             std::process::exit(1);
         }
     };
     signals::install()?;
-    let (sender, receiver) = mpsc::channel();
     let mut supervisor = Supervisor {
         slots: Vec::new(),
-        generations: 0,
         addr,
         plan,
-        sender,
-        receiver,
     };
     let result = supervisor.run();
     supervisor.stop_all();
@@ -173,27 +218,30 @@ impl Supervisor {
             });
         }
         self.wait_all_listening()?;
-        if self.plan.opts.json {
-            say(&format!(
-                r#"{{"event":"listening","addr":"{}"}}"#,
-                self.addr
-            ));
-        } else {
-            say(&format!("listening on {}", self.addr));
-        }
+        let addr = self.addr;
+        common::output::print(|_dropped| match self.plan.opts.json {
+            true => format!(r#"{{"event":"listening","addr":"{addr}"}}"#),
+            false => format!("listening on {addr}"),
+        });
 
         let period = self.plan.opts.report_every();
-        let mut last_printed: Option<(usize, usize, Instant)> = None;
+        let silence = (period * SILENT_PERIODS).max(SILENCE_MIN);
+        let mut last_printed: Option<(usize, usize)> = None;
+        let mut last_tried: Option<Instant> = None;
         while !signals::stop_requested() {
-            self.receive(period.min(Duration::from_millis(100)));
+            std::thread::sleep(period.min(Duration::from_millis(100)));
+            self.kill_the_silent(silence);
             self.replace_the_dead()?;
 
             let (workers, line) = self.memory_line();
-            let changed = last_printed.is_none_or(|(c, w, _)| c != line.conns || w != workers);
-            let due = last_printed.is_none_or(|(_, _, at)| at.elapsed() >= period);
+            let changed = last_printed.is_none_or(|(c, w)| c != line.conns || w != workers);
+            let due = last_tried.is_none_or(|at| at.elapsed() >= period);
             if changed && due && (line.conns > 0 || last_printed.is_some()) {
-                self.print(workers, &line);
-                last_printed = Some((line.conns, workers, Instant::now()));
+                last_tried = Some(Instant::now());
+                // A line that stdout had no room for is tried again a period later.
+                if self.print(workers, &line) {
+                    last_printed = Some((line.conns, workers));
+                }
             }
         }
         Ok(())
@@ -221,82 +269,41 @@ impl Supervisor {
             });
         }
         let mut child = command.spawn()?;
-        self.generations += 1;
-        let generation = self.generations;
         let stdout = child.stdout.take().expect("bug: stdout is piped");
-        let sender = self.sender.clone();
+        let latest = Arc::new(Mutex::new(Latest::default()));
+        let slot = Arc::clone(&latest);
         std::thread::Builder::new()
             .name(format!("worker-{i}"))
             .stack_size(64 * 1024)
             .spawn(move || {
+                // Ends when the worker exits: end of file on its pipe.
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
                     // Lines we do not know are not ours to act on.
-                    if let Ok(report) = serde_json::from_str::<Report>(&line)
-                        && sender.send((i, generation, report)).is_err()
-                    {
-                        break;
+                    if let Ok(report) = serde_json::from_str::<Report>(&line) {
+                        let mut latest = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                        latest.figures = Some(report.into());
+                        latest.heard = Some(Instant::now());
                     }
                 }
             })?;
         Ok(Worker {
             child,
-            generation,
             started: Instant::now(),
-            figures: None,
+            latest,
+            killed: false,
         })
-    }
-
-    /// Take the workers' lines for up to `wait`.
-    fn receive(&mut self, wait: Duration) {
-        let mut next = self.receiver.recv_timeout(wait);
-        loop {
-            match next {
-                Ok((i, generation, report)) => {
-                    if let Some(worker) = self.slots[i]
-                        .worker
-                        .as_mut()
-                        .filter(|w| w.generation == generation)
-                    {
-                        worker.figures = Some(match report {
-                            Report::Listening { base_rss_bytes } => Figures {
-                                conns: 0,
-                                rss_bytes: base_rss_bytes,
-                                base_rss_bytes,
-                                threads: 1,
-                            },
-                            Report::Memory {
-                                conns,
-                                rss_bytes,
-                                base_rss_bytes,
-                                threads,
-                            } => Figures {
-                                conns,
-                                rss_bytes,
-                                base_rss_bytes,
-                                threads,
-                            },
-                        });
-                    }
-                }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
-            }
-            next = self
-                .receiver
-                .try_recv()
-                .map_err(|_| RecvTimeoutError::Timeout);
-        }
     }
 
     fn wait_all_listening(&mut self) -> io::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            self.receive(Duration::from_millis(50));
-            if self
-                .slots
-                .iter()
-                .all(|s| s.worker.as_ref().is_some_and(|w| w.figures.is_some()))
-            {
+            std::thread::sleep(Duration::from_millis(50));
+            if self.slots.iter().all(|s| {
+                s.worker
+                    .as_ref()
+                    .is_some_and(|w| w.latest().figures.is_some())
+            }) {
                 return Ok(());
             }
             for (i, slot) in self.slots.iter_mut().enumerate() {
@@ -320,14 +327,47 @@ impl Supervisor {
         }
     }
 
+    /// Kill a worker that has said nothing for `silence` since its last line: it is not
+    /// serving, yet the kernel goes on queueing new connections on its socket. The kernel
+    /// has no health check for a `SO_REUSEPORT` listener: this heartbeat is ours. The
+    /// connections waiting in its queue are lost with it (reset when its socket closes).
+    fn kill_the_silent(&mut self, silence: Duration) {
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(worker) = slot.worker.as_mut().filter(|w| !w.killed) else {
+                continue;
+            };
+            // Until its first line, a worker is starting: START_TIMEOUT covers that.
+            let Some(heard) = worker.latest().heard else {
+                continue;
+            };
+            if heard.elapsed() < silence {
+                continue;
+            }
+            let pid = worker.child.id();
+            common::log!(
+                "{STEP}: worker {i} (pid {pid}) said nothing for {:.1} s ({}); killing it, \
+                 and the connections waiting in its accept queue with it; a replacement follows",
+                heard.elapsed().as_secs_f64(),
+                state_of(pid)
+            );
+            // SIGKILL ends a stopped process too. Reaped by `replace_the_dead`.
+            let _ = worker.child.kill();
+            worker.killed = true;
+        }
+    }
+
     /// Reap workers that exited, say so, and start their replacements when due.
     fn replace_the_dead(&mut self) -> io::Result<()> {
         for i in 0..self.slots.len() {
+            // Stopping: every worker gets SIGTERM anyway (Ctrl-C sends SIGINT to all of them).
+            if signals::stop_requested() {
+                return Ok(());
+            }
             let slot = &mut self.slots[i];
             if let Some(worker) = slot.worker.as_mut()
                 && let Some(status) = worker.child.try_wait()?
             {
-                eprintln!(
+                common::log!(
                     "{STEP}: worker {i} (pid {}) {}; its connections are gone, the other \
                      workers' are not; starting a replacement",
                     worker.child.id(),
@@ -341,7 +381,7 @@ impl Supervisor {
                 match self.spawn(i) {
                     Ok(worker) => self.slots[i].worker = Some(worker),
                     Err(err) => {
-                        eprintln!("{STEP}: cannot start worker {i}: {err}; trying again");
+                        common::log!("{STEP}: cannot start worker {i}: {err}; trying again");
                         self.slots[i].restart_at = Some(Instant::now() + RESTART_DELAY);
                     }
                 }
@@ -356,7 +396,7 @@ impl Supervisor {
         let figures: Vec<Figures> = self
             .slots
             .iter()
-            .filter_map(|s| s.worker.as_ref()?.figures)
+            .filter_map(|s| s.worker.as_ref()?.latest().figures)
             .collect();
         let line = MemoryLine::new(
             STEP,
@@ -369,10 +409,21 @@ impl Supervisor {
     }
 
     /// Print the memory line, with the worker count and the supervisor's own resident set
-    /// (not part of the sums: it holds no connection).
-    fn print(&self, workers: usize, line: &MemoryLine) {
+    /// (not part of the sums: it holds no connection). Without waiting: returns whether
+    /// stdout had room for it.
+    fn print(&self, workers: usize, line: &MemoryLine) -> bool {
         let supervisor = common::rss_bytes();
-        let text = if self.plan.opts.json {
+        common::output::print(|dropped| {
+            let line = MemoryLine {
+                dropped,
+                ..line.clone()
+            };
+            self.format(workers, &line, supervisor)
+        })
+    }
+
+    fn format(&self, workers: usize, line: &MemoryLine, supervisor: u64) -> String {
+        if self.plan.opts.json {
             let json = line.to_json();
             let object = json
                 .strip_suffix('}')
@@ -385,8 +436,7 @@ impl Supervisor {
                 "{STEP}  workers {workers}{figures}  supervisor {}",
                 format_bytes(supervisor)
             )
-        };
-        say(&text);
+        }
     }
 
     /// SIGTERM to every worker, by its pid; SIGKILL to any still there after the grace.
@@ -423,8 +473,17 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// A line on stdout. A reader that went away (`| head -1`) must not take the server
-/// down: the line is lost, nothing else.
-fn say(line: &str) {
-    let _ = writeln!(io::stdout(), "{line}");
+/// Why a process may be silent, from its state in /proc/PID/stat.
+fn state_of(pid: u32) -> &'static str {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    match state {
+        Some("T") => "stopped by a signal",
+        Some("t") => "stopped by a debugger",
+        Some("R") => "running: stuck in a loop, or starved of CPU",
+        Some("S" | "D") => "asleep in a system call",
+        _ => "state unknown",
+    }
 }

@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("{}: {err}", step08_reuseport::STEP);
+            common::log!("{}: {err}", step08_reuseport::STEP);
             ExitCode::FAILURE
         }
     }

@@ -69,3 +69,16 @@ fn idle_connection_cost_within_step06s_band() {
 fn every_refusal_as_the_table_says() {
     refusals::check_every_refusal(BIN, TWO);
 }
+
+/// The supervisor's stdout a pipe nobody reads: its lines are dropped, not waited for, and
+/// the next line that gets through says how many were dropped.
+#[test]
+fn serves_with_stdout_full() {
+    ws::serves_with_stdout_full(BIN, TWO);
+}
+
+/// stdout and stderr on /dev/full: it starts and serves; no output error is fatal.
+#[test]
+fn serves_with_output_on_dev_full() {
+    ws::serves_with_output_on_dev_full(BIN, TWO);
+}

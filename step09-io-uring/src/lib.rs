@@ -331,7 +331,7 @@ pub fn serve(
             };
             if let Err(err) = result {
                 if !is_disconnect(&err) {
-                    eprintln!("step09-io-uring: connection fd {fd}: {err}; closing it");
+                    common::log!("step09-io-uring: connection fd {fd}: {err}; closing it");
                 }
                 close(&mut shared, &mut connections, &mut open, fd);
             }
@@ -379,7 +379,7 @@ fn accepted(
     // kernel refusing more for now): like a failed registration in step06, that closes
     // this connection only. No operation of its is in the kernel yet.
     if let Err(err) = read(conn, fd, &mut shared.ring) {
-        eprintln!("step09-io-uring: cannot set up connection fd {fd}: {err}; closing it");
+        common::log!("step09-io-uring: cannot set up connection fd {fd}: {err}; closing it");
         close(shared, connections, open, fd);
     }
     Ok(())
@@ -666,7 +666,7 @@ fn close(shared: &mut Shared, connections: &mut [Option<Conn>], open: &mut usize
         // Ask for them back, each by its own `user_data` (see `cancel`), and keep the socket
         // open until they are: its fd must not name a new connection yet.
         if let Err(err) = cancel_pending(&mut conn, fd, &mut shared.ring) {
-            eprintln!("step09-io-uring: cancel fd {fd}: {err}; closing it once done");
+            common::log!("step09-io-uring: cancel fd {fd}: {err}; closing it once done");
         }
         shared.closing.insert(fd, conn);
         return;

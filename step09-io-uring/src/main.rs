@@ -37,12 +37,12 @@ fn main() -> std::io::Result<()> {
     let uring = match step09_io_uring::setup(args.ring_buffers, args.buffer_size) {
         Ok(uring) => uring,
         Err(unavailable) => {
-            eprintln!("step09-io-uring: {unavailable}");
+            common::log!("step09-io-uring: {unavailable}");
             std::process::exit(1);
         }
     };
     let (listener, meter) = common::bind("step09-io-uring", 9009, &args.common)?;
-    eprintln!(
+    common::log!(
         "step09-io-uring: buffer ring {} × {} B = {}, in the baseline",
         args.ring_buffers,
         args.buffer_size,

@@ -57,4 +57,9 @@ checks! {
     /// refuse, with its status or close code; and the Origin rule) is answered as the table
     /// says, and the server serves on.
     every_refusal_as_the_table_says => refusals::check_every_refusal(BIN, &[]);
+    /// stdout a pipe nobody reads: lines are dropped, not waited for; clients are served
+    /// all along, and the next line that gets through says how many were dropped.
+    serves_with_stdout_full => ws::serves_with_stdout_full(BIN, &[]);
+    /// stdout and stderr on /dev/full: it starts and serves; no output error is fatal.
+    serves_with_output_on_dev_full => ws::serves_with_output_on_dev_full(BIN, &[]);
 }

@@ -29,6 +29,8 @@ impl InProcess {
     where
         F: FnOnce(TcpListener) -> io::Result<()> + Send + 'static,
     {
+        // The step's memory lines and logs would go straight to the test's terminal.
+        common::output::discard();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
         let addr = listener.local_addr().expect("the bound address");
         let thread = thread::spawn(move || serve(listener));

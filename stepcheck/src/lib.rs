@@ -10,11 +10,13 @@
 //! own process, for the faults a client cannot cause. [`chromium`] starts the headless
 //! browser that the browser and slide checks drive, and [`syscalls`] counts a step's
 //! system calls with `perf`. [`stall`] sends the WebSocket steps clients that hold bytes
-//! and never finish them, which their stall clock must close.
+//! and never finish them, which their stall clock must close; [`output`] holds a step to
+//! its promise that no output, full or failing, ever stalls or stops it.
 
 pub mod chromium;
 pub mod inprocess;
 pub mod memory;
+pub mod output;
 pub mod refusals;
 pub mod stall;
 pub mod syscalls;
@@ -26,6 +28,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -67,6 +70,9 @@ pub struct Server {
     /// The step's `VmRSS` read when its `listening` line arrived, before any connection:
     /// what the memory line's `base` is held to.
     rss_at_start: u64,
+    /// While set, the thread that reads the step's stdout stops reading it, as a reader
+    /// that fell behind would: see [`Server::stop_reading_stdout`].
+    stdout_paused: Arc<AtomicBool>,
 }
 
 /// One stdout line of the step, as the reader thread got it.
@@ -236,10 +242,20 @@ impl Server {
         });
 
         let (tx, lines) = mpsc::channel();
-        let stdout = BufReader::new(child.stdout.take().expect("bug: stdout is piped"));
+        let mut stdout = BufReader::new(child.stdout.take().expect("bug: stdout is piped"));
+        let stdout_paused = Arc::new(AtomicBool::new(false));
+        let paused = Arc::clone(&stdout_paused);
         thread::spawn(move || {
-            for text in stdout.lines() {
-                let Ok(text) = text else { break };
+            loop {
+                while paused.load(Ordering::Relaxed) {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                let mut text = String::new();
+                match stdout.read_line(&mut text) {
+                    Ok(1..) => {}
+                    Ok(0) | Err(_) => break,
+                }
+                let text = text.strip_suffix('\n').unwrap_or(&text).to_string();
                 let at = Instant::now();
                 // Read /proc now, as close as we can to the moment the step measured itself.
                 let proc = (watch.read_status)(pid).ok();
@@ -257,6 +273,7 @@ impl Server {
             lines,
             stderr,
             rss_at_start: 0,
+            stdout_paused,
         };
         // From here on, an early return drops `server`, which kills the step.
         let fail = |server: &Server, reason: String| StartError {
@@ -303,6 +320,86 @@ impl Server {
         };
         server.rss_at_start = proc.rss_bytes;
         Ok(server)
+    }
+
+    /// Start `bin --addr 127.0.0.1:PORT --report-every 0.1 EXTRA...` with its stdout and
+    /// stderr on `/dev/full`, where every write fails (ENOSPC), and wait until it accepts
+    /// connections. PORT is a free port found just before (no `listening` line can say it),
+    /// outside the range port 0 is given from.
+    /// Text lines, not `--json`: they are lost anyway.
+    pub fn start_on_dev_full(bin: &str, extra: &[&str]) -> Server {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port_below_the_ephemeral_range()));
+        let full = || {
+            std::fs::File::options()
+                .write(true)
+                .open("/dev/full")
+                .unwrap()
+        };
+        let child = Command::new(bin)
+            .args(["--addr", &addr.to_string(), "--report-every", REPORT_EVERY])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(full())
+            .stderr(full())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {bin}: {err}"));
+        let mut server = Server {
+            child,
+            addr,
+            lines: mpsc::channel().1,
+            stderr: Arc::new(Mutex::new("(stderr is /dev/full)".into())),
+            rss_at_start: 0,
+            stdout_paused: Arc::default(),
+        };
+        let deadline = Instant::now() + PATIENCE;
+        while TcpStream::connect(addr).is_err() {
+            let status = server.child.try_wait().ok().flatten();
+            assert!(
+                status.is_none(),
+                "{bin} with its output on /dev/full exited ({}) before listening",
+                status.unwrap()
+            );
+            assert!(Instant::now() < deadline, "{bin} never listened on {addr}");
+            thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// Stop reading the step's stdout, as a reader that fell behind would (a paused `less`,
+    /// a slow log collector), and fill the pipe to the brim: every line the step writes
+    /// after this finds no room. Returns how many bytes it took to fill.
+    ///
+    /// The filling goes through a description of the pipe of our own, opened with
+    /// O_NONBLOCK through /proc, so the step's own stays as the step left it. The filler
+    /// lines are JSON objects with no `"event":"memory"`, which every check skips.
+    pub fn stop_reading_stdout(&self) -> usize {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.stdout_paused.store(true, Ordering::Relaxed);
+        let mut pipe = std::fs::File::options()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(format!("/proc/{}/fd/1", self.pid()))
+            .expect("the step's stdout, opened through /proc");
+        // The reader may be in the middle of one last read: fill, let it take its bite,
+        // fill again.
+        let mut filled = 0;
+        for _ in 0..3 {
+            thread::sleep(Duration::from_millis(50));
+            let line = format!("{{\"event\":\"filler\",\"pad\":\"{}\"}}\n", "x".repeat(200));
+            while let Ok(n) = pipe.write(line.as_bytes()) {
+                filled += n;
+            }
+            // The room whole lines leave, down to 2 bytes: no line of the step fits there.
+            while let Ok(n) = pipe.write(b"{}\n") {
+                filled += n;
+            }
+        }
+        filled
+    }
+
+    /// Read the step's stdout again, from where it stopped.
+    pub fn resume_reading_stdout(&self) {
+        self.stdout_paused.store(false, Ordering::Relaxed);
     }
 
     /// The step's `VmRSS` when it started listening, read by the test.
@@ -403,6 +500,16 @@ impl Server {
         }
     }
 
+    /// TCP connections the step holds (its workers', for step08), as the kernel lists them:
+    /// established sockets on the port it listens on.
+    pub fn connections_held(&self) -> usize {
+        let port = self.addr.port();
+        self.serving_pids()
+            .into_iter()
+            .map(|pid| accepted_sockets(pid, port))
+            .sum()
+    }
+
     /// The step's resident set in bytes, from the `VmRSS:` line of `/proc/PID/status`
     /// (summed over its workers, for step08).
     pub fn rss_bytes(&self) -> u64 {
@@ -430,6 +537,66 @@ impl Server {
         }
         bytes
     }
+}
+
+/// Connections process `pid` accepted on `port`: its sockets that `/proc/PID/net/tcp` (and
+/// `tcp6`) list as established (`st` 01) with that local port. Its fds link to
+/// `socket:[INODE]`; the table gives each socket's addresses, state and inode. (A socket
+/// the process merely inherited, a client's, has another local port.)
+fn accepted_sockets(pid: u32, port: u16) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the step's /proc fd list")
+        .flatten()
+        .filter_map(|fd| {
+            let link = std::fs::read_link(fd.path()).ok()?;
+            let inode = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(inode.to_string())
+        })
+        .collect();
+    let port = format!(":{port:04X}");
+    let mut accepted = 0;
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        // `sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode`
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(1).is_some_and(|local| local.ends_with(&port))
+                && fields.get(3) == Some(&"01")
+                && fields.get(9).is_some_and(|inode| inodes.contains(*inode))
+            {
+                accepted += 1;
+            }
+        }
+    }
+    accepted
+}
+
+/// A loopback port free a moment ago, below the range the kernel picks ports from for
+/// `bind(port 0)` and `connect`: no other check's step, bound to port 0 meanwhile, can be
+/// given it. (step08 binds with `SO_REUSEPORT`: a port another step08 took meanwhile would
+/// not fail its bind, it would join that server's workers.)
+fn free_port_below_the_ephemeral_range() -> u16 {
+    let first_ephemeral: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (
+        first_ephemeral.saturating_sub(10_000).max(10_000),
+        first_ephemeral,
+    );
+    assert!(
+        low < high,
+        "no port range below {first_ephemeral} to pick from"
+    );
+    // Anywhere in it, so that checks running at once seldom try the same one.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos())
+        ^ std::process::id();
+    (0..1000)
+        .map(|i| low + (seed.wrapping_add(i * 7919)) % (high - low))
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok())
+        .expect("a free loopback port below the ephemeral range") as u16
 }
 
 impl Drop for Server {
@@ -521,18 +688,29 @@ pub fn check_fd_exhaustion(
         "the server logged {logged} lines in 2 s at the fd limit (at most one a second):\n{}",
         server.stderr()
     );
-    // At the limit the step cannot open /proc/self to measure itself: a memory line then
-    // would say 0 B. None at all is true; 0 B is not.
+    // At the limit the step cannot open a file: its meter reads a /proc file it opened at
+    // start. So the last memory line counts every connection the step holds at the limit,
+    // measured there (not 0 B, not the count from before the limit).
+    let mut last = None;
     while let Some(line) = server.next_line(Duration::ZERO) {
-        let Some(memory) = MemoryLine::from_json(&line.text) else {
-            continue;
-        };
-        assert!(
-            memory.rss_bytes > 0 && memory.threads >= 1,
-            "a memory line at the fd limit measured nothing: {}",
-            line.text
-        );
+        if let Some(memory) = MemoryLine::from_json(&line.text) {
+            assert!(
+                memory.rss_bytes > 0 && memory.threads >= 1,
+                "a memory line at the fd limit measured nothing: {}",
+                line.text
+            );
+            last = Some(memory);
+        }
     }
+    let held = server.connections_held();
+    let last =
+        last.unwrap_or_else(|| panic!("no memory line at all; stderr:\n{}", server.stderr()));
+    assert_eq!(
+        last.conns, held,
+        "at the fd limit the step holds {held} connections, and its last memory line says \
+         {}: the line went stale at the limit ({last})",
+        last.conns
+    );
 
     drop(clients);
     // Served again once descriptors are free: retry for a while, the server may be backing off.

@@ -16,8 +16,8 @@ use crate::Server;
 
 /// How far the line's `rss` may be from the `VmRSS` the test reads once the step is idle.
 ///
-/// Both read the same kernel counters (the step through `/proc/self/statm`, the test through
-/// `/proc/PID/status`), so they differ only by what the step touched between the line and
+/// Both read the same kernel counters, the same way (the step through `/proc/self/status`,
+/// kept open, the test through `/proc/PID/status`), so they differ only by what the step touched between the line and
 /// the test's reading: the last echoes, still being handled when the count reached its
 /// final value and the line went out. Measured: 0 to 68 KiB. 256 KiB leaves room for a
 /// loaded machine, and is still far below what a meter reading another figure (the

@@ -292,3 +292,21 @@ pub fn survives_stdout_closed(bin: &str) {
         assert_echo(&mut client, b"still serving with stdout closed");
     });
 }
+
+/// With its stdout a pipe nobody reads, filled, the step serves every fresh client, and
+/// once the pipe is read again its next memory line says how many lines it dropped.
+pub fn serves_with_stdout_full(bin: &str) {
+    crate::output::check_stdout_full(bin, &[], |server| {
+        let mut client = server.connect();
+        assert_echo(&mut client, b"served while stdout is full\n");
+    });
+}
+
+/// With stdout and stderr on /dev/full, the step starts and serves: no output error is
+/// fatal.
+pub fn serves_with_output_on_dev_full(bin: &str) {
+    crate::output::check_output_on_dev_full(bin, &[], |server| {
+        let mut client = server.connect();
+        assert_echo(&mut client, b"served with output on /dev/full\n");
+    });
+}

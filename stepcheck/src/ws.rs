@@ -622,3 +622,25 @@ pub fn heads_in_pieces_are_held_to_the_budget(bin: &str, extra: &[&str]) {
     );
     assert_echo(&mut bystander, Message::text("after the heads"));
 }
+
+/// With its stdout a pipe nobody reads, filled, the step serves every fresh WebSocket
+/// client, and once the pipe is read again its next memory line says how many lines it
+/// dropped.
+pub fn serves_with_stdout_full(bin: &str, extra: &[&str]) {
+    crate::output::check_stdout_full(bin, extra, |server| {
+        let mut client = connect(server);
+        assert_echo(&mut client, Message::text("served while stdout is full"));
+    });
+}
+
+/// With stdout and stderr on /dev/full, the step starts and serves WebSocket clients: no
+/// output error is fatal.
+pub fn serves_with_output_on_dev_full(bin: &str, extra: &[&str]) {
+    crate::output::check_output_on_dev_full(bin, extra, |server| {
+        let mut client = connect(server);
+        assert_echo(
+            &mut client,
+            Message::text("served with output on /dev/full"),
+        );
+    });
+}
