@@ -375,11 +375,24 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             workers = children_of(shell.id());
         }
-        let summed = ProcStatus::read_serving(shell.id()).unwrap();
-        let each: Vec<ProcStatus> = workers
-            .iter()
-            .map(|&w| ProcStatus::read(w).unwrap())
-            .collect();
+        // Just started, the sleeps may still be paging themselves in: read the sum between
+        // two readings of each that agree (bounded), so that all three see the same pages.
+        let read_each = || -> Vec<u64> {
+            let each = workers.iter().map(|&w| ProcStatus::read(w).unwrap());
+            each.map(|s| s.rss_bytes).collect()
+        };
+        let (mut summed, mut each) = (None, Vec::new());
+        for _ in 0..100 {
+            let before = read_each();
+            let sum = ProcStatus::read_serving(shell.id()).unwrap();
+            each = read_each();
+            summed = Some(sum);
+            if before == each {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let summed = summed.expect("bug: the loop runs at least once");
         for &w in &workers {
             // SAFETY: kill takes no pointers; `w` is a child of the shell this test started.
             unsafe { libc::kill(w as libc::pid_t, libc::SIGKILL) };
@@ -388,10 +401,7 @@ mod tests {
         let _ = shell.wait();
         assert_eq!(workers.len(), 2, "the shell's two sleeps");
         assert_eq!(summed.threads, 2);
-        assert_eq!(
-            summed.rss_bytes,
-            each.iter().map(|s| s.rss_bytes).sum::<u64>()
-        );
+        assert_eq!(summed.rss_bytes, each.iter().sum::<u64>());
     }
 
     /// The calling thread's own CPU time.
