@@ -59,6 +59,7 @@ const SILENCE_MIN: Duration = Duration::from_secs(3);
 pub fn work(addr: SocketAddr, opts: &Options, ws: &WsOptions) -> io::Result<()> {
     // Each worker is its own process, with its own open-file limit to raise.
     common::raise_fd_limit()?;
+    common::work::set_up(STEP, opts.work_us); // `--work-us`, measured in each worker
     let listener = reuseport::listen(addr)?;
     // A line every period, so that the supervisor can tell a silent worker from a quiet one.
     let meter = MemoryMeter::new(STEP, opts).heartbeat();
