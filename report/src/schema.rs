@@ -63,6 +63,27 @@ pub struct Plan {
     pub burst_rounds: usize,
     /// Whether to count the step's system calls during the burst (perf works here).
     pub count_syscalls: bool,
+    /// The work section: the steps again with `--work-us`.
+    pub work: WorkPlan,
+}
+
+/// How the work section pushes each step it runs: at N connections, with each level of
+/// `--work-us`, bursts on some of them; at the highest level, fairness.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkPlan {
+    /// µs of work per message (`--work-us`, the messages being 64 bytes). The first is 0:
+    /// the step as the rest of the report ran it; each other level is the step started
+    /// again with `--work-us`.
+    pub levels_us: Vec<u32>,
+    /// Connections, of the N held, that each send one message per round (the newest).
+    pub burst: usize,
+    /// Rounds of the burst at each level, after one round not counted.
+    pub rounds: usize,
+    /// Fairness: what each message of the one slow connection costs the step, in ms.
+    pub slow_ms: u32,
+    /// Fairness: fresh clients, arriving one every `fresh_every` (give or take half of it).
+    pub fresh_clients: usize,
+    pub fresh_every: Duration,
 }
 
 impl Plan {
@@ -112,6 +133,8 @@ pub struct StepResult {
     pub sweep: Vec<SweepPoint>,
     pub storm: Option<StormResult>,
     pub burst: Option<BurstResult>,
+    /// The work section: `None` for a step it does not run.
+    pub work: Option<WorkResult>,
     /// CPUs' worth of time other processes took while the burst and storms ran (see
     /// `busy.rs`); past its `BUSY_MACHINE`, the busy figures may be off. Signed as
     /// measured: a quiet machine reads a few hundredths either side of zero.
@@ -261,6 +284,66 @@ pub struct BurstResult {
     pub echo: EchoCounts,
 }
 
+/// One step in the work section.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkResult {
+    /// Connections held at every level.
+    pub held: usize,
+    /// One per level of the plan that could be measured, in the plan's order.
+    pub levels: Vec<WorkLevel>,
+    /// At the highest level: fresh clients' echoes beside a connection whose messages are
+    /// slow. `None` if it could not be measured (a note says why).
+    pub fairness: Option<Fairness>,
+    /// How long the section took for this step (part of the step's own `wall_seconds`).
+    pub wall_seconds: f64,
+}
+
+/// A burst with `--work-us` at one level.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkLevel {
+    pub work_us: u32,
+    /// Messages per round (one on each of that many connections at once), and rounds.
+    pub burst: usize,
+    pub rounds: usize,
+    /// Echoes back per second of the rounds.
+    pub msgs_per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// The step's CPU seconds over the rounds' wall-clock seconds: the cores it kept busy.
+    pub cores: Option<f64>,
+    /// CPUs' worth of time other processes took meanwhile (see `busy.rs`): cores the step
+    /// could not have.
+    pub others_cores: Option<f64>,
+    pub echo: EchoCounts,
+}
+
+/// One connection sends messages that cost the step `slow_ms` each, back to back; fresh
+/// clients arrive meanwhile, each connecting (and upgrading), then timing one 64-byte echo.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fairness {
+    /// The level the step ran at, and so the slow messages' size (64 bytes per `work_us`).
+    pub work_us: u32,
+    pub slow_bytes: usize,
+    /// The slow messages' own round trip, median: what one costs, and more.
+    pub slow_p50_us: f64,
+    /// Slow messages echoed while the fresh clients came.
+    pub slow_messages: usize,
+    pub fresh: EchoCounts,
+    pub fresh_p50_us: f64,
+    pub fresh_p99_us: f64,
+    /// For a step of several processes (step08): the fresh clients the kernel gave to the
+    /// slow connection's worker, and those it gave to the others.
+    pub same_worker: Option<FreshGroup>,
+    pub other_workers: Option<FreshGroup>,
+}
+
+/// Some of the fresh clients' echoes.
+#[derive(Debug, Clone, Serialize)]
+pub struct FreshGroup {
+    pub clients: usize,
+    pub p99_us: f64,
+}
+
 /// Every time in `report.json` is in microseconds, as a float.
 pub fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
@@ -298,6 +381,14 @@ mod tests {
             storms: 3,
             burst_rounds: 5,
             count_syscalls: false,
+            work: WorkPlan {
+                levels_us: vec![0],
+                burst: 1,
+                rounds: 1,
+                slow_ms: 50,
+                fresh_clients: 1,
+                fresh_every: Duration::ZERO,
+            },
         };
         assert_eq!(plan(10_000).repeats(3, 10_000), 3);
         assert_eq!(plan(10_000).repeats(5, 7_000), 10);
