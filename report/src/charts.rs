@@ -448,8 +448,9 @@ pub fn work(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
     let all = lines.iter().flat_map(|(_, p)| p.iter().map(|p| p.1));
     let lo = all.clone().fold(f64::MAX, f64::min) / 1.5;
     let hi = all.fold(1.0, f64::max) * 1.5;
-    let decades: Vec<f64> = (0..9)
-        .map(|k| 10f64.powi(k))
+    // 1, 2, 5 in every decade: a log axis ticked where the labels read round.
+    let ticks: Vec<f64> = (0..9)
+        .flat_map(|k| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(k)))
         .filter(|v| (lo..=hi).contains(v))
         .collect();
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
@@ -465,7 +466,7 @@ pub fn work(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
         .y_label_area_size(130)
         .build_cartesian_2d(
             -0.2..(levels.len() as f64 - 0.8),
-            (lo..hi).log_scale().with_key_points(decades),
+            (lo..hi).log_scale().with_key_points(ticks),
         )?;
     let level_names: Vec<String> = levels.iter().map(|l| format!("{l} µs")).collect();
     chart
@@ -479,7 +480,7 @@ pub fn work(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
                 _ => String::new(),
             }
         })
-        .y_label_formatter(&|y| micros(*y))
+        .y_label_formatter(&|y| round_time(*y))
         .x_desc("work per message (--work-us)")
         .y_desc("burst round trip, p99 (log)")
         .label_style((FONT, TEXT))
@@ -508,6 +509,15 @@ pub fn work(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
     labels_apart(&root, ends)?;
     root.present()?;
     Ok(())
+}
+
+/// A round tick of a log time axis, without trailing zeros: `500 µs`, `2 ms`, `100 ms`.
+fn round_time(us: f64) -> String {
+    if us < 1000.0 {
+        format!("{us:.0} µs")
+    } else {
+        format!("{} ms", us / 1000.0)
+    }
 }
 
 /// Text in a bar's colour, dark enough to read on white (orange text alone is too pale).

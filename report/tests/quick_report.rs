@@ -526,16 +526,28 @@ fn work_section(report: &Value, stdout: &str, rows: &[&str]) {
     };
 
     // Throughput once a message costs real CPU: one loop has one core; step08's two workers
-    // have two (loadgen takes a share of them too, so not quite twice).
+    // have two (loadgen takes a share of them too, so not quite twice), and no more: past
+    // twice, the workers did not do the work. Only where the two cores were ours: other
+    // processes busy meanwhile take cores the ordering needs.
     let (loop_rate, workers_rate) = (
         at_top("step06-ws-epoll", "msgs_per_s"),
         at_top("step08-reuseport", "msgs_per_s"),
     );
-    assert!(
-        workers_rate > 1.25 * loop_rate,
-        "at {top} µs of work per message, step08's two workers should carry well over one \
-         loop's messages: {workers_rate:.0}/s against step06's {loop_rate:.0}/s"
-    );
+    let others = ["step06-ws-epoll", "step08-reuseport"].map(|s| at_top(s, "others_cores"));
+    if others.iter().all(|&o| o < 0.5) {
+        assert!(
+            workers_rate > 1.25 * loop_rate && workers_rate < 2.5 * loop_rate,
+            "at {top} µs of work per message, step08's two workers should carry well over one \
+             loop's messages, and at most about twice: {workers_rate:.0}/s against step06's \
+             {loop_rate:.0}/s"
+        );
+    } else {
+        say_visibly(&format!(
+            "quick_report: SKIPPED the throughput ordering under work (step08 against \
+             step06): other processes took {:.2} and {:.2} CPUs meanwhile",
+            others[0], others[1]
+        ));
+    }
     let loop_cores = at_top("step06-ws-epoll", "cores");
     assert!(
         loop_cores < 1.15,
