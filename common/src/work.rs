@@ -4,10 +4,10 @@
 //! a working one does not. The work is hashing the message over and over, measured at
 //! start-up so that it costs N µs of CPU on this machine.
 //!
-//! N µs for every 64 bytes of a message, or part of them: the report's 64-byte messages cost
-//! N, a 6 400-byte one 100 × N. Hashing costs in proportion to the bytes hashed; and a raw
-//! TCP step, whose "message" is whatever one read returned, pays the same in total however
-//! the bytes were split into reads.
+//! N µs for every 64 bytes of a message, in proportion: the report's 64-byte messages cost
+//! N, a 32-byte one N / 2, a 6 400-byte one 100 × N. Hashing costs in proportion to the
+//! bytes hashed; and a raw TCP step, whose "message" is whatever one read returned, pays
+//! the same in total however the bytes were split into reads.
 //!
 //! One setting for the whole process, made by [`set_up`] before the step serves
 //! (`common::bind` calls it, and step08's workers) and only read afterwards: a step calls
@@ -19,24 +19,32 @@ use std::hash::{DefaultHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// The unit of work: each block of this many bytes of a message costs N µs.
+/// The unit of work: this many bytes of a message cost N µs.
 pub const BLOCK: usize = 64;
 
-/// Rounds of hashing per block, set once by [`set_up`]; 0: no work.
+/// Rounds of hashing per [`BLOCK`] bytes, set once by [`set_up`]; 0: no work.
 static ROUNDS: AtomicU64 = AtomicU64::new(0);
 
-/// Spend `--work-us` on `message`: hash each 64-byte block of it over and over. Returns at
-/// once when the step was started without `--work-us`.
+/// Spend `--work-us` on `message`: hash it over and over, for as many rounds as its length
+/// asks. Returns at once when the step was started without `--work-us`.
 pub fn spend_on(message: &[u8]) {
-    let rounds = ROUNDS.load(Ordering::Relaxed);
-    if rounds > 0 {
+    let per_block = ROUNDS.load(Ordering::Relaxed);
+    if per_block > 0 {
+        let rounds = rounds_for(message.len(), per_block);
         // The digest goes nowhere, so tell the compiler it is used.
         std::hint::black_box(hash_rounds(message, rounds));
     }
 }
 
-/// Measure what `work_us` µs per block takes on this machine and make [`spend_on`] spend
-/// it from now on; says on stderr what was measured. Nothing at all for 0.
+/// Rounds of hashing for a message of `len` bytes: `per_block` for every [`BLOCK`] bytes, in
+/// proportion, to the nearest round.
+pub fn rounds_for(len: usize, per_block: u64) -> u64 {
+    let rounds = (u128::from(per_block) * len as u128 + BLOCK as u128 / 2) / BLOCK as u128;
+    u64::try_from(rounds).unwrap_or(u64::MAX)
+}
+
+/// Measure what `work_us` µs per 64 bytes takes on this machine and make [`spend_on`]
+/// spend it from now on; says on stderr what was measured. Nothing at all for 0.
 pub fn set_up(step: &str, work_us: u32) {
     if work_us == 0 {
         return;
@@ -46,20 +54,23 @@ pub fn set_up(step: &str, work_us: u32) {
     crate::log!("{step}: {calibration}");
 }
 
-/// Hash each [`BLOCK`] bytes of `message` `rounds` times, every round fed the digest of the
-/// one before, so that no round can be skipped or hoisted out of the loop. A last, shorter
-/// block is padded with zeros: it costs as much as a whole one.
+/// `rounds` rounds of hashing over `message`, one [`BLOCK`] of it per round, from its start
+/// again after its end; every round is fed the digest of the one before, so that none can
+/// be skipped or hoisted out of the loop. A shorter block is padded with zeros, so that
+/// every round costs the same.
 pub fn hash_rounds(message: &[u8], rounds: u64) -> u64 {
     let mut digest = 0;
-    for bytes in message.chunks(BLOCK) {
+    let mut blocks = message.chunks(BLOCK).cycle();
+    for _ in 0..rounds {
+        let Some(bytes) = blocks.next() else {
+            break; // an empty message: nothing to hash
+        };
         let mut block = [0u8; BLOCK];
         block[..bytes.len()].copy_from_slice(bytes);
-        for _ in 0..rounds {
-            let mut hasher = DefaultHasher::new();
-            hasher.write_u64(digest);
-            hasher.write(&block);
-            digest = hasher.finish();
-        }
+        let mut hasher = DefaultHasher::new();
+        hasher.write_u64(digest);
+        hasher.write(&block);
+        digest = hasher.finish();
     }
     digest
 }
@@ -67,9 +78,9 @@ pub fn hash_rounds(message: &[u8], rounds: u64) -> u64 {
 /// What `--work-us` comes to on this machine.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Calibration {
-    /// µs asked for per block.
+    /// µs asked for per [`BLOCK`] bytes.
     pub work_us: u32,
-    /// Rounds of hashing per block that take that long.
+    /// Rounds of hashing that take that long: one [`BLOCK`] bytes' worth.
     pub rounds: u64,
     /// What one round took, median of the trials.
     pub ns_per_round: f64,
@@ -130,9 +141,11 @@ pub fn thread_cpu_time() -> Duration {
 mod tests {
     use super::*;
 
-    /// CPU this thread spends on `calls` messages of `bytes` bytes each, at `rounds`.
-    fn cost(calls: u32, bytes: usize, rounds: u64) -> Duration {
+    /// CPU this thread spends on `calls` messages of `bytes` bytes each, at `per_block`
+    /// rounds per 64 bytes.
+    fn cost(calls: u32, bytes: usize, per_block: u64) -> Duration {
         let message = vec![7u8; bytes];
+        let rounds = rounds_for(bytes, per_block);
         let before = thread_cpu_time();
         for _ in 0..calls {
             std::hint::black_box(hash_rounds(std::hint::black_box(&message), rounds));
@@ -164,27 +177,29 @@ mod tests {
         );
     }
 
-    /// The work grows with the message: N µs per 64 bytes or part of them, so a 640-byte
-    /// message costs ten times N, and a 1-byte one N. Breaks if the work ignores the
-    /// message's length.
+    /// The work grows with the message, in proportion: N µs per 64 bytes, so a 640-byte
+    /// message costs ten times N, and a 16-byte one a quarter of N. Breaks if the work
+    /// ignores the message's length.
     #[test]
-    fn work_is_per_64_bytes_of_the_message() {
-        let rounds = calibrate(200).rounds;
+    fn work_is_in_proportion_to_the_message() {
+        let per_block = calibrate(200).rounds;
         assert_about(
-            cost(5, 640, rounds),
+            cost(5, 640, per_block),
             Duration::from_millis(10),
             "5 messages of 640 bytes at --work-us 200",
         );
         assert_about(
-            cost(50, 1, rounds),
+            cost(200, 16, per_block),
             Duration::from_millis(10),
-            "50 messages of 1 byte at --work-us 200",
+            "200 messages of 16 bytes at --work-us 200",
         );
         assert_eq!(
-            hash_rounds(b"", rounds),
+            rounds_for(0, per_block),
             0,
             "an empty message costs nothing"
         );
+        assert_eq!(rounds_for(64, 1000), 1000);
+        assert_eq!(rounds_for(13, 1000), 203, "to the nearest round");
     }
 
     /// Before `set_up`, or with 0, `spend_on` spends nothing; after `set_up(N)` it spends

@@ -255,6 +255,7 @@ fn plan(conns: usize, quick: bool, count_syscalls: bool) -> Plan {
         burst_rounds: 5,
         count_syscalls,
         work: WorkPlan {
+            base_us: 100,
             levels_us: if quick {
                 vec![0, 500]
             } else {
@@ -264,7 +265,7 @@ fn plan(conns: usize, quick: bool, count_syscalls: bool) -> Plan {
             rounds: 3,
             slow_ms: 50,
             fresh_clients: 16,
-            fresh_every: Duration::from_millis(25),
+            fresh_every: Duration::from_millis(15),
         },
     }
 }

@@ -198,7 +198,7 @@ pub fn busy_table(steps: &[StepResult]) -> String {
 /// Work: a burst on some of the N connections with `--work-us` at each level, one row per
 /// step and level: what one loop on one core does once a message costs real CPU.
 pub fn work_table(steps: &[StepResult]) -> String {
-    const HEADER: [&str; 6] = ["work", "per msg", "burst", "p50", "p99", "cores"];
+    const HEADER: [&str; 7] = ["work", "per msg", "size", "burst", "p50", "p99", "cores"];
     let rows: Vec<Vec<String>> = steps
         .iter()
         .flat_map(|r| {
@@ -207,6 +207,7 @@ pub fn work_table(steps: &[StepResult]) -> String {
                 vec![
                     r.step.clone(),
                     format!("{} µs", level.work_us),
+                    common::format_bytes(level.message_bytes as u64),
                     rate(level.msgs_per_s),
                     micros(level.p50_us),
                     micros(level.p99_us),
@@ -373,29 +374,35 @@ fn footnotes(report: &Report) -> String {
 /// How the work section was run.
 fn work_footnotes(plan: &crate::schema::Plan) -> String {
     let work = &plan.work;
-    let levels: Vec<String> = work.levels_us.iter().map(|w| w.to_string()).collect();
-    let top = work.levels_us.iter().copied().max().unwrap_or(0);
+    let worked: Vec<&u32> = work.levels_us.iter().filter(|&&w| w > 0).collect();
+    let sizes: Vec<String> = worked
+        .iter()
+        .map(|&&w| format!("{} µs: {} bytes", w, work.message_bytes(w)))
+        .collect();
     format!(
         "*work*: only the steps the lesson compares here (the single loops, threads, tokio's \
-         multi-thread runtime, step08's two workers), each holding N, at --work-us {levels} \
-         (µs of CPU per {size}-byte message: the step hashes it over and over, as measured at \
-         its start). At 0, the step as measured above; at each other level, the step started \
-         again and N connections opened anew. At each level, {rounds} rounds (after one not \
-         counted) of one {size}-byte message on each of the newest {burst} of the N at once: \
-         messages per second, round trips, and *cores*: the step's CPU time ÷ the rounds' \
-         wall-clock time (loadgen, in this process, shares the same cores). *fairness*, at \
-         {top} µs: one connection sends messages of {slow_bytes} bytes, {slow_ms} ms of work \
-         each, one after another; meanwhile {fresh} fresh clients arrive, about one every \
-         {every} ms, each connecting (and upgrading), then timing one {size}-byte echo: \
-         *slow msg*, the slow messages' own round trip (median); *fresh*, the fresh clients' \
-         echoes; for step08, apart by whether the kernel gave the fresh client to the slow \
-         connection's worker (*its worker*) or to another (from /proc/net/tcp and each \
-         worker's fds).\n",
-        levels = levels.join(", "),
+         multi-thread runtime, step08's two workers), each holding N. *per msg*: µs of CPU \
+         the step spends on each message before its echo (`--work-us`: it hashes the message \
+         over and over, as measured at its start). At 0, the step as measured above, with \
+         its {size}-byte messages; for the other levels the step started again, once, with \
+         --work-us {base} (µs per 64 bytes of a message, in proportion to its length) and N \
+         connections opened anew, each level a message *size* ({sizes}). At each level, \
+         {rounds} rounds (after one not counted) of one message on each of the newest \
+         {burst} of the N at once: messages per second, round trips, and *cores*: the step's \
+         CPU time ÷ the rounds' wall-clock time (loadgen, in this process, shares the same \
+         cores). *fairness*, on the same run of the step: one connection sends messages of \
+         {slow_bytes} bytes, {slow_ms} ms of work each, one after another; meanwhile \
+         {fresh} fresh clients arrive, about one every {every} ms, each connecting (and \
+         upgrading), then timing one {size}-byte echo: *slow msg*, the slow messages' own \
+         round trip (median); *fresh*, the fresh clients' echoes; for step08, apart by \
+         whether the kernel gave the fresh client to the slow connection's worker (*its \
+         worker*) or to another (from /proc/net/tcp and each worker's fds).\n",
         size = plan.message_size,
+        base = work.base_us,
+        sizes = sizes.join(", "),
         rounds = work.rounds,
         burst = work.burst,
-        slow_bytes = (work.slow_ms as usize * 1000).div_ceil(top.max(1) as usize) * 64,
+        slow_bytes = work.message_bytes(work.slow_ms * 1000),
         slow_ms = work.slow_ms,
         fresh = work.fresh_clients,
         every = work.fresh_every.as_millis(),

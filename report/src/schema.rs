@@ -67,14 +67,17 @@ pub struct Plan {
     pub work: WorkPlan,
 }
 
-/// How the work section pushes each step it runs: at N connections, with each level of
-/// `--work-us`, bursts on some of them; at the highest level, fairness.
+/// How the work section pushes each step it runs: at N connections, bursts with each level
+/// of work per message; then fairness.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkPlan {
-    /// µs of work per message (`--work-us`, the messages being 64 bytes). The first is 0:
-    /// the step as the rest of the report ran it; each other level is the step started
-    /// again with `--work-us`.
+    /// µs of work per message at each level. 0: the step as the rest of the report ran it,
+    /// with its 64-byte messages. Every other level: the step started again once with
+    /// `--work-us base_us`, whose work is in proportion to a message's length, and messages
+    /// of the length that costs the level (see [`WorkPlan::message_bytes`]).
     pub levels_us: Vec<u32>,
+    /// The step's `--work-us` for every level but 0: µs per 64 bytes of a message.
+    pub base_us: u32,
     /// Connections, of the N held, that each send one message per round (the newest).
     pub burst: usize,
     /// Rounds of the burst at each level, after one round not counted.
@@ -84,6 +87,16 @@ pub struct WorkPlan {
     /// Fairness: fresh clients, arriving one every `fresh_every` (give or take half of it).
     pub fresh_clients: usize,
     pub fresh_every: Duration,
+}
+
+impl WorkPlan {
+    /// The length of a message that costs `work_us` µs at `--work-us base_us` (64 bytes per
+    /// `base_us`, to the nearest byte, one at least): 13 bytes for 20 µs at 100.
+    pub fn message_bytes(&self, work_us: u32) -> usize {
+        let bytes = (64 * u64::from(work_us) + u64::from(self.base_us) / 2)
+            / u64::from(self.base_us.max(1));
+        (bytes as usize).max(1)
+    }
 }
 
 impl Plan {
@@ -298,10 +311,12 @@ pub struct WorkResult {
     pub wall_seconds: f64,
 }
 
-/// A burst with `--work-us` at one level.
+/// A burst at one level of work per message.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkLevel {
     pub work_us: u32,
+    /// The messages' length: what makes them cost `work_us` (see [`WorkPlan::message_bytes`]).
+    pub message_bytes: usize,
     /// Messages per round (one on each of that many connections at once), and rounds.
     pub burst: usize,
     pub rounds: usize,
@@ -321,8 +336,8 @@ pub struct WorkLevel {
 /// clients arrive meanwhile, each connecting (and upgrading), then timing one 64-byte echo.
 #[derive(Debug, Clone, Serialize)]
 pub struct Fairness {
-    /// The level the step ran at, and so the slow messages' size (64 bytes per `work_us`).
-    pub work_us: u32,
+    /// The step's `--work-us`, and so the slow messages' length (64 bytes per `base_us`).
+    pub base_us: u32,
     pub slow_bytes: usize,
     /// The slow messages' own round trip, median: what one costs, and more.
     pub slow_p50_us: f64,
@@ -360,6 +375,27 @@ pub fn per_each(before: Option<Duration>, after: Option<Duration>, work: usize) 
 mod tests {
     use super::*;
 
+    /// A level's messages cost it at the base: 64 bytes per base µs, one byte at least.
+    #[test]
+    fn a_levels_messages_are_as_long_as_its_work() {
+        let plan = WorkPlan {
+            levels_us: vec![0, 20, 100, 500],
+            base_us: 100,
+            burst: 1,
+            rounds: 1,
+            slow_ms: 50,
+            fresh_clients: 1,
+            fresh_every: Duration::ZERO,
+        };
+        let bytes: Vec<usize> = plan.levels_us[1..]
+            .iter()
+            .map(|&l| plan.message_bytes(l))
+            .collect();
+        assert_eq!(bytes, [13, 64, 320]);
+        assert_eq!(plan.message_bytes(50_000), 32_000, "a 50 ms message");
+        assert_eq!(plan.message_bytes(0), 1);
+    }
+
     /// A step that holds a tenth of N gets three times the storms and rounds, no more.
     #[test]
     fn a_step_holding_fewer_gets_more_repeats() {
@@ -383,6 +419,7 @@ mod tests {
             count_syscalls: false,
             work: WorkPlan {
                 levels_us: vec![0],
+                base_us: 100,
                 burst: 1,
                 rounds: 1,
                 slow_ms: 50,

@@ -1,12 +1,16 @@
 //! Where one loop loses: the steps again, now that a message costs real CPU (`--work-us`).
-//! At each level of work, with N connections held, a burst on some of them: messages per
-//! second, round trip p50 and p99, and the cores the step kept busy. At the highest level,
+//! At each level of work per message, with N connections held, a burst on some of them:
+//! messages per second, round trip p50 and p99, and the cores the step kept busy. Then
 //! fairness: while one connection sends messages that cost 50 ms each, fresh clients come
 //! and time one 64-byte echo each. One loop has one core and makes everyone wait for the
 //! message in hand; threads, tokio's workers and step08's processes have every core.
 //!
-//! Level 0 is the step as the rest of the report ran it, still holding its N connections;
-//! every other level starts the step again with `--work-us`, and opens N anew.
+//! Level 0 is the step as the rest of the report ran it, still holding its N connections.
+//! For the others the step is started again, once, with `--work-us` at the plan's base, and
+//! N connections opened anew: its work is in proportion to a message's length, so each
+//! level is a message length (13, 64 and 320 bytes for 20, 100 and 500 µs at 100 µs per 64
+//! bytes). One start and one N to open per step rather than one per level: opening N
+//! WebSocket connections costs a second, and the report must stay short.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -25,8 +29,8 @@ use crate::schema::{
 use crate::steps::StepSpec;
 
 /// The work section for one step, if it is one the section runs: `step` is the step as
-/// measured so far and `pool` its N connections, given up here (the other levels need the
-/// fds). Problems go into the step's notes; the levels that could be measured stand.
+/// measured so far and `pool` its N connections, given up here (the step started again
+/// needs the fds). Problems go into the step's notes; what could be measured stands.
 pub async fn measure(
     step: &Started,
     mut pool: Pool,
@@ -48,33 +52,34 @@ pub async fn measure(
     };
     let levels = &plan.work.levels_us;
     if levels.contains(&0) {
-        level(step, &mut pool, 0, plan, bar, &mut work, &mut result.notes).await;
+        let bytes = plan.message_size;
+        work.levels
+            .push(burst(step, &mut pool, 0, bytes, plan, bar).await);
     }
     pool.close();
-    for &work_us in levels.iter().filter(|&&w| w > 0) {
-        match restart(bin, spec, work_us, held, bar).await {
-            Ok((step, mut pool)) => {
-                if pool.len() < held {
-                    result.notes.push(format!(
-                        "work {work_us} µs: {} of {held} connections opened: {}",
-                        pool.len(),
-                        pool.failures.short()
-                    ));
-                }
-                level(
-                    &step,
-                    &mut pool,
-                    work_us,
-                    plan,
-                    bar,
-                    &mut work,
-                    &mut result.notes,
-                )
-                .await;
-                pool.close();
+    let base = plan.work.base_us;
+    match restart(bin, spec, base, held, bar).await {
+        Ok((step, mut pool)) => {
+            if pool.len() < held {
+                result.notes.push(format!(
+                    "work: {} of {held} connections opened: {}",
+                    pool.len(),
+                    pool.failures.short()
+                ));
             }
-            Err(err) => result.notes.push(format!("work {work_us} µs: {err}")),
+            for &work_us in levels.iter().filter(|&&w| w > 0) {
+                let bytes = plan.work.message_bytes(work_us);
+                work.levels
+                    .push(burst(&step, &mut pool, work_us, bytes, plan, bar).await);
+            }
+            bar.set_message("work: fairness");
+            match fairness(&step, plan, &mut result.notes).await {
+                Ok(fair) => work.fairness = Some(fair),
+                Err(err) => result.notes.push(format!("fairness: {err}")),
+            }
+            pool.close();
         }
+        Err(err) => result.notes.push(format!("work: {err}")),
     }
     work.wall_seconds = started.elapsed().as_secs_f64();
     result.work = Some(work);
@@ -88,13 +93,13 @@ async fn restart(
     held: usize,
     bar: &ProgressBar,
 ) -> Result<(Started, Pool), String> {
-    bar.set_message(format!("work {work_us} µs: starting"));
+    bar.set_message(format!("work: starting with --work-us {work_us}"));
     let work = work_us.to_string();
     let step = Started::start_for_work(bin, spec, &["--work-us", &work])?;
     let mut pool = step.pool()?;
     bar.set_position(0);
     bar.set_length(held as u64);
-    bar.set_message(format!("work {work_us} µs: connecting {held}"));
+    bar.set_message(format!("work: connecting {held}"));
     pool.grow_to(held, Pace::default(), bar).await;
     if pool.is_empty() {
         return Err(format!("no connection opened: {}", pool.failures.short()));
@@ -102,52 +107,32 @@ async fn restart(
     Ok((step, pool))
 }
 
-/// One level: the burst, and at the plan's highest level, fairness.
-async fn level(
-    step: &Started,
-    pool: &mut Pool,
-    work_us: u32,
-    plan: &Plan,
-    bar: &ProgressBar,
-    work: &mut WorkResult,
-    notes: &mut Vec<String>,
-) {
-    work.levels
-        .push(burst(step, pool, work_us, plan, bar).await);
-    let highest = plan.work.levels_us.iter().copied().max().unwrap_or(0);
-    if work_us == highest && work_us > 0 {
-        bar.set_message(format!("work {work_us} µs: fairness"));
-        match fairness(step, work_us, plan, notes).await {
-            Ok(fair) => work.fairness = Some(fair),
-            Err(err) => notes.push(format!("fairness: {err}")),
-        }
-    }
-}
-
-/// Bursts on the newest `plan.work.burst` connections: one round not counted, then
-/// `plan.work.rounds`, with the step's CPU time read around them.
+/// Bursts of `bytes`-byte messages (`work_us` of work each) on the newest
+/// `plan.work.burst` connections: one round not counted, then `plan.work.rounds`, with the
+/// step's CPU time, and the rest of the machine's, read around them.
 async fn burst(
     step: &Started,
     pool: &mut Pool,
     work_us: u32,
+    bytes: usize,
     plan: &Plan,
     bar: &ProgressBar,
 ) -> WorkLevel {
-    let (size, deadline) = (plan.message_size, plan.served_deadline);
+    let deadline = plan.served_deadline;
     let burst = plan.work.burst.min(pool.len());
     let from = pool.len() - burst;
     bar.set_message(format!(
         "work {work_us} µs: {} bursts of {burst}",
         plan.work.rounds
     ));
-    pool.echo_each(from, size, deadline).await;
+    pool.echo_each(from, bytes, deadline).await;
     let others = OthersCpu::start(step.process.pid());
     let (started, cpu_before) = (Instant::now(), step.cpu());
     let mut echo = EchoStats::default();
     let mut busy = Duration::ZERO;
     for _ in 0..plan.work.rounds {
         let round = Instant::now();
-        echo.merge(pool.echo_each(from, size, deadline).await);
+        echo.merge(pool.echo_each(from, bytes, deadline).await);
         busy += round.elapsed();
     }
     let cores = match (cpu_before, step.cpu()) {
@@ -160,6 +145,7 @@ async fn burst(
     let summary = echo.summary();
     WorkLevel {
         work_us,
+        message_bytes: bytes,
         burst,
         rounds: plan.work.rounds,
         msgs_per_s: echo.ok as f64 / busy.as_secs_f64().max(1e-9),
@@ -172,20 +158,18 @@ async fn burst(
 }
 
 /// One connection sends slow messages back to back (each `slow_ms` of work: 64 bytes per
-/// `work_us`), while fresh clients arrive one every `fresh_every` or so, each opening its
+/// `base_us` µs), while fresh clients arrive one every `fresh_every` or so, each opening its
 /// connection (and upgrading it) and then timing one 64-byte echo. For a step of several
 /// processes, the kernel says which one holds each connection, so that the fresh clients
 /// that shared a worker with the slow one are told from the others.
 async fn fairness(
     step: &Started,
-    work_us: u32,
     plan: &Plan,
     notes: &mut Vec<String>,
 ) -> Result<Fairness, String> {
     let opts = step.connect_options()?;
     let deadline = plan.served_deadline;
-    let blocks = (plan.work.slow_ms as usize * 1000).div_ceil(work_us as usize);
-    let slow_message = loadgen::payload(blocks * 64);
+    let slow_message = loadgen::payload(plan.work.message_bytes(plan.work.slow_ms * 1000));
     let mut slow = Conn::connect(&opts, 0)
         .await
         .map_err(|failure| format!("the slow connection failed to open: {failure}"))?;
@@ -262,7 +246,7 @@ async fn fairness(
         .ok_or("the slow connection's messages did not come back")?;
     let (same_worker, other_workers) = by_worker?;
     Ok(Fairness {
-        work_us,
+        base_us: plan.work.base_us,
         slow_bytes: slow_message.len(),
         slow_p50_us: us(slow_p50),
         slow_messages: slow_rtts.len(),
