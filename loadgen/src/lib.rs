@@ -24,7 +24,7 @@ pub use conn::{Conn, ConnectOptions, EchoError};
 pub use failure::{Failure, Failures};
 pub use pool::{Pace, Pick, Pool, payload};
 pub use srcaddr::{PER_SOURCE, SourceAddrs};
-pub use stats::{EchoStats, RttSummary, micros, percentile};
+pub use stats::{EchoStats, RttSummary, micros, monotonic_ns, percentile};
 pub use storm::Storm;
 pub use target::{Protocol, Target};
 
