@@ -16,7 +16,8 @@
 //!
 //! - `reuseport.rs`: binding many listening sockets to one address.
 //! - `signals.rs`: Ctrl-C and SIGTERM stop every worker.
-//! - step06's `serve`: the event loop each worker runs, unchanged.
+//! - step06's `serve`: the event loop each worker runs, unchanged; or with `--loop
+//!   io-uring`, step09's.
 
 mod reuseport;
 mod signals;
@@ -53,10 +54,44 @@ const STOP_GRACE: Duration = Duration::from_millis(500);
 const SILENT_PERIODS: u32 = 5;
 const SILENCE_MIN: Duration = Duration::from_secs(3);
 
+/// The event loop each worker runs (`--loop`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Loop {
+    /// step06's: readiness from epoll, then a read and a write per message.
+    Epoll,
+    /// step09's: completions from io_uring, a multishot receive per connection.
+    IoUring,
+}
+
+/// step09's buffer ring in each io_uring worker, at step09's defaults: 1024 buffers of
+/// 4 KiB, 4 MiB per worker, in its baseline.
+const RING_BUFFERS: u16 = 1024;
+const BUFFER_SIZE: u32 = 4096;
+
+/// Whether io_uring can run here, asked once by the supervisor before any worker starts:
+/// the reason in one line if not. The trial ring is made and dropped on a thread of its
+/// own: the kernel's work for a ring it tears down can interrupt its thread's next
+/// blocking call with `EINTR`.
+pub fn io_uring_refused() -> Option<step09_io_uring::Unavailable> {
+    let trial = std::thread::spawn(|| step09_io_uring::setup(1, 64).map(drop));
+    trial
+        .join()
+        .expect("bug: the trial ring does not panic")
+        .err()
+}
+
 /// Run as a worker: bind our own socket in the address's reuseport group, say so on stdout
-/// (the pipe to the supervisor), and serve with step06's loop. Its memory lines (JSON, as
-/// `--json` is always passed) go to the supervisor through the same pipe.
-pub fn work(addr: SocketAddr, opts: &Options, ws: &WsOptions) -> io::Result<()> {
+/// (the pipe to the supervisor), and serve with step06's loop, or step09's. Its memory
+/// lines (JSON, as `--json` is always passed) go to the supervisor through the same pipe.
+pub fn work(addr: SocketAddr, opts: &Options, ws: &WsOptions, event_loop: Loop) -> io::Result<()> {
+    // As step09 does: the rings and the buffer pool before the bind, in the baseline.
+    let uring = match event_loop {
+        Loop::Epoll => None,
+        Loop::IoUring => Some(
+            step09_io_uring::setup(RING_BUFFERS, BUFFER_SIZE)
+                .map_err(|unavailable| io::Error::other(unavailable.to_string()))?,
+        ),
+    };
     // Each worker is its own process, with its own open-file limit to raise.
     common::raise_fd_limit()?;
     let listener = reuseport::listen(addr)?;
@@ -67,7 +102,10 @@ pub fn work(addr: SocketAddr, opts: &Options, ws: &WsOptions) -> io::Result<()> 
         let base = meter.base_rss();
         format!(r#"{{"event":"listening","addr":"{local}","base_rss_bytes":{base}}}"#)
     });
-    step06_ws_epoll::serve(listener, meter, ws.config())
+    match uring {
+        None => step06_ws_epoll::serve(listener, meter, ws.config()),
+        Some(uring) => step09_io_uring::serve(listener, meter, uring, ws.config()),
+    }
 }
 
 /// What the supervisor is asked to run.
