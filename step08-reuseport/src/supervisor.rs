@@ -82,6 +82,7 @@ struct Supervisor {
     plan: Plan,
     /// The address every worker binds, port resolved.
     addr: SocketAddr,
+    /// Worker `i` runs in slot `i`, and its replacements after it.
     slots: Vec<Slot>,
 }
 

@@ -44,7 +44,9 @@ pub(crate) fn say_listening(listener: &TcpListener, meter: &MemoryMeter) -> io::
 
 /// A running worker process.
 pub(crate) struct Worker {
+    /// The process: its pid, and its exit status once it ends.
     pub child: Child,
+    /// A replacement starts no sooner than a delay after this (see the supervisor).
     pub started: Instant,
     /// Filled by the thread that reads the worker's stdout.
     latest: Arc<Mutex<Latest>>,
