@@ -13,6 +13,7 @@ mod conn;
 mod failure;
 pub mod fleet;
 mod pool;
+mod ring;
 mod srcaddr;
 mod stats;
 mod storm;
