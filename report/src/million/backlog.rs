@@ -1,6 +1,9 @@
 //! Loopback's input queue: `net.core.netdev_max_backlog`, raised for the run (as root) and
 //! put back, and the packets the kernel dropped when a CPU's queue was full anyway.
 
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, Write};
+
 /// The loopback backlog raised for the opening storm, if lower (and we are root).
 const NETDEV_BACKLOG: u64 = 65_536;
 
@@ -9,17 +12,26 @@ const BACKLOG_PATH: &str = "/proc/sys/net/core/netdev_max_backlog";
 /// `net.core.netdev_max_backlog` raised for the run, and put back when dropped.
 pub struct Backlog {
     was: u64,
-    raised: bool,
+    /// The setting's file, while raised: kept open, because only the machine's own network
+    /// namespace has it, and the run may move to one of its own (see `network.rs`).
+    raised: Option<File>,
 }
 
 impl Backlog {
     /// Raise it from `was` to [`NETDEV_BACKLOG`], saying so (or why not).
     pub fn raise(was: u64) -> Backlog {
         if was >= NETDEV_BACKLOG {
-            return Backlog { was, raised: false };
+            return Backlog { was, raised: None };
         }
-        let raised = std::fs::write(BACKLOG_PATH, NETDEV_BACKLOG.to_string()).is_ok();
-        if raised {
+        let raised = OpenOptions::new()
+            .write(true)
+            .open(BACKLOG_PATH)
+            .and_then(|mut file| {
+                file.write_all(NETDEV_BACKLOG.to_string().as_bytes())?;
+                Ok(file)
+            })
+            .ok();
+        if raised.is_some() {
             eprintln!(
                 "report: raised net.core.netdev_max_backlog from {was} to {NETDEV_BACKLOG} for the \
                  run (loopback drops packets past it when a connection storm fills a CPU's \
@@ -36,13 +48,17 @@ impl Backlog {
 
     /// (from, to), if it was raised.
     pub fn changed(&self) -> Option<(u64, u64)> {
-        self.raised.then_some((self.was, NETDEV_BACKLOG))
+        self.raised.as_ref().map(|_| (self.was, NETDEV_BACKLOG))
     }
 }
 
 impl Drop for Backlog {
     fn drop(&mut self) {
-        if self.raised && std::fs::write(BACKLOG_PATH, self.was.to_string()).is_ok() {
+        let Some(mut file) = self.raised.take() else {
+            return;
+        };
+        // A sysctl is written whole, from its start.
+        if file.rewind().is_ok() && file.write_all(self.was.to_string().as_bytes()).is_ok() {
             eprintln!(
                 "report: net.core.netdev_max_backlog is back to {}",
                 self.was

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::network::Network;
 use crate::fit::Machine;
 
 /// Echo outcome, as loadgen answers an order.
@@ -99,7 +100,12 @@ pub struct Million {
     pub syscalls_per_msg: Option<f64>,
     pub syscalls_not_counted: Option<String>,
     pub probes: Echoes,
+    /// What the supervisor said of workers that died or went silent during the run, and
+    /// were replaced: their connections were lost with them.
+    pub workers_lost: Vec<String>,
     pub netdev_max_backlog: Option<(u64, u64)>,
+    /// The table of established connections the run's sockets were looked up in.
+    pub network: Network,
     pub softnet_drops: (u64, u64),
     pub wall_seconds: f64,
     pub error: Option<String>,
@@ -108,6 +114,9 @@ pub struct Million {
 impl Million {
     /// Every connection held, none failed, and the run finished.
     pub fn all_held(&self) -> bool {
-        self.error.is_none() && self.held == self.conns && self.failed == 0
+        self.error.is_none()
+            && self.held == self.conns
+            && self.failed == 0
+            && self.workers_lost.is_empty()
     }
 }

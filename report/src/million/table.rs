@@ -41,6 +41,13 @@ const ROWS: &[Row] = &[
         )
     }),
     ("server workers", |m| m.workers.to_string()),
+    ("table of established connections", |m| {
+        let buckets = m.network.buckets.map_or("?".into(), |b| b.to_string());
+        match m.network.own {
+            true => format!("{buckets} buckets, in the run's own network namespace"),
+            false => format!("{buckets} buckets, the machine's"),
+        }
+    }),
     ("server user space", |m| {
         format!(
             "{} in all, {} per connection",
@@ -141,6 +148,9 @@ fn notes(runs: &[Million]) -> String {
                 "\n{}: system calls not counted: {why}\n",
                 m.event_loop
             ));
+        }
+        for line in &m.workers_lost {
+            text.push_str(&format!("\n{}: {line}\n", m.event_loop));
         }
         if let Some(err) = &m.error {
             text.push_str(&format!("\n{}: not finished: {err}\n", m.event_loop));
