@@ -89,7 +89,7 @@ fn refuse(
         State::Handshaking { .. } => shared
             .out
             .extend_from_slice(handshake::BUSY_RESPONSE.as_bytes()),
-        State::Open { .. } => frame::write_close(Some(CloseCode::Size), b"", &mut shared.out),
+        State::Open { .. } => frame::write_close(Some(CloseCode::Size), &mut shared.out),
         // It said its last word already: what it holds is our last bytes, on their way
         // (and the closing deadline bounds how long they may take).
         State::Closing { .. } => return Ok(next),
@@ -152,7 +152,7 @@ pub(crate) fn expire(
             // is what it does not take, a close frame could not get past it anyway.)
             State::Open { .. } if conn.unsent.is_none() => {
                 shared.out.clear();
-                frame::write_close(Some(CloseCode::Policy), b"", &mut shared.out);
+                frame::write_close(Some(CloseCode::Policy), &mut shared.out);
                 let _ = conn.stream.write(&shared.out);
             }
             State::Open { .. } | State::Closing { .. } => {}

@@ -118,7 +118,7 @@ pub fn decode(
         Err(code) => {
             // "Fail the WebSocket connection": send a close with the reason, read no more.
             *partial = None;
-            write_close(Some(code), b"", out);
+            write_close(Some(code), out);
             Flow::Close
         }
     };
@@ -361,7 +361,7 @@ fn answer_close(payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) -> Result<Flow
     unmask_into(payload, mask, &mut body);
     match body.as_slice() {
         // No payload: a close without a reason. Answer in kind.
-        [] => write_close(None, b"", out),
+        [] => write_close(None, out),
         // A code is two bytes; one byte is malformed.
         [_] => return Err(CloseCode::Protocol),
         [hi, lo, reason @ ..] => {
@@ -374,7 +374,7 @@ fn answer_close(payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) -> Result<Flow
             if std::str::from_utf8(reason).is_err() {
                 return Err(CloseCode::Invalid);
             }
-            write_close(Some(code), b"", out);
+            write_close(Some(code), out);
         }
     }
     Ok(Flow::Close)
@@ -423,17 +423,13 @@ fn write_header(opcode: OpCode, payload_len: usize, out: &mut Vec<u8>) {
         .expect("bug: writing into a Vec cannot fail");
 }
 
-/// A close frame: the code (if any) as two big-endian bytes, then the reason.
-pub fn write_close(code: Option<CloseCode>, reason: &[u8], out: &mut Vec<u8>) {
+/// A close frame: the code (if any) as two big-endian bytes, and no reason (the code says
+/// it all).
+pub fn write_close(code: Option<CloseCode>, out: &mut Vec<u8>) {
     let code = code.map(|code| u16::from(code).to_be_bytes());
     let code: &[u8] = code.as_ref().map_or(&[], |c| c);
-    write_header(
-        OpCode::Control(Control::Close),
-        code.len() + reason.len(),
-        out,
-    );
+    write_header(OpCode::Control(Control::Close), code.len(), out);
     out.extend_from_slice(code);
-    out.extend_from_slice(reason);
 }
 
 #[cfg(test)]

@@ -44,6 +44,17 @@ pub const TIMEOUT_RESPONSE: &str =
 pub const BUSY_RESPONSE: &str =
     "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
+/// A request head we serve: an upgrade, or a browser asking for the page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Asked, correctly, to become a WebSocket: answer with [`switching_protocols`].
+    Upgrade(Upgrade),
+    /// A plain `GET /`, a browser tab opened on the address: answer with `200` and the
+    /// page of `page.rs` ([`crate::page::response`]), which connects back as a WebSocket,
+    /// then close.
+    Page,
+}
+
 /// A request head that asked, correctly, to become a WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upgrade {
@@ -53,8 +64,7 @@ pub struct Upgrade {
     pub head_len: usize,
 }
 
-/// Why a request head is not upgraded. Each becomes an HTTP response (an error, or for a
-/// browser the page), then a close.
+/// Why a request head is refused. Each becomes an HTTP error response, then a close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
     /// The head is longer than [`MAX_HEAD`], or has more than 64 header lines: `431`.
@@ -69,9 +79,6 @@ pub enum Reject {
     /// A plain HTTP request with no `Upgrade` header at all, for another path than `/`:
     /// `426` with a short text saying this is a WebSocket server.
     PlainHttp,
-    /// A plain `GET /`, a browser tab opened on the address: not refused but answered,
-    /// with `200` and the page of `page.rs`, which connects back as a WebSocket.
-    Page,
     /// Asked to upgrade, but not with `Upgrade: websocket` and a `Connection` header that
     /// holds the `upgrade` token: `400`.
     NotWebSocket,
@@ -93,9 +100,11 @@ pub enum Reject {
 /// `origin_allowed`).
 ///
 /// - `Ok(None)`: the head is not complete yet; call again when more bytes arrive.
-/// - `Ok(Some(upgrade))`: answer with [`switching_protocols`]; frames start at `head_len`.
+/// - `Ok(Some(Request::Upgrade(upgrade)))`: answer with [`switching_protocols`]; frames
+///   start at `head_len`.
+/// - `Ok(Some(Request::Page))`: answer with the page, and close.
 /// - `Err(reject)`: answer with [`Reject::response`] and close.
-pub fn parse_request(buf: &[u8], allowed_origins: &[String]) -> Result<Option<Upgrade>, Reject> {
+pub fn parse_request(buf: &[u8], allowed_origins: &[String]) -> Result<Option<Request>, Reject> {
     // Never look past MAX_HEAD bytes: a head that is not complete within them is too long,
     // whatever follows. This also bounds the work of re-parsing from the start each time.
     let window = &buf[..buf.len().min(MAX_HEAD)];
@@ -130,10 +139,10 @@ pub fn parse_request(buf: &[u8], allowed_origins: &[String]) -> Result<Option<Up
 
     let upgrade = header_values(headers, "upgrade");
     if upgrade.clone().next().is_none() {
-        return Err(match request.path {
-            Some("/") => Reject::Page,
-            _ => Reject::PlainHttp,
-        });
+        return match request.path {
+            Some("/") => Ok(Some(Request::Page)),
+            _ => Err(Reject::PlainHttp),
+        };
     }
     // Both headers are comma-separated token lists: `Connection: keep-alive, Upgrade` is
     // what Firefox sends. Tokens compare case-insensitively.
@@ -175,10 +184,10 @@ pub fn parse_request(buf: &[u8], allowed_origins: &[String]) -> Result<Option<Up
         _ => return Err(Reject::Forbidden),
     }
 
-    Ok(Some(Upgrade {
+    Ok(Some(Request::Upgrade(Upgrade {
         accept: accept_key(key),
         head_len,
-    }))
+    })))
 }
 
 /// Whether a page of `origin` may open a WebSocket on a request for `host`: it is the
@@ -242,7 +251,6 @@ impl Reject {
             Reject::Forbidden => "HTTP/1.1 403 Forbidden",
             Reject::NotGet => "HTTP/1.1 405 Method Not Allowed",
             Reject::PlainHttp | Reject::BadVersion => "HTTP/1.1 426 Upgrade Required",
-            Reject::Page => "HTTP/1.1 200 OK",
         }
     }
 
@@ -250,7 +258,6 @@ impl Reject {
     /// body for whoever reads it with curl. The connection closes after it.
     pub fn response(self) -> String {
         let (extra_header, body) = match self {
-            Reject::Page => return crate::page::response(),
             Reject::HeadTooLarge => ("", "request head over 8 KiB\n"),
             Reject::Malformed => ("", "not an HTTP/1.1 request\n"),
             Reject::NotGet => ("Allow: GET\r\n", "a WebSocket handshake is a GET\n"),
@@ -314,6 +321,14 @@ mod tests {
     const RFC_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
     const RFC_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
+    /// The upgrade `head` asks for; panics, saying what it got instead, if it is not one.
+    fn upgrade(head: &[u8]) -> Upgrade {
+        match parse_request(head, &[]) {
+            Ok(Some(Request::Upgrade(upgrade))) => upgrade,
+            other => panic!("not upgraded: {other:?}"),
+        }
+    }
+
     fn request(extra: &str) -> String {
         format!(
             "GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n\
@@ -331,7 +346,7 @@ mod tests {
     #[test]
     fn rfc_example_request_upgrades() {
         let head = request("");
-        let upgrade = parse_request(head.as_bytes(), &[]).unwrap().unwrap();
+        let upgrade = upgrade(head.as_bytes());
         assert_eq!(
             upgrade,
             Upgrade {
@@ -354,7 +369,7 @@ mod tests {
         let head = request("");
         let mut bytes = head.clone().into_bytes();
         bytes.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]); // a first frame, same segment
-        let upgrade = parse_request(&bytes, &[]).unwrap().unwrap();
+        let upgrade = upgrade(&bytes);
         assert_eq!(upgrade.head_len, head.len());
     }
 
@@ -376,14 +391,14 @@ mod tests {
     fn header_names_and_tokens_are_case_insensitive() {
         let head = "GET / HTTP/1.1\r\nhost: x\r\nUPGRADE: WebSocket\r\nconnection: keep-alive, upgrade\r\n\
                     sec-websocket-key:   dGhlIHNhbXBsZSBub25jZQ==  \r\nsec-websocket-version: 13\r\n\r\n";
-        let upgrade = parse_request(head.as_bytes(), &[]).unwrap().unwrap();
+        let upgrade = upgrade(head.as_bytes());
         assert_eq!(upgrade.accept, RFC_ACCEPT);
     }
 
     /// Each bad request (not GET, no single Host, not HTTP/1.1, no upgrade, bad version, bad key) has its reason.
     #[test]
     fn refusals_map_to_their_status() {
-        let cases: [(&str, Reject); 12] = [
+        let cases: [(&str, Reject); 11] = [
             (
                 "POST / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
                 Reject::NotGet,
@@ -397,7 +412,6 @@ mod tests {
                 Reject::BadHost,
             ),
             ("GET /x HTTP/1.1\r\nHost: x\r\n\r\n", Reject::PlainHttp),
-            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", Reject::Page),
             (
                 "GET / HTTP/1.0\r\nUpgrade: websocket\r\n\r\n",
                 Reject::Malformed,
@@ -434,6 +448,13 @@ mod tests {
         }
     }
 
+    /// A plain `GET /` (no `Upgrade`) is not refused: it asks for the page, a 200.
+    #[test]
+    fn a_plain_get_of_the_root_asks_for_the_page() {
+        let head = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(parse_request(head.as_bytes(), &[]), Ok(Some(Request::Page)));
+    }
+
     /// A version header sent twice is a malformed request (`400`), even saying 13 both times;
     /// one other version is a version we do not speak (`426`).
     #[test]
@@ -455,7 +476,10 @@ mod tests {
     fn an_origin_is_the_servers_own_or_allowed() {
         let with = |origin: &str| request(&format!("Origin: {origin}\r\n"));
         let upgraded = |head: String, allowed: &[String]| {
-            matches!(parse_request(head.as_bytes(), allowed), Ok(Some(_)))
+            matches!(
+                parse_request(head.as_bytes(), allowed),
+                Ok(Some(Request::Upgrade(_)))
+            )
         };
         let refused = |head: String, allowed: &[String]| {
             parse_request(head.as_bytes(), allowed) == Err(Reject::Forbidden)
@@ -590,7 +614,7 @@ mod proptests {
             let mut received = first.to_vec();
             received.extend_from_slice(second);
             let expected = Upgrade { accept: accept_key(key.as_bytes()), head_len: head.len() };
-            prop_assert_eq!(parse_request(&received, &[]), Ok(Some(expected)));
+            prop_assert_eq!(parse_request(&received, &[]), Ok(Some(Request::Upgrade(expected))));
         }
 
         /// A request that asks for the upgrade correctly in every other way, among arbitrary

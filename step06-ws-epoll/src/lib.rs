@@ -29,7 +29,7 @@ mod epoll;
 pub mod frame;
 pub mod handshake;
 mod options;
-mod page;
+pub mod page;
 pub mod timer;
 
 pub use options::{Config, WsOptions};
@@ -45,6 +45,7 @@ use common::{MemoryMeter, RateLimitedLog};
 use budget::{expire, held, hold_to_budget};
 use epoll::{Epoll, READABLE, WRITABLE};
 use frame::{Flow, Partial};
+use handshake::Request;
 use timer::{Deadline, Timers};
 
 /// One connection. Kept small on purpose: this struct, times 10 000, is most of what an
@@ -350,12 +351,12 @@ fn send(conn: &mut Conn, out: &[u8]) -> io::Result<Next> {
 
 /// The request head, or more of it, arrived: answer it once it is whole.
 fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) -> Flow {
-    let State::Handshaking { head, .. } = &mut conn.state else {
+    let State::Handshaking { head: kept, .. } = &mut conn.state else {
         unreachable!("bug: read_head is called only while handshaking");
     };
     // Most heads arrive whole, in one read: they are parsed straight from the shared read
     // buffer. Only a head that comes in pieces is copied into the connection.
-    let mut head = head.take();
+    let mut head = kept.take();
     let bytes: &[u8] = match &mut head {
         Some(head) => {
             head.extend_from_slice(input);
@@ -367,18 +368,18 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) 
         Ok(None) => {
             // Not complete yet: keep what we have. (parse_request refuses heads over
             // 8 KiB, so this stays bounded.)
-            let head = head.unwrap_or_else(|| Box::new(input.to_vec()));
-            conn.state = State::Handshaking {
-                head: Some(head),
-                deadline: deadline_of(&conn.state),
-            };
+            *kept = Some(head.unwrap_or_else(|| Box::new(input.to_vec())));
             Flow::Open
         }
         Err(reject) => {
             out.extend_from_slice(reject.response().as_bytes());
             Flow::Close
         }
-        Ok(Some(upgrade)) => {
+        Ok(Some(Request::Page)) => {
+            out.extend_from_slice(page::response().as_bytes());
+            Flow::Close
+        }
+        Ok(Some(Request::Upgrade(upgrade))) => {
             out.extend_from_slice(handshake::switching_protocols(&upgrade.accept).as_bytes());
             // Bytes behind the head are the first frames, sent in the same segment: keep
             // them. (Dropping them would lose the client's first message.)
@@ -393,15 +394,6 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) 
             };
             decoded.flow
         }
-    }
-}
-
-/// The deadline a handshaking (or closing) connection already has, to carry it over when
-/// its state is rebuilt.
-fn deadline_of(state: &State) -> Deadline {
-    match state {
-        State::Handshaking { deadline, .. } | State::Closing { deadline } => *deadline,
-        _ => unreachable!("bug: only handshaking and closing connections have a deadline"),
     }
 }
 

@@ -45,7 +45,8 @@ use common::{MemoryMeter, RateLimitedLog};
 use io_uring::types::{CancelBuilder, Fd};
 use io_uring::{IoUring, cqueue, opcode};
 use step06_ws_epoll::frame::{self, Flow, Partial};
-use step06_ws_epoll::handshake;
+use step06_ws_epoll::handshake::{self, Request};
+use step06_ws_epoll::page;
 use step06_ws_epoll::timer::{Deadline, Timers};
 
 use budget::{expire, held, hold_to_budget};
@@ -524,12 +525,12 @@ fn send(conn: &mut Conn, fd: RawFd, out: &[u8], ring: &mut IoUring) -> io::Resul
 
 /// The request head, or more of it, arrived: answer it once it is whole.
 fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) -> Flow {
-    let State::Handshaking { head, .. } = &mut conn.state else {
+    let State::Handshaking { head: kept, .. } = &mut conn.state else {
         unreachable!("bug: read_head is called only while handshaking");
     };
     // Most heads arrive whole, in one read: they are parsed straight from the ring's read
     // buffer. Only a head that comes in pieces is copied into the connection.
-    let mut head = head.take();
+    let mut head = kept.take();
     let bytes: &[u8] = match &mut head {
         Some(head) => {
             head.extend_from_slice(input);
@@ -541,18 +542,18 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) 
         Ok(None) => {
             // Not complete yet: keep what we have. (parse_request refuses heads over
             // 8 KiB, so this stays bounded.)
-            let head = head.unwrap_or_else(|| Box::new(input.to_vec()));
-            conn.state = State::Handshaking {
-                head: Some(head),
-                deadline: deadline_of(&conn.state),
-            };
+            *kept = Some(head.unwrap_or_else(|| Box::new(input.to_vec())));
             Flow::Open
         }
         Err(reject) => {
             out.extend_from_slice(reject.response().as_bytes());
             Flow::Close
         }
-        Ok(Some(upgrade)) => {
+        Ok(Some(Request::Page)) => {
+            out.extend_from_slice(page::response().as_bytes());
+            Flow::Close
+        }
+        Ok(Some(Request::Upgrade(upgrade))) => {
             out.extend_from_slice(handshake::switching_protocols(&upgrade.accept).as_bytes());
             // Bytes behind the head are the first frames, sent in the same segment: keep
             // them. (Dropping them would lose the client's first message.)
@@ -567,15 +568,6 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) 
             };
             decoded.flow
         }
-    }
-}
-
-/// The deadline a handshaking (or closing) connection already has, to carry it over when
-/// its state is rebuilt.
-fn deadline_of(state: &State) -> Deadline {
-    match state {
-        State::Handshaking { deadline, .. } | State::Closing { deadline } => *deadline,
-        _ => unreachable!("bug: only handshaking and closing connections have a deadline"),
     }
 }
 
