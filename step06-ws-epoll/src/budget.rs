@@ -66,7 +66,7 @@ pub(crate) fn hold_to_budget(
         if after == 0 {
             *deadline = None;
         } else if deadline.is_none() {
-            *deadline = Some(shared.stalls.set(fd));
+            *deadline = Some(shared.stall_timers.set(fd));
         }
     }
     Ok(next)
@@ -95,7 +95,7 @@ fn refuse(
         State::Closing { .. } => return Ok(next),
     }
     conn.state = State::Closing {
-        deadline: shared.timers.set(fd),
+        deadline: shared.handshake_timers.set(fd),
     };
     conn.unsent = None;
     shared.held -= held_before;
@@ -114,25 +114,29 @@ pub(crate) fn expire(
     open: &mut usize,
 ) {
     // Under connect/close churn most deadlines go stale long before they are due. A
-    // connection's deadline sits in one queue: `stalls` while open, `timers` otherwise. It
-    // was set in that queue when the connection entered its state (or, open, began to hold
-    // bytes), never carried over from the other: so keeping the live deadlines of the
-    // queue's own states drops none.
-    for (timers, stalls) in [(&mut shared.timers, false), (&mut shared.stalls, true)] {
+    // connection's deadline sits in one queue: `stall_timers` while open, `handshake_timers`
+    // otherwise. It was set in that queue when the connection entered its state (or, open,
+    // began to hold bytes), never carried over from the other: so keeping the live
+    // deadlines of the queue's own states drops none.
+    for (timers, for_open) in [
+        (&mut shared.handshake_timers, false),
+        (&mut shared.stall_timers, true),
+    ] {
         if timers.is_mostly_stale(*open) {
             timers.rebuild(connections.iter().enumerate().filter_map(|(fd, conn)| {
                 let conn = conn.as_ref()?;
                 let live = current_deadline(conn)?;
-                (matches!(conn.state, State::Open { .. }) == stalls).then_some((live, fd as RawFd))
+                (matches!(conn.state, State::Open { .. }) == for_open)
+                    .then_some((live, fd as RawFd))
             }));
         }
     }
 
-    let now = shared.timers.now();
+    let now = shared.handshake_timers.now();
     while let Some(fd) = shared
-        .timers
+        .handshake_timers
         .pop_due(now)
-        .or_else(|| shared.stalls.pop_due(now))
+        .or_else(|| shared.stall_timers.pop_due(now))
     {
         // Many entries are stale: the connection finished its head or what it held long
         // ago, or closed and its fd now belongs to a newer connection (whose own deadline
@@ -184,12 +188,12 @@ mod tests {
             max_buffered,
             ..Config::default()
         };
-        let timers = Timers::new(config.timeout);
+        let handshake_timers = Timers::new(config.handshake_timeout);
         Shared {
             buf: Vec::new(),
             out: Vec::new(),
-            stalls: timers.with_timeout(config.stall_timeout),
-            timers,
+            stall_timers: handshake_timers.with_timeout(config.stall_timeout),
+            handshake_timers,
             held: 0,
             config,
         }
@@ -204,7 +208,7 @@ mod tests {
         let mut shared = shared_with_budget(1);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let deadline = shared.timers.set(3);
+        let deadline = shared.handshake_timers.set(3);
         let mut conn = Conn {
             stream,
             state: State::Closing { deadline },
@@ -221,8 +225,8 @@ mod tests {
     }
 
     /// A connection that opens already holding bytes (its head came in pieces, the last
-    /// piece with the start of a frame) gets a stall deadline of its own, in `stalls`: the
-    /// rebuild of `timers` that connect/close churn brings, dropping its old handshake
+    /// piece with the start of a frame) gets a stall deadline of its own, in `stall_timers`:
+    /// the rebuild of `handshake_timers` that connect/close churn brings, dropping its old handshake
     /// deadline, loses nothing. Breaks if the clock starts only for a connection that held
     /// nothing before the event (its head counted as something): it is then held for ever.
     #[test]
@@ -256,12 +260,12 @@ mod tests {
 
         let mut connections: Vec<Option<Conn>> = (0..=fd).map(|_| None).collect();
         connections[fd as usize] = Some(conn);
-        // Handshakes that came and went: stale entries enough for `timers` to be rebuilt.
-        (0..100).for_each(|_| _ = shared.timers.set(fd + 1));
+        // Handshakes that came and went: stale entries enough for `handshake_timers` to be rebuilt.
+        (0..100).for_each(|_| _ = shared.handshake_timers.set(fd + 1));
         let epoll = Epoll::new().unwrap();
         expire(&mut shared, &epoll, &mut connections, &mut 1);
         assert!(
-            shared.stalls.time_left().is_some(),
+            shared.stall_timers.time_left().is_some(),
             "an open connection holding bytes has no stall deadline"
         );
     }

@@ -112,11 +112,12 @@ struct Shared {
     /// One output buffer for every connection: replies are put together here, and only
     /// what the kernel does not take at once is copied into the connection.
     out: Vec<u8>,
-    /// Connections that must do something by a deadline: finish their request head, or
-    /// hang up after our close.
-    timers: Timers,
-    /// Connections that hold bytes: the deadline by which they must finish something.
-    stalls: Timers,
+    /// Connections that must do something within `--handshake-timeout`: finish their
+    /// request head, or hang up after our close.
+    handshake_timers: Timers,
+    /// Open connections that hold bytes: the deadline by which they must finish something
+    /// (`--stall-timeout`).
+    stall_timers: Timers,
     /// The bytes all connections hold right now (see [`held`]), kept under
     /// `config.max_buffered`.
     held: usize,
@@ -142,12 +143,12 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
     // free fd, so the fds of live connections are dense and this Vec has few holes.
     let mut connections: Vec<Option<Conn>> = Vec::new();
     let mut open = 0;
-    let timers = Timers::new(config.timeout);
+    let handshake_timers = Timers::new(config.handshake_timeout);
     let mut shared = Shared {
         buf: vec![0u8; READ_BUDGET],
         out: Vec::new(),
-        stalls: timers.with_timeout(config.stall_timeout),
-        timers,
+        stall_timers: handshake_timers.with_timeout(config.stall_timeout),
+        handshake_timers,
         held: 0,
         config,
     };
@@ -173,7 +174,10 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             Some(until) => until.saturating_duration_since(Instant::now()),
             None => meter.period(),
         };
-        for left in [shared.timers.time_left(), shared.stalls.time_left()] {
+        for left in [
+            shared.handshake_timers.time_left(),
+            shared.stall_timers.time_left(),
+        ] {
             timeout = timeout.min(left.unwrap_or(Duration::MAX));
         }
 
@@ -282,7 +286,7 @@ fn accept_all(
             connections.resize_with(index + 1, || None);
         }
         // The clock starts now: the whole request head must be in within the timeout.
-        let deadline = shared.timers.set(fd);
+        let deadline = shared.handshake_timers.set(fd);
         connections[index] = Some(Conn {
             stream,
             state: State::Handshaking {
@@ -327,7 +331,7 @@ fn handle_readable(conn: &mut Conn, fd: RawFd, shared: &mut Shared) -> io::Resul
         State::Closing { .. } => return Ok(Next::Continue),
     };
     if flow == Flow::Close {
-        let deadline = shared.timers.set(fd);
+        let deadline = shared.handshake_timers.set(fd);
         conn.state = State::Closing { deadline };
     }
 

@@ -180,11 +180,12 @@ struct Shared {
     /// One output buffer for every connection: replies are put together here, then copied
     /// into the connection's output, whose bytes the kernel owns while it sends them.
     out: Vec<u8>,
-    /// Connections that must do something by a deadline: finish their request head, or
-    /// hang up after our close.
-    timers: Timers,
-    /// Connections that hold bytes: the deadline by which they must finish something.
-    stalls: Timers,
+    /// Connections that must do something within `--handshake-timeout`: finish their
+    /// request head, or hang up after our close.
+    handshake_timers: Timers,
+    /// Open connections that hold bytes: the deadline by which they must finish something
+    /// (`--stall-timeout`).
+    stall_timers: Timers,
     /// The bytes all connections hold right now (see [`held`]), kept under
     /// `config.max_buffered`.
     held: usize,
@@ -208,14 +209,14 @@ pub fn serve(
     // free fd, so the fds of live connections are dense and this Vec has few holes.
     let mut connections: Vec<Option<Conn>> = Vec::new();
     let mut open = 0;
-    let timers = Timers::new(config.timeout);
+    let handshake_timers = Timers::new(config.handshake_timeout);
     let mut shared = Shared {
         ring,
         bufs,
         closing: HashMap::new(),
         out: Vec::new(),
-        stalls: timers.with_timeout(config.stall_timeout),
-        timers,
+        stall_timers: handshake_timers.with_timeout(config.stall_timeout),
+        handshake_timers,
         held: 0,
         config,
     };
@@ -249,7 +250,10 @@ pub fn serve(
             Some(until) => until.saturating_duration_since(Instant::now()),
             None => meter.period(),
         };
-        for left in [shared.timers.time_left(), shared.stalls.time_left()] {
+        for left in [
+            shared.handshake_timers.time_left(),
+            shared.stall_timers.time_left(),
+        ] {
             timeout = timeout.min(left.unwrap_or(Duration::MAX));
         }
 
@@ -364,7 +368,7 @@ fn accepted(
         connections.resize_with(index + 1, || None);
     }
     // The clock starts now: the whole request head must be in within the timeout.
-    let deadline = shared.timers.set(fd);
+    let deadline = shared.handshake_timers.set(fd);
     let conn = connections[index].insert(Conn {
         stream,
         state: State::Handshaking {
@@ -489,7 +493,7 @@ fn handle_readable(
         State::Closing { .. } => return Ok(Next::WaitReadable),
     };
     if flow == Flow::Close {
-        let deadline = shared.timers.set(fd);
+        let deadline = shared.handshake_timers.set(fd);
         conn.state = State::Closing { deadline };
     }
 
