@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use common::sys::{client_gone, interrupted, is_disconnect, out_of_resources, would_block};
 use common::{MemoryMeter, RateLimitedLog};
 
-use budget::{expire, held, hold_to_budget};
+use budget::{expire, held, hold_to_budget, time_left};
 use epoll::{Epoll, READABLE, WRITABLE};
 use frame::{Flow, Partial};
 use handshake::Request;
@@ -105,6 +105,46 @@ enum Next {
     Close,
 }
 
+/// The open connections, and what they hold in all: the table `close` takes one out of.
+#[derive(Default)]
+struct Connections {
+    /// The connections, by fd. The fd is the connection's token and its index here: the
+    /// kernel hands out the lowest free fd, so the fds of live connections are dense and
+    /// this Vec has few holes.
+    slots: Vec<Option<Conn>>,
+    /// How many are open: the count in the memory line.
+    open: usize,
+    /// The bytes they all hold right now (see [`held`]), kept under `config.max_buffered`.
+    held: usize,
+}
+
+impl Connections {
+    /// The connection on `fd`, if one is open.
+    fn get_mut(&mut self, fd: RawFd) -> Option<&mut Conn> {
+        self.slots.get_mut(fd as usize).and_then(Option::as_mut)
+    }
+
+    /// Put a new connection in its fd's slot.
+    fn insert(&mut self, fd: RawFd, conn: Conn) -> &mut Conn {
+        let index = fd as usize;
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, || None);
+        }
+        self.open += 1;
+        self.slots[index].insert(conn)
+    }
+
+    /// Take the connection on `fd` out of the table, and what it holds out of the count.
+    fn remove(&mut self, fd: RawFd) -> Conn {
+        let conn = self.slots[fd as usize]
+            .take()
+            .expect("bug: closing a connection that is not open");
+        self.open -= 1;
+        self.held -= held(&conn);
+        conn
+    }
+}
+
 /// What every handler may need besides its connection.
 struct Shared {
     /// One read buffer for every connection.
@@ -118,9 +158,6 @@ struct Shared {
     /// Open connections that hold bytes: the deadline by which they must finish something
     /// (`--stall-timeout`).
     stall_timers: Timers,
-    /// The bytes all connections hold right now (see [`held`]), kept under
-    /// `config.max_buffered`.
-    held: usize,
     /// The step's settings: the message size, the budget, the timeouts.
     config: Config,
 }
@@ -139,17 +176,13 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
     let epoll = Epoll::new()?;
     epoll.register(listener.as_fd(), READABLE)?;
 
-    // The fd is the connection's token and its index here: the kernel hands out the lowest
-    // free fd, so the fds of live connections are dense and this Vec has few holes.
-    let mut connections: Vec<Option<Conn>> = Vec::new();
-    let mut open = 0;
+    let mut connections = Connections::default();
     let handshake_timers = Timers::new(config.handshake_timeout);
     let mut shared = Shared {
         buf: vec![0u8; READ_BUDGET],
         out: Vec::new(),
         stall_timers: handshake_timers.with_timeout(config.stall_timeout),
         handshake_timers,
-        held: 0,
         config,
     };
     let mut events = Vec::with_capacity(1024);
@@ -159,27 +192,22 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
     let mut accept_log = RateLimitedLog::per_second();
 
     loop {
-        meter.tick(open);
+        meter.tick(connections.open);
 
         if accept_paused_until.is_some_and(|until| Instant::now() >= until) {
             accept_paused_until = None;
             epoll.register(listener.as_fd(), READABLE)?;
         }
         // Close what is overdue: slow heads, stalled bytes, clients that never hang up.
-        expire(&mut shared, &epoll, &mut connections, &mut open);
+        expire(&mut shared, &epoll, &mut connections);
 
         // The timer: epoll_wait sleeps until a socket is ready or the timeout passes, so
         // the timeout is at most the time left until the earliest deadline.
-        let mut timeout = match accept_paused_until {
+        let timeout = match accept_paused_until {
             Some(until) => until.saturating_duration_since(Instant::now()),
             None => meter.period(),
         };
-        for left in [
-            shared.handshake_timers.time_left(),
-            shared.stall_timers.time_left(),
-        ] {
-            timeout = timeout.min(left.unwrap_or(Duration::MAX));
-        }
+        let timeout = timeout.min(time_left(&shared));
 
         match epoll.wait(&mut events, timeout) {
             Ok(_ready) => {}
@@ -195,7 +223,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             let fd = token as RawFd;
 
             if fd == listener.as_raw_fd() {
-                match accept_all(&listener, &epoll, &mut connections, &mut open, &mut shared) {
+                match accept_all(&listener, &epoll, &mut connections, &mut shared) {
                     Ok(()) => {}
                     Err(err) if out_of_resources(&err) => {
                         // The listener stays readable while connections wait in its queue,
@@ -215,7 +243,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             // An event for an fd we closed earlier in this batch: nothing to do. (If an
             // accept reused that fd, the event is spurious for the new connection, and
             // spurious wake-ups are harmless: a non-blocking read says WouldBlock.)
-            let Some(conn) = connections.get_mut(fd as usize).and_then(Option::as_mut) else {
+            let Some(Some(conn)) = connections.slots.get_mut(fd as usize) else {
                 continue;
             };
             // We watch one direction at a time, so the connection's state says which
@@ -227,9 +255,10 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             } else {
                 handle_writable(conn)
             };
-            shared.held = shared.held + held(conn) - before;
-            let result =
-                result.and_then(|next| hold_to_budget(conn, fd, before, next, &mut shared));
+            connections.held = connections.held + held(conn) - before;
+            let result = result.and_then(|next| {
+                hold_to_budget(conn, before, next, &mut connections.held, &mut shared)
+            });
             let result = match result {
                 Ok(Next::Continue) => Ok(()),
                 // Watching the other direction is a syscall that can fail on its own
@@ -237,7 +266,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
                 Ok(Next::WaitWritable) => epoll.modify(conn.stream.as_fd(), WRITABLE),
                 Ok(Next::WaitReadable) => epoll.modify(conn.stream.as_fd(), READABLE),
                 Ok(Next::Close) => {
-                    close(&epoll, &mut connections, &mut open, &mut shared.held, fd);
+                    close(&epoll, &mut connections, fd);
                     continue;
                 }
                 Err(err) => Err(err),
@@ -246,7 +275,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
                 if !is_disconnect(&err) {
                     common::log!("step06-ws-epoll: connection fd {fd}: {err}; closing it");
                 }
-                close(&epoll, &mut connections, &mut open, &mut shared.held, fd);
+                close(&epoll, &mut connections, fd);
             }
         }
     }
@@ -256,8 +285,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
 fn accept_all(
     listener: &TcpListener,
     epoll: &Epoll,
-    connections: &mut Vec<Option<Conn>>,
-    open: &mut usize,
+    connections: &mut Connections,
     shared: &mut Shared,
 ) -> io::Result<()> {
     loop {
@@ -281,21 +309,19 @@ fn accept_all(
             continue;
         }
 
-        let index = fd as usize;
-        if connections.len() <= index {
-            connections.resize_with(index + 1, || None);
-        }
         // The clock starts now: the whole request head must be in within the timeout.
         let deadline = shared.handshake_timers.set(fd);
-        connections[index] = Some(Conn {
-            stream,
-            state: State::Handshaking {
-                head: None,
-                deadline,
+        connections.insert(
+            fd,
+            Conn {
+                stream,
+                state: State::Handshaking {
+                    head: None,
+                    deadline,
+                },
+                unsent: None,
             },
-            unsent: None,
-        });
-        *open += 1;
+        );
     }
 }
 
@@ -452,22 +478,12 @@ fn write_some(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
 /// the socket's last fd removes it from the list anyway (see `Epoll::register`). It is
 /// here so the list's whole life reads in this file: ADD on accept, MOD when the direction
 /// changes, DEL on close.
-fn close(
-    epoll: &Epoll,
-    connections: &mut [Option<Conn>],
-    open: &mut usize,
-    held_in_all: &mut usize,
-    fd: RawFd,
-) {
-    let conn = connections[fd as usize]
-        .take()
-        .expect("bug: closing a connection that is not open");
+fn close(epoll: &Epoll, connections: &mut Connections, fd: RawFd) {
+    let conn = connections.remove(fd);
     if let Err(err) = epoll.deregister(conn.stream.as_fd()) {
         // Closing the socket's last fd takes it out of the interest list anyway.
         common::log!("step06-ws-epoll: epoll_ctl(DEL) fd {fd}: {err}; closing it anyway");
     }
-    *open -= 1;
-    *held_in_all -= held(&conn);
     // Dropping the TcpStream closes the fd, and gives back the bytes the connection held.
     drop(conn);
 }
