@@ -183,10 +183,9 @@ fn current_deadline(conn: &Conn) -> Option<Deadline> {
     }
 }
 
-// Here, not in `tests/`: a connection that turns to closing in the very event that takes
-// the total past the budget, or that is refused with a send in flight, is a state the loop
-// reaches only when the kernel's buffers are full at that moment, which no test client can
-// arrange on cue.
+// Here, not in `tests/`: what a refused connection still holds, with a send in the kernel,
+// is counted in the loop's private total, which no client sees but as a budget that drifts.
+// (`tests/over_budget.rs` catches a total that loses those bytes: the step panics.)
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,43 +218,6 @@ mod tests {
             handshake_timers,
             config,
         })
-    }
-
-    /// A connection that turns to closing in the event that takes the total past the
-    /// budget keeps sending its last bytes: the loop is told what the handler said. Breaks
-    /// if `refuse` answers `Continue` for a closing connection, or drops its output.
-    #[test]
-    fn a_closing_connection_over_budget_still_sends_its_last_bytes() {
-        let Some(mut shared) = shared_with_budget(1) else {
-            return;
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let deadline = shared.handshake_timers.set(3);
-        let mut conn = Conn {
-            stream,
-            state: State::Closing { deadline },
-            unsent: Some(Box::new(Unsent {
-                queued: vec![0x88; 4096],
-                ..Unsent::default()
-            })),
-            reading: true,
-            cancelling: false,
-        };
-
-        let mut held_in_all = held(&conn);
-        let next = hold_to_budget(
-            &mut conn,
-            0,
-            Next::WaitWritable,
-            &mut held_in_all,
-            &mut shared,
-        );
-        assert!(
-            matches!(next.unwrap(), Next::WaitWritable),
-            "a closing connection over the budget stopped waiting to write its last bytes"
-        );
-        assert!(conn.unsent.is_some(), "its last bytes were dropped");
     }
 
     /// An open connection that takes the total past the budget is refused: the replies

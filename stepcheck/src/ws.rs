@@ -6,7 +6,7 @@
 //! Each check takes the step's binary and extra arguments for it (e.g. `&["--read-buffer",
 //! "4096"]`), so one step can be held to every check under each of its settings.
 
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::ops::RangeBounds;
 use std::thread;
@@ -17,6 +17,7 @@ use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::{Message, WebSocket};
 
+use crate::inprocess::{self, InProcess};
 use crate::{
     FLOOD_GROWTH_LIMIT, Server, check_fd_exhaustion, check_flood_fairness, flood, memory, tcp,
 };
@@ -532,6 +533,50 @@ pub fn survives_stdout_closed(bin: &str, extra: &[&str]) {
             Message::text("still serving with stdout closed"),
         );
     });
+}
+
+/// A connection that says its last word in the event whose answer takes the step past
+/// `--max-buffered` still gets it out. `server` runs the step in this process with a budget
+/// of 1 byte (below what the option allows: every byte held is past it). A client offering
+/// a small window, the step's send buffer locked small ([`InProcess::shrink_send_buffer`]),
+/// sends 200 pings and its close in one write, reading nothing until then: the pongs do not
+/// fit in the kernel, and the step holds the rest as the connection turns to closing. The
+/// client must then get every pong, the close frame with 1000, and the step's FIN, and the
+/// step must serve on. Breaks if the budget stops a closing connection from sending what it
+/// holds (its close frame then sits unsent until the closing deadline, 10 s), refuses it
+/// again, or loses count of what it holds.
+pub fn last_words_get_out_past_the_budget(server: &InProcess) {
+    let mut client = inprocess::upgrade(server.connect_with_a_small_window());
+    server.shrink_send_buffer(&client);
+
+    // 200 × 131 bytes and a close, 26 KB: one segment on loopback (TCP cuts a write at half
+    // the peer's window, 32 KiB here), so one read; 25 KB of pongs to answer.
+    let ping = raw_frame(true, 9, &[b'p'; 125], true);
+    let mut last_words = ping.repeat(200);
+    last_words.extend(raw_frame(true, 8, &1000u16.to_be_bytes(), true));
+    client.write_all(&last_words).unwrap();
+
+    let mut answer = Vec::new();
+    client
+        .read_to_end(&mut answer)
+        .expect("the step's last bytes, then its FIN, within the read timeout");
+    let pong = [&[0x8a, 125][..], &[b'p'; 125]].concat();
+    let expected = [pong.repeat(200), vec![0x88, 2, 0x03, 0xe8]].concat();
+    assert!(
+        answer == expected,
+        "expected 200 pongs and a close frame with 1000, got {} bytes ending in {:?}",
+        answer.len(),
+        &answer[answer.len().saturating_sub(8)..]
+    );
+
+    // And the step serves on, its count of bytes held intact: a fresh client is answered.
+    let mut fresh = inprocess::upgrade(server.connect());
+    fresh.write_all(&raw_frame(true, 9, b"next", true)).unwrap();
+    let mut pong = [0u8; 6];
+    fresh
+        .read_exact(&mut pong)
+        .expect("a pong for a client that came after");
+    assert_eq!(pong, *b"\x8a\x04next", "not a pong");
 }
 
 /// One frame in wire format, built byte by byte so that a check can break any rule:
