@@ -19,7 +19,8 @@ use tungstenite::{Message, WebSocket};
 
 use crate::inprocess::{self, InProcess};
 use crate::{
-    FLOOD_GROWTH_LIMIT, Server, check_fd_exhaustion, check_flood_fairness, flood, memory, tcp,
+    FLOOD_BYTES, Server, assert_flood_held_back, check_fd_exhaustion, check_flood_fairness, flood,
+    memory, tcp,
 };
 
 /// A client's end of a WebSocket connection over a plain blocking TCP stream.
@@ -175,7 +176,7 @@ pub fn large_message_echoed_intact(bin: &str, extra: &[&str], len: usize) {
 }
 
 /// A client that sends messages and never reads the echoes fills its socket buffers; the
-/// server must stop reading it (it grows by less than [`FLOOD_GROWTH_LIMIT`]) and keep
+/// server must stop reading it (it grows by less than [`crate::FLOOD_GROWTH_LIMIT`]) and keep
 /// serving everybody else. Breaks if the server keeps reading a client whose echoes it
 /// cannot send, even into a buffer of a few MiB.
 pub fn non_reading_client_does_not_stall_others(bin: &str, extra: &[&str]) {
@@ -190,10 +191,10 @@ pub fn non_reading_client_does_not_stall_others(bin: &str, extra: &[&str]) {
     // blocking WebSocket client would keep every message it cannot send in its own memory.
     let flooder = connect(&server).into_inner();
     let mut flooding = flooder.try_clone().unwrap();
-    let frame = masked_binary_frame(&pattern(64 * 1024));
+    let frame = raw_frame(true, 0x2, &pattern(64 * 1024), true);
     // Bounded: at most 256 MiB, for at most 3 s; it stops much sooner once buffers fill.
     let flood =
-        thread::spawn(move || flood(&mut flooding, &frame, 256 << 20, Duration::from_secs(3)));
+        thread::spawn(move || flood(&mut flooding, &frame, FLOOD_BYTES, Duration::from_secs(3)));
 
     thread::sleep(Duration::from_millis(500));
     let mut other = connect(&server);
@@ -203,31 +204,8 @@ pub fn non_reading_client_does_not_stall_others(bin: &str, extra: &[&str]) {
     );
     let sent = flood.join().unwrap();
 
-    // If the server had kept reading the flooder, it would hold everything sent in memory.
-    let grown = server.rss_bytes().saturating_sub(base_rss);
-    assert!(
-        sent < 256 << 20,
-        "the flooder sent all 256 MiB: the server kept reading a client that never reads"
-    );
-    assert!(
-        grown < FLOOD_GROWTH_LIMIT,
-        "the server grew by {grown} bytes (limit {FLOOD_GROWTH_LIMIT}) while a client sent \
-         {sent} bytes without reading"
-    );
+    assert_flood_held_back(&server, base_rss, sent);
     drop(flooder);
-}
-
-/// One final binary frame carrying `payload`, masked as every client-to-server frame must
-/// be (RFC 6455 §5.3), in wire format.
-fn masked_binary_frame(payload: &[u8]) -> Vec<u8> {
-    let mut frame = Frame::message(payload.to_vec(), OpCode::Data(Data::Binary), true);
-    // Any mask will do; a fixed one keeps the check repeatable.
-    frame.header_mut().mask = Some(*b"mask");
-    let mut wire = Vec::with_capacity(payload.len() + 14);
-    frame
-        .format(&mut wire)
-        .expect("formatting into a Vec cannot fail");
-    wire
 }
 
 /// Clients that vanish with a reset (SO_LINGER 0) after the handshake, some with a message
