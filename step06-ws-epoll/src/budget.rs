@@ -115,18 +115,13 @@ pub(crate) fn expire(shared: &mut Shared, epoll: &Epoll, connections: &mut Conne
         (&mut shared.stall_timers, true),
     ] {
         if timers.is_mostly_stale(connections.open) {
-            timers.rebuild(
-                connections
-                    .slots
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(fd, conn)| {
-                        let conn = conn.as_ref()?;
-                        let live = current_deadline(conn)?;
-                        (matches!(conn.state, State::Open { .. }) == for_open)
-                            .then_some((live, fd as RawFd))
-                    }),
-            );
+            let slots = connections.slots.iter().enumerate();
+            timers.rebuild(slots.filter_map(|(fd, conn)| {
+                let conn = conn.as_ref()?;
+                let live = current_deadline(conn)?;
+                (matches!(conn.state, State::Open { .. }) == for_open)
+                    .then_some((live, fd as RawFd))
+            }));
         }
     }
 
