@@ -255,6 +255,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             } else {
                 handle_writable(conn)
             };
+            // What it holds now counts in the total, and against the budgets.
             connections.held = connections.held + held(conn) - before;
             let result = result.and_then(|next| {
                 hold_to_budget(conn, before, next, &mut connections.held, &mut shared)

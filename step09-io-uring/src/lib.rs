@@ -317,11 +317,13 @@ pub fn serve(
             }
 
             let Some(Some(conn)) = connections.slots.get_mut(fd as usize) else {
+                // Back from the kernel for a connection we closed already.
                 returned_after_close(&mut shared, fd, op, &cqe);
                 continue;
             };
             let before = held(conn);
             let result = handle_completion(conn, fd, op, &cqe, &mut shared);
+            // What it holds now counts in the total, and against the budgets.
             connections.held = connections.held + held(conn) - before;
             let result = result.and_then(|next| {
                 hold_to_budget(conn, before, next, &mut connections.held, &mut shared)
