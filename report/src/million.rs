@@ -9,22 +9,24 @@
 //! step06's epoll loop in every worker, then once with step09's io_uring loop.
 //!
 //! Before it starts, it checks what the machine allows and runs the largest N that fits,
-//! saying what is short (`fit.rs`). It may raise `net.core.netdev_max_backlog` (as root)
-//! for the opening storm; it says so, prints the drops the kernel counted, and puts it back.
+//! saying what is short (`fit.rs`). As root, it raises two kernel settings a million
+//! outgrows, and gives the run a network namespace of its own, sized for its sockets; it
+//! says so, prints the drops the kernel counted, and puts the settings back.
 //!
 //! - `million/figures.rs`: what `million.json` holds, a run per loop;
 //! - `million/client.rs`: loadgen's binary, holding the connections, told what to do;
 //! - `million/burst.rs`: the CPU time each side of the burst took, and the floor it sets;
-//! - `million/backlog.rs`: loopback's input queue, raised, and the packets it dropped;
+//! - `million/settings.rs`: loopback's input queue and TCP's memory, raised for the run,
+//!   and the packets loopback dropped;
 //! - `million/network.rs`: a network namespace of the run's own, where the kernel's table
 //!   of established connections has room for its two million sockets;
 //! - `million/table.rs`: the runs as one table, a column per loop.
 
-mod backlog;
 mod burst;
 mod client;
 mod figures;
 mod network;
+mod settings;
 mod table;
 
 use std::path::Path;
@@ -37,9 +39,9 @@ use crate::child::StepProcess;
 use crate::fit::{Fit, Machine, fit};
 use crate::live;
 use crate::procfs::{KernelMemory, SOCKET_CACHES, URING_CACHES};
-use backlog::{Backlog, softnet_drops};
 use client::Client;
 use figures::Million;
+use settings::softnet_drops;
 
 /// The event loops step08's workers can run, as `step08-reuseport --loop` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -74,19 +76,24 @@ pub fn run(wanted: Option<usize>, loops: Loops, out: &Path, bin_dir: &Path) -> E
     let asked = wanted.unwrap_or(1_000_000);
     let runs: Vec<Million> = match prepare(asked, bin_dir) {
         Ok((machine, plan)) => {
-            let backlog = Backlog::raise(machine.netdev_max_backlog);
+            // Raised before the move to a namespace of our own: only the machine's has them.
+            let raised = [
+                settings::raise_backlog(),
+                settings::raise_tcp_mem(plan.conns),
+            ];
             // Both ends of every connection are sockets on this machine.
             let network = network::make_room(2 * plan.conns);
             let runs = loops
                 .names()
                 .iter()
                 .map(|name| {
-                    let mut run = one_loop(name, asked, &machine, &plan, &backlog, bin_dir);
+                    let mut run = one_loop(name, asked, &machine, &plan, bin_dir);
                     run.network = network.clone();
+                    run.settings_raised(&raised);
                     run
                 })
                 .collect();
-            drop(backlog);
+            drop(raised);
             runs
         }
         Err(err) => {
@@ -160,7 +167,6 @@ fn one_loop(
     asked: usize,
     machine: &Machine,
     plan: &Fit,
-    backlog: &Backlog,
     bin_dir: &Path,
 ) -> Million {
     let started = Instant::now();
@@ -171,7 +177,6 @@ fn one_loop(
         workers: plan.workers,
         short: plan.short.clone(),
         machine: Some(machine.clone()),
-        netdev_max_backlog: backlog.changed(),
         ..Million::default()
     };
     eprintln!("report: step08-reuseport --loop {event_loop}");

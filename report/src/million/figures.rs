@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::network::Network;
+use super::settings::Raised;
 use crate::fit::Machine;
 
 /// Echo outcome, as loadgen answers an order.
@@ -103,7 +104,10 @@ pub struct Million {
     /// What the supervisor said of workers that died or went silent during the run, and
     /// were replaced: their connections were lost with them.
     pub workers_lost: Vec<String>,
+    /// `net.core.netdev_max_backlog` and `net.ipv4.tcp_mem`, (was, now), where the run
+    /// raised them (see `settings.rs`).
     pub netdev_max_backlog: Option<(u64, u64)>,
+    pub tcp_mem: Option<(String, String)>,
     /// The table of established connections the run's sockets were looked up in.
     pub network: Network,
     pub softnet_drops: (u64, u64),
@@ -112,6 +116,18 @@ pub struct Million {
 }
 
 impl Million {
+    /// Note which settings the run raised, from what to what.
+    pub fn settings_raised(&mut self, raised: &[Option<Raised>]) {
+        for (name, was, now) in raised.iter().flatten().map(Raised::change) {
+            match name {
+                "net.core.netdev_max_backlog" => {
+                    self.netdev_max_backlog = was.parse().ok().zip(now.parse().ok());
+                }
+                _ => self.tcp_mem = Some((was, now)),
+            }
+        }
+    }
+
     /// Every connection held, none failed, and the run finished.
     pub fn all_held(&self) -> bool {
         self.error.is_none()

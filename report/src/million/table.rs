@@ -105,6 +105,19 @@ const ROWS: &[Row] = &[
         m.syscalls_per_msg.map_or("–".into(), |n| format!("{n:.2}"))
     }),
     ("echo probes", |m| echoes(&m.probes)),
+    ("kernel settings raised for the run", |m| {
+        let mut raised = Vec::new();
+        if let Some((was, now)) = m.netdev_max_backlog {
+            raised.push(format!("netdev_max_backlog {was} → {now}"));
+        }
+        if let Some((was, now)) = &m.tcp_mem {
+            raised.push(format!("tcp_mem {was} → {now} pages"));
+        }
+        match raised.is_empty() {
+            true => "none".into(),
+            false => raised.join("; "),
+        }
+    }),
     ("loopback drops (softnet)", |m| {
         format!(
             "{} during the run",
