@@ -247,6 +247,24 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
     watch.finish();
     opened(m, &summary?);
 
+    // What the connections cost, held and idle, before any burst: a burst's own machinery
+    // (loadgen's epoll set or io_uring requests, freed by the kernel a moment after it)
+    // is not theirs.
+    if let Some(before) = &kernel_before
+        && let Some(after) = before.read_settled(Duration::from_secs(10))
+    {
+        kernel(m, before, &after);
+    }
+    let grown = anon_sum(&worker_pids).saturating_sub(anon_before);
+    m.server_user_bytes = Some(grown);
+    m.server_user_per_conn = (m.held > 0).then(|| grown / m.held as u64);
+    if let Some(line) = server.memory_line(m.held, opening, Duration::from_secs(10)) {
+        m.server_line_per_conn = Some(line.line.per_conn_bytes);
+    }
+    m.supervisor_rss_bytes = common::ProcStatus::read(server.pid())
+        .ok()
+        .map(|s| s.rss_bytes);
+
     // The burst, timed, with what each side's CPU did meanwhile.
     live::progress(
         &step,
@@ -262,22 +280,6 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
     m.burst_cost = Some(burst::cost(&before, &sides.read(), m.burst.ok, cores));
     count_syscalls(m, &server, &mut loadgen)?;
     m.probes = loadgen.probe(PROBES, ORDER_PATIENCE)?;
-    let since = Instant::now();
-
-    if let Some(before) = &kernel_before
-        && let Some(after) = before.read_again()
-    {
-        kernel(m, before, &after);
-    }
-    let grown = anon_sum(&worker_pids).saturating_sub(anon_before);
-    m.server_user_bytes = Some(grown);
-    m.server_user_per_conn = (m.held > 0).then(|| grown / m.held as u64);
-    if let Some(line) = server.memory_line(m.held, since, Duration::from_secs(10)) {
-        m.server_line_per_conn = Some(line.line.per_conn_bytes);
-    }
-    m.supervisor_rss_bytes = common::ProcStatus::read(server.pid())
-        .ok()
-        .map(|s| s.rss_bytes);
 
     eprintln!("report: measured; closing the connections");
     live::progress(

@@ -162,6 +162,25 @@ impl KernelMemory {
         KernelMemory::read_caches(&names)
     }
 
+    /// The same caches as `self`, read once they stop moving (at most `limit` from now):
+    /// objects freed a moment ago, by work the kernel finishes after the call that asked
+    /// for it (an io_uring instance's requests go when its teardown runs, on a kernel
+    /// thread), must not be counted as held.
+    pub fn read_settled(&self, limit: std::time::Duration) -> Option<KernelMemory> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut last = self.read_again()?;
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let now = self.read_again()?;
+            if now.total().abs_diff(last.total()) < 64 * 1024
+                || std::time::Instant::now() >= deadline
+            {
+                return Some(now);
+            }
+            last = now;
+        }
+    }
+
     /// Wait (at most `limit`) until the figures stop moving: sockets and threads of the
     /// previous step are freed after it exits, some after an RCU grace period, and that
     /// shrinking must not be counted against the next step.

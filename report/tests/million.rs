@@ -122,8 +122,10 @@ fn both_loops_run_one_after_the_other() {
     let io_kiocb = |run: &Value| run["kernel_per_conn_by_cache"]["io_kiocb"].as_i64();
     if std::fs::read_to_string("/proc/slabinfo").is_ok() {
         let (epoll, uring) = (io_kiocb(&runs[0]).unwrap_or(0), io_kiocb(&runs[1]).unwrap());
+        // Not `epoll == 0`: loadgen's own bursts go through io_uring too, and the requests
+        // it frees linger for a while in the cache's per-CPU slabs, counted as in use.
         assert!(
-            uring >= 200 && epoll < 100,
+            uring >= 200 && uring - epoll >= 150,
             "a pending receive is a 256-byte io_kiocb per connection on io_uring, none on \
              epoll: {epoll} B and {uring} B per connection"
         );
