@@ -15,7 +15,8 @@
 //!
 //! Layout:
 //! - this file: the lesson. A listening socket in a `SO_REUSEPORT` group ([`listen`]), and
-//!   what each worker runs ([`work`]): its own socket, and step06's `serve`, unchanged.
+//!   what each worker runs ([`work`]): its own socket, and step06's `serve`, unchanged (or,
+//!   with `--loop io-uring`, step09's).
 //! - `supervisor.rs`: the process the user starts. It starts the workers, prints one
 //!   memory line for all of them, replaces a worker that dies or goes silent, and stops
 //!   them all on Ctrl-C.
@@ -86,17 +87,53 @@ pub fn reserve(addr: SocketAddr) -> io::Result<(Socket, SocketAddr)> {
     Ok((socket, local))
 }
 
+/// The event loop each worker runs (`--loop`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Loop {
+    /// step06's: readiness from epoll, then a read and a write per message.
+    Epoll,
+    /// step09's: completions from io_uring, a multishot receive per connection.
+    IoUring,
+}
+
+/// step09's buffer ring in each io_uring worker, at step09's defaults: 1024 buffers of
+/// 4 KiB, 4 MiB per worker, in its baseline.
+const RING_BUFFERS: u16 = 1024;
+const BUFFER_SIZE: u32 = 4096;
+
+/// Why io_uring cannot run here, if it cannot: the supervisor asks once, before it starts
+/// any worker. The trial ring is made and dropped on a thread of its own: the kernel's work
+/// for a ring it tears down can interrupt its thread's next blocking call with `EINTR`.
+pub fn io_uring_refused() -> Option<step09_io_uring::Unavailable> {
+    let trial = std::thread::spawn(|| step09_io_uring::setup(1, 64).map(drop));
+    trial
+        .join()
+        .expect("bug: the trial ring does not panic")
+        .err()
+}
+
 /// Run as a worker: bind our own socket in the address's reuseport group, say so on stdout
 /// (the pipe to the supervisor), and serve. Its memory lines (JSON, as the supervisor
 /// passes `--json`) go to the supervisor through the same pipe.
-pub fn work(addr: SocketAddr, opts: &Options, ws: &WsOptions) -> io::Result<()> {
+pub fn work(addr: SocketAddr, opts: &Options, ws: &WsOptions, event_loop: Loop) -> io::Result<()> {
+    // As step09 does: io_uring's rings and buffer pool before the bind, in the baseline.
+    let uring = match event_loop {
+        Loop::Epoll => None,
+        Loop::IoUring => Some(
+            step09_io_uring::setup(RING_BUFFERS, BUFFER_SIZE)
+                .map_err(|unavailable| io::Error::other(unavailable.to_string()))?,
+        ),
+    };
     // Each worker is its own process, with its own open-file limit to raise.
     common::raise_fd_limit()?;
     let listener = listen(addr)?;
     // A line every period, so that the supervisor can tell a silent worker from a quiet one.
     let meter = MemoryMeter::new(STEP, opts).heartbeat();
     worker::say_listening(&listener, &meter)?;
-    // The event loop: step06's, unchanged. Nothing else in this step knows which loop a
-    // worker runs.
-    step06_ws_epoll::serve(listener, meter, ws.config())
+    // The event loop: step06's, or step09's, each unchanged. Nothing else in this step
+    // knows which loop a worker runs.
+    match uring {
+        None => step06_ws_epoll::serve(listener, meter, ws.config()),
+        Some(uring) => step09_io_uring::serve(listener, meter, uring, ws.config()),
+    }
 }
