@@ -186,21 +186,37 @@ impl MemoryLine {
     pub fn from_json(line: &str) -> Option<MemoryLine> {
         serde_json::from_str(line).ok()
     }
+
+    /// The text line after the step's name: `conns 10000  rss 14.2 MiB  …  threads 1`,
+    /// and `  dropped N` after lines were dropped. step08 puts its worker count between
+    /// the name and these.
+    pub fn figures(&self) -> impl std::fmt::Display + '_ {
+        Figures(self)
+    }
 }
 
 impl std::fmt::Display for MemoryLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}  {}", self.step, self.figures())
+    }
+}
+
+/// [`MemoryLine::figures`].
+struct Figures<'a>(&'a MemoryLine);
+
+impl std::fmt::Display for Figures<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Figures(line) = self;
         write!(
             f,
-            "{}  conns {}  rss {}  base {}  per-conn {}  threads {}",
-            self.step,
-            self.conns,
-            format_bytes(self.rss_bytes),
-            format_bytes(self.base_rss_bytes),
-            format_bytes(self.per_conn_bytes),
-            self.threads
+            "conns {}  rss {}  base {}  per-conn {}  threads {}",
+            line.conns,
+            format_bytes(line.rss_bytes),
+            format_bytes(line.base_rss_bytes),
+            format_bytes(line.per_conn_bytes),
+            line.threads
         )?;
-        match self.dropped {
+        match line.dropped {
             0 => Ok(()),
             n => write!(f, "  dropped {n}"),
         }
@@ -439,6 +455,24 @@ mod tests {
         assert_eq!(
             line.to_string(),
             "step05-epoll  conns 10000  rss 14.2 MiB  base 13.3 MiB  per-conn 94 B  threads 1"
+        );
+    }
+
+    /// The figures are the text line after the step's name, `dropped` included: step08
+    /// prints its worker count between the two, and its line must end as every step's does.
+    #[test]
+    fn figures_are_the_line_after_the_name() {
+        let line = MemoryLine {
+            dropped: 3,
+            ..MemoryLine::new("step08-reuseport", 2, 3 << 20, 2 << 20, 2)
+        };
+        assert_eq!(
+            line.figures().to_string(),
+            "conns 2  rss 3.0 MiB  base 2.0 MiB  per-conn 512.0 KiB  threads 2  dropped 3"
+        );
+        assert_eq!(
+            line.to_string(),
+            format!("step08-reuseport  {}", line.figures())
         );
     }
 

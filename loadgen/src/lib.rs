@@ -13,6 +13,7 @@ mod conn;
 mod failure;
 pub mod fleet;
 mod pool;
+mod ring;
 mod srcaddr;
 mod stats;
 mod storm;
@@ -24,7 +25,7 @@ pub use conn::{Conn, ConnectOptions, EchoError};
 pub use failure::{Failure, Failures};
 pub use pool::{Pace, Pick, Pool, payload};
 pub use srcaddr::{PER_SOURCE, SourceAddrs};
-pub use stats::{EchoStats, RttSummary, micros, percentile};
+pub use stats::{EchoStats, RttSummary, micros, monotonic_ns, percentile};
 pub use storm::Storm;
 pub use target::{Protocol, Target};
 

@@ -72,6 +72,13 @@ struct Args {
     #[arg(long)]
     json: bool,
 
+    /// For a program driving loadgen: once the connections are open, print the summary as
+    /// one JSON line and wait for orders on stdin instead of the burst, probes and hold,
+    /// one a line: `burst` (one message on every connection at once) or `probe N`, each
+    /// answered by one JSON line. End of stdin closes the connections.
+    #[arg(long)]
+    orders: bool,
+
     /// Run as a child holding one share (the parent starts children with this).
     #[arg(long, hide = true)]
     child: bool,
@@ -148,29 +155,101 @@ async fn main() -> ExitCode {
         .expect("bug: the progress template is valid"),
     );
     let start = Instant::now();
-    let result = if conns <= share {
-        alone(&args, &bar, start).await
+    let opening = if conns <= share {
+        open_here(&args, &bar, start).await
     } else {
         eprintln!(
             "loadgen: one process may hold {share} connections (its open-file limit): \
              {} child processes share the {conns}",
             conns.div_ceil(share)
         );
-        with_children(&args, share, &bar, start).await
+        open_in_children(&args, share, &bar, start)
     };
+    let (mut held, mut summary) = match opening {
+        Ok(opened) => opened,
+        Err(err) => {
+            bar.abandon();
+            eprintln!("loadgen: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print_opened(&args, &summary);
+    let result = if args.orders {
+        obey(&args, &mut held, &summary).await
+    } else {
+        run(&args, &mut held, &mut summary).await
+    };
+    held.close();
     match result {
         Ok(all_well) if all_well => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(err) => {
-            bar.abandon();
             eprintln!("loadgen: {err}");
             ExitCode::FAILURE
         }
     }
 }
 
+/// The open connections: all in this process, or shared among child processes.
+enum Held {
+    Here(Pool),
+    InChildren(Fleet),
+}
+
+impl Held {
+    /// One message on every connection at once; the echoes, counted and timed.
+    async fn burst(&mut self, args: &Args) -> Result<EchoStats, String> {
+        match self {
+            Held::Here(pool) => Ok(pool
+                .echo_each(0, args.message_size, args.echo_timeout())
+                .await),
+            Held::InChildren(fleet) => {
+                for i in 0..fleet.len() {
+                    fleet.tell(i, "burst")?;
+                }
+                fleet.collect_echoes(echo_patience(args))
+            }
+        }
+    }
+
+    /// `n` echo probes, one after another, each on a random connection (with children:
+    /// their shares of `n` at the same time, one after another in each child).
+    async fn probe(&mut self, n: usize, args: &Args) -> Result<EchoStats, String> {
+        match self {
+            Held::Here(pool) => Ok(pool
+                .probe(Pick::Random, n, args.message_size, args.echo_timeout())
+                .await),
+            Held::InChildren(fleet) => {
+                let children = fleet.len();
+                for i in 0..children {
+                    let share = n / children + usize::from(i < n % children);
+                    fleet.tell(i, &format!("probe {share}"))?;
+                }
+                fleet.collect_echoes(echo_patience(args))
+            }
+        }
+    }
+
+    /// Close every connection (with children: they close theirs and exit).
+    fn close(self) {
+        match self {
+            Held::Here(pool) => pool.close(),
+            Held::InChildren(fleet) => fleet.close(),
+        }
+    }
+}
+
+/// How long to wait for every child's echoes: their own deadline, twice, and a minute.
+fn echo_patience(args: &Args) -> Duration {
+    args.echo_timeout() * 2 + Duration::from_secs(60)
+}
+
 /// Every connection in this process.
-async fn alone(args: &Args, bar: &ProgressBar, start: Instant) -> Result<bool, String> {
+async fn open_here(
+    args: &Args,
+    bar: &ProgressBar,
+    start: Instant,
+) -> Result<(Held, Summary), String> {
     let base_rss_bytes = anon_rss();
     let mut pool = Pool::new(args.connect_options());
     pool.grow_to(args.conns as usize, pace(args, 1), bar).await;
@@ -185,44 +264,16 @@ async fn alone(args: &Args, bar: &ProgressBar, start: Instant) -> Result<bool, S
     // spawn) does so at once; give those closes a moment to arrive, then count them.
     tokio::time::sleep(Duration::from_millis(200)).await;
     summary.opened = opened(&pool, base_rss_bytes);
-    print_opened(args, &summary);
-    if args.echo_each && !pool.is_empty() {
-        let spinner = waiting(format!(
-            "one message on each of {} connections at once: waiting for the echoes",
-            pool.len()
-        ));
-        let stats = pool
-            .echo_each(0, args.message_size, args.echo_timeout())
-            .await;
-        spinner.finish_and_clear();
-        print_burst(&stats);
-        summary.burst = Some(stats);
-    }
-    if args.echo > 0 && pool.usable() > 0 {
-        let stats = pool
-            .probe(
-                Pick::Random,
-                args.echo,
-                args.message_size,
-                args.echo_timeout(),
-            )
-            .await;
-        println!("echo probes on random connections: {stats}");
-        summary.probes = Some(stats);
-    }
-    let all_well = finish(args, &summary);
-    hold(args, pool.len()).await;
-    pool.close();
-    Ok(all_well)
+    Ok((Held::Here(pool), summary))
 }
 
 /// The connections shared among child processes, `share` each at most.
-async fn with_children(
+fn open_in_children(
     args: &Args,
     share: usize,
     bar: &ProgressBar,
     start: Instant,
-) -> Result<bool, String> {
+) -> Result<(Held, Summary), String> {
     let conns = args.conns as usize;
     let children = conns.div_ceil(share);
     let shares: Vec<usize> = (0..children)
@@ -297,36 +348,53 @@ async fn with_children(
     for share in opened.iter().flatten() {
         summary.opened.merge(share);
     }
-    print_opened(args, &summary);
+    Ok((Held::InChildren(fleet), summary))
+}
 
-    let echo_patience = args.echo_timeout() * 2 + Duration::from_secs(60);
+/// Without `--orders`: the burst (with `--echo-each`), the probes, the summary, the hold.
+async fn run(args: &Args, held: &mut Held, summary: &mut Summary) -> Result<bool, String> {
     if args.echo_each && summary.opened.held > 0 {
-        for i in 0..children {
-            fleet.tell(i, "burst")?;
-        }
         let spinner = waiting(format!(
             "one message on each of {} connections at once: waiting for the echoes",
             summary.opened.held
         ));
-        let stats = fleet.collect_echoes(echo_patience);
+        let stats = held.burst(args).await;
         spinner.finish_and_clear();
         let stats = stats?;
         print_burst(&stats);
         summary.burst = Some(stats);
     }
     if args.echo > 0 && summary.opened.held > 0 {
-        for i in 0..children {
-            let n = args.echo / children + usize::from(i < args.echo % children);
-            fleet.tell(i, &format!("probe {n}"))?;
-        }
-        let stats = fleet.collect_echoes(echo_patience)?;
+        let stats = held.probe(args.echo, args).await?;
         println!("echo probes on random connections: {stats}");
         summary.probes = Some(stats);
     }
-    let all_well = finish(args, &summary);
+    let all_well = finish(args, summary);
     hold(args, summary.opened.held).await;
-    fleet.close();
     Ok(all_well)
+}
+
+/// `--orders`: the opening's summary as one JSON line, then each order on stdin done and
+/// answered with one JSON line (see [`echoes_json`]), until stdin closes. True when every
+/// connection was held.
+async fn obey(args: &Args, held: &mut Held, summary: &Summary) -> Result<bool, String> {
+    println!(
+        "{}",
+        serde_json::to_string(summary).expect("bug: the summary serializes")
+    );
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let stats = match Order::parse(&line) {
+            Some(Order::Burst) => held.burst(args).await?,
+            Some(Order::Probe(n)) => held.probe(n, args).await?,
+            None => {
+                eprintln!("loadgen: unknown order `{line}`");
+                continue;
+            }
+        };
+        println!("{}", echoes_json(&stats));
+    }
+    Ok(summary.opened.held == summary.conns)
 }
 
 /// A child: open this process's share, report, then do what the parent says until its
@@ -472,16 +540,9 @@ fn print_burst(stats: &EchoStats) {
 fn finish(args: &Args, summary: &Summary) -> bool {
     if args.json {
         let mut json = serde_json::to_value(summary).expect("bug: the summary serializes");
-        // The round trips themselves are many; their percentiles are what a reader wants.
         for (key, stats) in [("burst", &summary.burst), ("probes", &summary.probes)] {
-            let Some(stats) = stats else { continue };
-            if let Some(object) = json[key].as_object_mut() {
-                object.remove("rtts");
-            }
-            if let Some(s) = stats.summary() {
-                json[key]["p50_us"] = (s.p50.as_secs_f64() * 1e6).into();
-                json[key]["p99_us"] = (s.p99.as_secs_f64() * 1e6).into();
-                json[key]["max_us"] = (s.max.as_secs_f64() * 1e6).into();
+            if let Some(stats) = stats {
+                json[key] = echoes_json(stats);
             }
         }
         println!("{json}");
@@ -497,6 +558,26 @@ fn finish(args: &Args, summary: &Summary) -> bool {
             .probes
             .as_ref()
             .is_none_or(|p| p.ok == p.sent() && p.ok == args.echo)
+}
+
+/// Echo outcomes as JSON: the counts, and instead of every round trip (they are many) their
+/// p50, p99 and maximum, and for a burst `last_us`, from its first message sent to its
+/// last echo back, in microseconds.
+fn echoes_json(stats: &EchoStats) -> serde_json::Value {
+    let mut json = serde_json::to_value(stats).expect("bug: echo stats serialize");
+    let object = json.as_object_mut().expect("bug: echo stats are an object");
+    object.remove("rtts");
+    object.remove("first_sent_ns");
+    object.remove("last_back_ns");
+    if let Some(s) = stats.summary() {
+        object.insert("p50_us".into(), (s.p50.as_secs_f64() * 1e6).into());
+        object.insert("p99_us".into(), (s.p99.as_secs_f64() * 1e6).into());
+        object.insert("max_us".into(), (s.max.as_secs_f64() * 1e6).into());
+    }
+    if let Some(span) = stats.span() {
+        object.insert("last_us".into(), (span.as_secs_f64() * 1e6).into());
+    }
+    json
 }
 
 /// Hold the connections for `--hold` seconds, or until Ctrl-C.

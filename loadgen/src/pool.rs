@@ -46,6 +46,8 @@ pub struct Pool {
     pub failures: Failures,
     /// Attempts made so far; numbers each attempt, to pick its source address.
     pub(crate) attempts: usize,
+    /// Bursts go through epoll even where io_uring runs (see [`Pool::burst_on_epoll`]).
+    pub(crate) epoll_only: bool,
 }
 
 impl Pool {
@@ -55,7 +57,15 @@ impl Pool {
             conns: Vec::new(),
             failures: Failures::default(),
             attempts: 0,
+            epoll_only: false,
         }
+    }
+
+    /// Send bursts through epoll, as where io_uring is refused: to compare the two, and to
+    /// test the one a machine without io_uring uses.
+    pub fn burst_on_epoll(mut self) -> Pool {
+        self.epoll_only = true;
+        self
     }
 
     /// Number this pool's attempts from `first` on: a process holding one share of many
@@ -110,6 +120,7 @@ impl Pool {
             conns,
             failures,
             attempts,
+            ..
         } = self;
         let wanted = n.saturating_sub(conns.len());
         let mut started = 0;
@@ -162,6 +173,7 @@ impl Pool {
             self.opts.target.protocol,
             &sent,
             deadline,
+            self.epoll_only,
         )
         .await;
         let opts = &self.opts;

@@ -28,6 +28,13 @@ pub struct EchoStats {
     /// Round-trip times of the `ok` probes, sorted once [`EchoStats::finish`] ran.
     #[serde(with = "nanos")]
     pub rtts: Vec<Duration>,
+    /// When the first message of the batch went out, and when its last echo came back, on
+    /// [`monotonic_ns`]'s clock: the same in every process of the machine, so a burst
+    /// shared among processes spans from the first send of any to the last echo of all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_sent_ns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_back_ns: Option<u64>,
 }
 
 /// p50 / p99 / max of a batch, for printing and for the report.
@@ -60,14 +67,45 @@ impl EchoStats {
         })
     }
 
+    /// From the first message sent to the last echo back: how long the whole batch took,
+    /// end to end. `None` unless both were timed (a burst's are).
+    pub fn span(&self) -> Option<Duration> {
+        Some(Duration::from_nanos(
+            self.last_back_ns?.saturating_sub(self.first_sent_ns?),
+        ))
+    }
+
     /// Add another batch's counts and times (call `finish` again afterwards).
     pub fn merge(&mut self, other: EchoStats) {
+        self.first_sent_ns = earliest(self.first_sent_ns, other.first_sent_ns);
+        self.last_back_ns = self.last_back_ns.max(other.last_back_ns);
         self.ok += other.ok;
         self.lost += other.lost;
         self.mismatched += other.mismatched;
         self.failed += other.failed;
         self.rtts.extend(other.rtts);
     }
+}
+
+/// The earlier of two optional moments.
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Now, in nanoseconds of `CLOCK_MONOTONIC`: one clock for every process on the machine
+/// (an [`std::time::Instant`] is the same clock, but cannot be sent to another process).
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill; CLOCK_MONOTONIC always exists
+    // on Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 impl fmt::Display for EchoStats {
@@ -89,6 +127,9 @@ impl fmt::Display for EchoStats {
                 micros(s.p99),
                 micros(s.max)
             )?;
+        }
+        if let Some(span) = self.span() {
+            write!(f, "; the last back {} after the first sent", micros(span))?;
         }
         Ok(())
     }
@@ -112,13 +153,14 @@ mod nanos {
     }
 }
 
-/// `87 µs`, `1.42 ms`: round trips on loopback are tens of microseconds.
+/// `87 µs`, `1.42 ms`, `13.45 s`: round trips on loopback are tens of microseconds, and a
+/// burst of a million takes seconds.
 pub fn micros(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
-    if us < 1000.0 {
-        format!("{us:.0} µs")
-    } else {
-        format!("{:.2} ms", us / 1000.0)
+    match us {
+        ..1000.0 => format!("{us:.0} µs"),
+        ..1_000_000.0 => format!("{:.2} ms", us / 1000.0),
+        _ => format!("{:.2} s", us / 1e6),
     }
 }
 
@@ -180,10 +222,26 @@ mod tests {
         assert_eq!(EchoStats::default().summary(), None);
     }
 
-    /// Round trips print in µs below a millisecond and in ms above.
+    /// Merged batches span from the earliest first send to the latest last echo.
+    #[test]
+    fn merged_batches_span_from_the_first_send_to_the_last_echo() {
+        let batch = |first, last| EchoStats {
+            first_sent_ns: Some(first),
+            last_back_ns: Some(last),
+            ..EchoStats::default()
+        };
+        let mut all = batch(1_000, 5_000);
+        all.merge(batch(500, 3_000));
+        all.merge(EchoStats::default());
+        assert_eq!(all.span(), Some(Duration::from_nanos(4_500)));
+        assert_eq!(EchoStats::default().span(), None);
+    }
+
+    /// Round trips print in µs below a millisecond, in ms below a second, in s above.
     #[test]
     fn round_trips_print_in_the_unit_that_reads_best() {
         assert_eq!(micros(Duration::from_nanos(87_400)), "87 µs");
         assert_eq!(micros(Duration::from_micros(1420)), "1.42 ms");
+        assert_eq!(micros(Duration::from_millis(13_447)), "13.45 s");
     }
 }

@@ -66,6 +66,7 @@ impl Pool {
             conns,
             failures,
             attempts,
+            ..
         } = self;
         let mut storm = Storm::default();
         let mut pending = FuturesUnordered::new();

@@ -2,6 +2,10 @@
 //! is written straight to each plain socket, and the echoes are read back, as they arrive,
 //! from the sockets an epoll set reports ready, until all are in or time is up.
 //!
+//! Per message, loadgen makes four system calls (the write, the registration, the read, and
+//! a share of one `epoll_wait`): the fewest epoll allows with a set made for the burst. A
+//! registration is one-shot, so a socket whose echo is in needs no call to leave the set.
+//!
 //! Waking a million connections (a tokio registration and tungstenite buffers each) would
 //! cost gigabytes; this costs one shared buffer (and an epoll entry per socket in the
 //! kernel while the burst lasts). A WebSocket message is one frame built
@@ -17,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use common::sys::cvt;
 
-use crate::{Conn, EchoStats, Protocol};
+use crate::{Conn, EchoStats, Protocol, monotonic_ns, ring};
 
 /// The bytes sent on each connection, and the bytes that must come back.
 fn wire(protocol: Protocol, payload: &[u8]) -> (Vec<u8>, Vec<u8>) {
@@ -45,19 +49,27 @@ struct Pending {
     index: usize,
     /// Bytes of the echo read so far.
     got: usize,
-    sent_at: Instant,
+    /// When its message went out, on [`monotonic_ns`]'s clock.
+    sent_ns: u64,
 }
 
 /// Send `payload` once on every usable idle connection in `conns`, all at once, and count
 /// the echoes back within `deadline`. A connection whose echo did not come back right is
 /// marked unusable, as with probes. Connections already handed to tokio are skipped.
+///
+/// Where io_uring runs (and `epoll_only` is not set), the burst goes through it instead
+/// (see `ring.rs`): the same messages and checks, fewer system calls.
 pub async fn echo_all(
     conns: &mut [Conn],
     protocol: Protocol,
     payload: &[u8],
     deadline: Duration,
+    epoll_only: bool,
 ) -> EchoStats {
     let (sent, back) = wire(protocol, payload);
+    if !epoll_only && let Ok(ring) = ring::ring(conns.len()) {
+        return ring::echo_all(ring, conns, &sent, &back, deadline).await;
+    }
     let mut stats = EchoStats::default();
     let mut pending = Vec::new();
     for (index, conn) in conns.iter_mut().enumerate() {
@@ -69,11 +81,15 @@ pub async fn echo_all(
         };
         // A fresh socket's send buffer is empty: a small message goes out in one write.
         match socket.write(&sent) {
-            Ok(n) if n == sent.len() => pending.push(Pending {
-                index,
-                got: 0,
-                sent_at: Instant::now(),
-            }),
+            Ok(n) if n == sent.len() => {
+                let sent_ns = monotonic_ns();
+                stats.first_sent_ns.get_or_insert(sent_ns);
+                pending.push(Pending {
+                    index,
+                    got: 0,
+                    sent_ns,
+                });
+            }
             _ => {
                 stats.failed += 1;
                 conn.usable = false;
@@ -118,8 +134,12 @@ pub async fn echo_all(
                 Ok(n) if n > 0 && buf[..n] == back[p.got..p.got + n] => {
                     p.got += n;
                     if p.got == back.len() {
+                        let now = monotonic_ns();
                         stats.ok += 1;
-                        stats.rtts.push(p.sent_at.elapsed());
+                        stats
+                            .rtts
+                            .push(Duration::from_nanos(now.saturating_sub(p.sent_ns)));
+                        stats.last_back_ns = Some(now);
                     }
                     p.got == back.len()
                 }
@@ -135,10 +155,12 @@ pub async fn echo_all(
                 }
             };
             if done {
-                // Out of the set, or a closed socket would be reported ready again and again.
-                ready.forget(fd);
+                // One-shot: the set reports it no more, and drops it when the set closes.
                 pending[slot] = None;
                 remaining -= 1;
+            } else {
+                // Part of the echo, or none yet: watch for the rest.
+                ready.rearm(fd, slot);
             }
         }
     }
@@ -149,9 +171,13 @@ pub async fn echo_all(
     stats.finish()
 }
 
-/// The pending sockets in one epoll set (level-triggered), so that each pass reads only
-/// the sockets an echo has reached, rather than every pending one: with tens of thousands
-/// pending, sweeping them all costs the CPU the server needs to answer.
+/// The pending sockets in one epoll set, so that each pass reads only the sockets an echo
+/// has reached, rather than every pending one: with tens of thousands pending, sweeping
+/// them all costs the CPU the server needs to answer.
+///
+/// One-shot (`EPOLLONESHOT`): a socket is reported once, then left in the set disabled
+/// until [`Readiness::rearm`], so the one that is done costs no call to take out; closing
+/// the set frees every registration at once.
 struct Readiness {
     /// `None` when the set could not be made: nothing is ever ready.
     epoll: Option<OwnedFd>,
@@ -172,19 +198,7 @@ impl Readiness {
             let socket = conns[p.index]
                 .idle_socket()
                 .expect("bug: only idle sockets are pending");
-            let mut event = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: slot as u64,
-            };
-            // SAFETY: both fds are open, and `event` is a valid epoll_event for the call.
-            cvt(unsafe {
-                libc::epoll_ctl(
-                    epoll.as_raw_fd(),
-                    libc::EPOLL_CTL_ADD,
-                    socket.as_raw_fd(),
-                    &mut event,
-                )
-            })?;
+            ctl(&epoll, libc::EPOLL_CTL_ADD, socket.as_raw_fd(), slot)?;
         }
         Ok(Readiness { epoll: Some(epoll) })
     }
@@ -206,20 +220,24 @@ impl Readiness {
         slots.len()
     }
 
-    /// Take `fd` out of the set.
-    fn forget(&self, fd: RawFd) {
+    /// Report `fd` (in `slot`) again when it is readable: it was reported without the
+    /// whole echo in it. A socket that cannot be watched again is left to the deadline.
+    fn rearm(&self, fd: RawFd, slot: usize) {
         if let Some(epoll) = &self.epoll {
-            // SAFETY: both fds are open; EPOLL_CTL_DEL ignores the event argument.
-            unsafe {
-                libc::epoll_ctl(
-                    epoll.as_raw_fd(),
-                    libc::EPOLL_CTL_DEL,
-                    fd,
-                    std::ptr::null_mut(),
-                )
-            };
+            let _ = ctl(epoll, libc::EPOLL_CTL_MOD, fd, slot);
         }
     }
+}
+
+/// Add `fd` to `epoll`, or modify its registration: readable, once, with `slot` as token.
+fn ctl(epoll: &OwnedFd, op: libc::c_int, fd: RawFd, slot: usize) -> io::Result<()> {
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLONESHOT) as u32,
+        u64: slot as u64,
+    };
+    // SAFETY: both fds are open, and `event` is a valid epoll_event for the call.
+    cvt(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, fd, &mut event) })?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -242,3 +242,53 @@ async fn source_addresses_are_spread_round_robin() {
         "source addresses in the order connections were opened"
     );
 }
+
+/// A burst counts the same whichever way it goes: through io_uring where it runs (the
+/// default), or through epoll (where io_uring is refused): echoes ok and timed end to end,
+/// wrong bytes mismatched, silence lost (and the receives still waiting taken back from
+/// the kernel), a connection the server closed failed.
+/// Breaks if either path miscounts one outcome.
+#[tokio::test]
+async fn a_burst_counts_the_same_on_io_uring_and_on_epoll() {
+    for epoll_only in [false, true] {
+        let way = if epoll_only {
+            "epoll"
+        } else {
+            "io_uring (or epoll)"
+        };
+        let burst = |addr: SocketAddr, n: usize, deadline: Duration| async move {
+            let mut pool = pool(&format!("tcp://{addr}"));
+            if epoll_only {
+                pool = pool.burst_on_epoll();
+            }
+            pool.grow_to(n, Pace::default(), &ProgressBar::hidden())
+                .await;
+            // The server's FINs (CloseEveryOther) arrive within a moment.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let stats = pool.echo_each(0, 32, deadline).await;
+            (stats, pool.usable())
+        };
+
+        let (echo, _) = tcp_server(Behaviour::Echo).await;
+        let (stats, usable) = burst(echo, 300, DEADLINE).await;
+        assert_eq!(
+            (stats.ok, stats.sent(), usable),
+            (300, 300, 300),
+            "{way}: {stats}"
+        );
+        let span = stats.span().expect("a burst is timed end to end");
+        assert!(span >= stats.summary().unwrap().max, "{way}: {stats}");
+
+        let (corrupt, _) = tcp_server(Behaviour::Corrupt).await;
+        let (stats, usable) = burst(corrupt, 3, DEADLINE).await;
+        assert_eq!((stats.mismatched, usable), (3, 0), "{way}: {stats}");
+
+        let (silent, _) = tcp_server(Behaviour::Silent).await;
+        let (stats, usable) = burst(silent, 3, Duration::from_millis(300)).await;
+        assert_eq!((stats.lost, usable), (3, 0), "{way}: {stats}");
+
+        let (closing, _) = tcp_server(Behaviour::CloseEveryOther).await;
+        let (stats, _) = burst(closing, 10, DEADLINE).await;
+        assert_eq!((stats.ok, stats.failed), (5, 5), "{way}: {stats}");
+    }
+}

@@ -77,3 +77,54 @@ fn an_idle_websocket_connection_costs_at_most_a_kibibyte() {
         "{per_conn} B per idle connection: {summary}"
     );
 }
+
+/// `--orders`, for a program driving loadgen: the opening's summary, then each order
+/// answered with one JSON line (a burst over every child, with its last echo after its
+/// longest round trip; probes shared among them), and end of stdin closes everything.
+/// Breaks if an order goes unanswered, or a burst's span is lost between the processes.
+#[test]
+fn orders_on_stdin_are_answered_one_line_each() {
+    use std::io::{BufRead, BufReader, Write};
+
+    let url = ws_server();
+    let mut command = Command::new(LOADGEN);
+    command
+        .args([&url, "--conns", "1000", "--orders"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    stepcheck::limit_fds(&mut command, 200);
+    let mut child = command.spawn().expect("loadgen runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_json = || -> serde_json::Value {
+        loop {
+            let line = lines.next().expect("a line").expect("text");
+            if line.starts_with('{') {
+                return serde_json::from_str(&line).unwrap();
+            }
+        }
+    };
+    let opened = next_json();
+    assert_eq!(opened["opened"]["held"], 1000, "{opened}");
+    assert!(opened["processes"].as_u64() >= Some(5), "{opened}");
+
+    writeln!(stdin, "burst").unwrap();
+    let burst = next_json();
+    assert_eq!(burst["ok"], 1000, "{burst}");
+    let (last, max) = (burst["last_us"].as_f64(), burst["max_us"].as_f64());
+    assert!(
+        last.is_some() && last >= max,
+        "the last echo comes after the first message of all, so after the longest round trip: {burst}"
+    );
+    writeln!(stdin, "probe 20").unwrap();
+    let probes = next_json();
+    assert_eq!(probes["ok"], 20, "{probes}");
+    assert!(
+        probes.get("rtts").is_none(),
+        "percentiles, not every round trip: {probes}"
+    );
+
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "end of stdin ends it: {status}");
+}

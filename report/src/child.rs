@@ -111,6 +111,11 @@ impl StepProcess {
         }
     }
 
+    /// Everything the step wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.server.stderr()
+    }
+
     /// `: "last stderr line"` to end an error message, if the step said anything.
     pub fn last_words(&self) -> String {
         self.server.last_words()

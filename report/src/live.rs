@@ -132,7 +132,8 @@ pub struct MillionProcesses {
     pub anon_before: u64,
     /// loadgen's first process (its children are found as they come).
     pub loadgen: u32,
-    /// The socket caches before the first connection; `None` where slabinfo is unreadable.
+    /// The counted slab caches before the first connection; `None` where slabinfo is
+    /// unreadable.
     pub kernel_before: Option<KernelMemory>,
 }
 
@@ -219,8 +220,7 @@ impl Sampler {
         let kernel = p
             .kernel_before
             .as_ref()
-            .zip(KernelMemory::read())
-            .map(|(before, after)| before.growth(&after).1);
+            .and_then(|before| Some(before.growth(&before.read_again()?).1));
         let loadgen: u64 = std::iter::once(p.loadgen)
             .chain(common::children_of(p.loadgen))
             .filter_map(|pid| common::ProcStatus::read(pid).ok())

@@ -27,8 +27,11 @@
 //! - `output.rs`: the tables, their notes and footnotes, in Markdown.
 //! - `charts.rs`: the SVG charts, one message each.
 //! - `live.rs`: what the `--live` page is fed while the report measures.
-//! - `million.rs`: `--million`, a million WebSocket connections on step08, measured, with:
-//!   - `fit.rs`: what this machine allows, and the largest N that fits in it.
+//! - `million.rs`: `--million`, a million WebSocket connections on step08, measured, with
+//!   each event loop (`--loop`), with:
+//!   - `fit.rs`: what this machine allows, and the largest N that fits in it;
+//!   - `million/`: what `million.json` holds, the client driven through it, where the
+//!     burst's time goes, loopback's queue, and the table (see `million.rs`).
 //!
 //! A step joins the report by having a line in `steps.rs`; one whose binary is missing or
 //! exits before listening becomes a row that says so.
@@ -89,6 +92,11 @@ struct Args {
     /// step08-reuseport, measured; writes million.json.
     #[arg(long)]
     million: bool,
+
+    /// With --million: the event loop in step08's workers, or both, one run after the
+    /// other, side by side.
+    #[arg(long = "loop", value_enum, default_value_t = million::Loops::Epoll, requires = "million")]
+    event_loop: million::Loops,
 
     /// Serve a page that draws each step as it is measured (the million as it opens), to
     /// project; it stays up after the run until Ctrl-C [ADDR: 127.0.0.1:9100].
@@ -168,7 +176,7 @@ fn main() -> ExitCode {
     }
 
     if args.million {
-        let code = million::run(args.conns, &out_dir, &bin_dir);
+        let code = million::run(args.conns, args.event_loop, &out_dir, &bin_dir);
         live::stay();
         return code;
     }

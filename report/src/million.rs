@@ -1,95 +1,118 @@
-//! `cargo run --release -p report -- --million`
+//! `cargo run --release -p report -- --million --loop both`
 //!
 //! The talk's headline as one command: step08-reuseport with enough worker processes for
 //! a million WebSocket connections, loadgen holding them (in as many child processes as
 //! its open-file limit asks for), and what it all costs, measured: the server's user-space
 //! memory per connection (summed over the workers, from /proc), the kernel's (slab deltas),
-//! loadgen's own, the time to open them, an echo on every connection at once, and probes.
+//! loadgen's own, the time to open them, an echo on every connection at once (with where
+//! its time went, and the least it could take), and probes. With `--loop both`, once with
+//! step06's epoll loop in every worker, then once with step09's io_uring loop.
 //!
 //! Before it starts, it checks what the machine allows and runs the largest N that fits,
-//! saying what is short (`fit.rs`). It may raise `net.core.netdev_max_backlog` (as root)
-//! for the opening storm; it says so, prints the drops the kernel counted, and puts it back.
+//! saying what is short (`fit.rs`). As root, it raises two kernel settings a million
+//! outgrows, and gives the run a network namespace of its own, sized for its sockets; it
+//! says so, prints the drops the kernel counted, and puts the settings back.
+//!
+//! - `million/figures.rs`: what `million.json` holds, a run per loop;
+//! - `million/client.rs`: loadgen's binary, holding the connections, told what to do;
+//! - `million/burst.rs`: the CPU time each side of the burst took, and the floor it sets;
+//! - `million/settings.rs`: loopback's input queue and TCP's memory, raised for the run,
+//!   and the packets loopback dropped;
+//! - `million/network.rs`: a network namespace of the run's own, where the kernel's table
+//!   of established connections has room for its two million sockets;
+//! - `million/table.rs`: the runs as one table, a column per loop.
 
-use std::io::{BufRead, BufReader};
+mod burst;
+mod client;
+mod figures;
+mod network;
+mod settings;
+mod table;
+
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::mpsc;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use stepcheck::syscalls::SyscallCount;
 
 use crate::child::StepProcess;
-use crate::fit::{Machine, fit};
+use crate::fit::{Fit, Machine, fit};
 use crate::live;
-use crate::output::{micros, signed_bytes};
-use crate::procfs::KernelMemory;
+use crate::procfs::{KernelMemory, SOCKET_CACHES, URING_CACHES};
+use client::Client;
+use figures::Million;
+use settings::softnet_drops;
 
-/// The loopback backlog raised for the opening storm, if lower (and we are root).
-const NETDEV_BACKLOG: u64 = 65_536;
-
-/// Echo outcome, as loadgen's summary gives it.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct Echoes {
-    pub ok: usize,
-    pub lost: usize,
-    pub mismatched: usize,
-    pub failed: usize,
-    pub p50_us: Option<f64>,
-    pub p99_us: Option<f64>,
-    pub max_us: Option<f64>,
+/// The event loops step08's workers can run, as `step08-reuseport --loop` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Loops {
+    /// step06's epoll loop in every worker.
+    Epoll,
+    /// step09's io_uring loop in every worker.
+    IoUring,
+    /// One run with each, one after the other.
+    Both,
 }
 
-/// What `million.json` holds.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Million {
-    pub asked: usize,
-    pub conns: usize,
-    pub short: Vec<String>,
-    pub machine: Option<Machine>,
-    pub workers: usize,
-    pub held: usize,
-    pub failed: usize,
-    pub failures: String,
-    pub open_seconds: f64,
-    pub open_per_second: f64,
-    /// Σ workers' anonymous resident memory (`RssAnon`) − the same before the first
-    /// connection, from /proc. Not VmRSS: at this scale the kernel reclaims file-backed
-    /// pages (the binary's) under memory pressure, and VmRSS can shrink while the heap grows.
-    pub server_user_bytes: Option<u64>,
-    pub server_user_per_conn: Option<u64>,
-    /// Σ workers' VmRSS before the first connection.
-    pub worker_bases_bytes: Option<u64>,
-    /// The supervisor's own memory line: per-conn, and its own resident set.
-    pub server_line_per_conn: Option<u64>,
-    pub supervisor_rss_bytes: Option<u64>,
-    /// Growth of the socket caches while the connections opened, both ends.
-    pub kernel_bytes: Option<i64>,
-    pub kernel_per_conn: Option<i64>,
-    pub loadgen_processes: usize,
-    pub loadgen_rss_bytes: u64,
-    pub loadgen_per_conn: Option<u64>,
-    pub burst: Echoes,
-    pub probes: Echoes,
-    pub netdev_max_backlog: Option<(u64, u64)>,
-    pub softnet_drops: (u64, u64),
-    pub wall_seconds: f64,
-    pub error: Option<String>,
-}
-
-/// `report --million`: run it, print the table, write `million.json` into `out`.
-pub fn run(wanted: Option<usize>, out: &Path, bin_dir: &Path) -> ExitCode {
-    let started = Instant::now();
-    let mut m = Million {
-        asked: wanted.unwrap_or(1_000_000),
-        ..Million::default()
-    };
-    if let Err(err) = measure(&mut m, bin_dir) {
-        eprintln!("report: the million did not finish: {err}");
-        m.error = Some(err);
+impl Loops {
+    fn names(self) -> &'static [&'static str] {
+        match self {
+            Loops::Epoll => &["epoll"],
+            Loops::IoUring => &["io-uring"],
+            Loops::Both => &["epoll", "io-uring"],
+        }
     }
-    m.wall_seconds = started.elapsed().as_secs_f64();
-    print!("{}", table(&m));
-    let json = serde_json::to_string_pretty(&m).expect("bug: the figures serialize");
+}
+
+/// How long loadgen may take to open everything, and to answer one order.
+const OPEN_PATIENCE: Duration = Duration::from_secs(900);
+const ORDER_PATIENCE: Duration = Duration::from_secs(300);
+/// Echo probes after the bursts.
+const PROBES: usize = 1000;
+
+/// `report --million`: a run per loop, the table, `million.json` into `out` (one run's
+/// object, or with `--loop both` a list of both).
+pub fn run(wanted: Option<usize>, loops: Loops, out: &Path, bin_dir: &Path) -> ExitCode {
+    let asked = wanted.unwrap_or(1_000_000);
+    let runs: Vec<Million> = match prepare(asked, bin_dir) {
+        Ok((machine, plan)) => {
+            // Raised before the move to a namespace of our own: only the machine's has them.
+            let raised = [
+                settings::raise_backlog(),
+                settings::raise_tcp_mem(plan.conns),
+            ];
+            // Both ends of every connection are sockets on this machine.
+            let network = network::make_room(2 * plan.conns);
+            let runs = loops
+                .names()
+                .iter()
+                .map(|name| {
+                    let mut run = one_loop(name, asked, &machine, &plan, bin_dir);
+                    run.network = network.clone();
+                    run.settings_raised(&raised);
+                    run
+                })
+                .collect();
+            drop(raised);
+            runs
+        }
+        Err(err) => {
+            eprintln!("report: the million did not start: {err}");
+            let failed = |name: &&str| Million {
+                event_loop: name.to_string(),
+                asked,
+                error: Some(err.clone()),
+                ..Million::default()
+            };
+            loops.names().iter().map(failed).collect()
+        }
+    };
+    print!("{}", table::table(&runs));
+    let json = match runs.as_slice() {
+        [one] => serde_json::to_string_pretty(one),
+        all => serde_json::to_string_pretty(all),
+    }
+    .expect("bug: the figures serialize");
     match std::fs::write(out.join("million.json"), json + "\n") {
         Ok(()) => eprintln!("report: wrote million.json into {}", out.display()),
         Err(err) => {
@@ -97,18 +120,18 @@ pub fn run(wanted: Option<usize>, out: &Path, bin_dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if m.error.is_none() && m.held == m.conns && m.failed == 0 {
+    if runs.iter().all(Million::all_held) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
 }
 
-fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
-    let (server_bin, loadgen_bin) = (bin_dir.join("step08-reuseport"), bin_dir.join("loadgen"));
-    for bin in [&server_bin, &loadgen_bin] {
-        if !bin.exists() {
-            return Err(format!("no binary at {}", bin.display()));
+/// The binaries there, the machine read, and the N that fits in it.
+fn prepare(asked: usize, bin_dir: &Path) -> Result<(Machine, Fit), String> {
+    for bin in ["step08-reuseport", "loadgen"] {
+        if !bin_dir.join(bin).exists() {
+            return Err(format!("no binary at {}", bin_dir.join(bin).display()));
         }
     }
     let machine = Machine::read()?;
@@ -124,31 +147,71 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
         machine.port_range.1,
         machine.netdev_max_backlog
     );
-    let plan = fit(m.asked, &machine);
+    let plan = fit(asked, &machine);
     for why in &plan.short {
         eprintln!("report: short of {why}");
     }
-    m.machine = Some(machine.clone());
-    (m.conns, m.workers, m.short) = (plan.conns, plan.workers, plan.short.clone());
-    if m.conns == 0 {
+    if plan.conns == 0 {
         return Err("nothing fits".into());
     }
     eprintln!(
         "report: {} WebSocket connections, {} server workers (each under its own open-file limit)",
-        m.conns, m.workers
+        plan.conns, plan.workers
     );
+    Ok((machine, plan))
+}
 
-    let backlog = Backlog::raise(machine.netdev_max_backlog);
-    m.netdev_max_backlog = backlog.changed();
+/// One run: step08 with `event_loop` in its workers, measured.
+fn one_loop(
+    event_loop: &str,
+    asked: usize,
+    machine: &Machine,
+    plan: &Fit,
+    bin_dir: &Path,
+) -> Million {
+    let started = Instant::now();
+    let mut m = Million {
+        event_loop: event_loop.to_string(),
+        asked,
+        conns: plan.conns,
+        workers: plan.workers,
+        short: plan.short.clone(),
+        machine: Some(machine.clone()),
+        ..Million::default()
+    };
+    eprintln!("report: step08-reuseport --loop {event_loop}");
     let drops_before = softnet_drops();
+    if let Err(err) = measure(&mut m, bin_dir) {
+        eprintln!("report: the million on {event_loop} did not finish: {err}");
+        m.error = Some(err);
+    }
+    m.softnet_drops = (drops_before, softnet_drops());
+    m.wall_seconds = started.elapsed().as_secs_f64();
+    m
+}
 
-    KernelMemory::settle(Duration::from_secs(5));
+fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
+    // The sockets of a run before this one are freed after it ends, some after an RCU
+    // grace period: wait until the caches are still.
+    KernelMemory::settle(Duration::from_secs(30));
     let workers = m.workers.to_string();
     // A request head has 60 s instead of 10 to arrive: in a storm of a million connections
     // on two cores, a client may wait that long for the CPU between connect and request.
+    // And a memory line every 2 s, not five a second: the supervisor takes a worker silent
+    // for five periods (at least 3 s) for dead, and around a burst of a million on two
+    // shared cores a worker can wait seconds for the CPU (killed after 3.1 s of it, measured).
     let mut server = StepProcess::start(
-        &server_bin,
-        &["--workers", &workers, "--handshake-timeout", "60"],
+        &bin_dir.join("step08-reuseport"),
+        &[
+            "--workers",
+            &workers,
+            "--handshake-timeout",
+            "60",
+            "--report-every",
+            "2",
+            "--loop",
+            &m.event_loop,
+        ],
     )?;
     let addr = server.addr();
     std::thread::sleep(Duration::from_millis(500));
@@ -160,25 +223,85 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
         .sum();
     m.worker_bases_bytes = Some(bases);
     let anon_before = anon_sum(&worker_pids);
-    let kernel_before = KernelMemory::read();
+    let counted: Vec<&str> = SOCKET_CACHES.iter().chain(URING_CACHES).copied().collect();
+    let kernel_before = KernelMemory::read_caches(&counted);
 
-    let mut loadgen = Loadgen::start(&loadgen_bin, &format!("ws://{addr}/"), m.conns)?;
-    live::progress(
-        "step08-reuseport",
-        &format!("opening {} connections", m.conns),
-    );
+    let mut loadgen = Client::start(&bin_dir.join("loadgen"), &format!("ws://{addr}/"), m.conns)?;
+    let step = format!("step08-reuseport --loop {}", m.event_loop);
+    live::progress(&step, &format!("opening {} connections", m.conns));
     let watch = live::MillionWatch::start(live::MillionProcesses {
         asked: m.conns,
         workers: worker_pids.clone(),
         anon_before,
-        loadgen: loadgen.child.id(),
+        loadgen: loadgen.pid(),
         kernel_before: kernel_before.clone(),
     });
-    let summary = loadgen.summary(Duration::from_secs(900))?;
+    let opening = Instant::now();
+    let summary = loadgen.opened(OPEN_PATIENCE);
+    // The opening's last picture shows the server's own count: wait (boundedly) for its
+    // memory line to say it, as it does every 2 s.
+    if let Ok(held) = &summary {
+        let held = held["opened"]["held"].as_u64().unwrap_or(0) as usize;
+        server.memory_line(held, opening, Duration::from_secs(10));
+    }
     watch.finish();
-    let since = Instant::now();
+    opened(m, &summary?);
 
-    // Everything is held (and has echoed once): measure.
+    // What the connections cost, held and idle, before any burst: a burst's own machinery
+    // (loadgen's epoll set or io_uring requests, freed by the kernel a moment after it)
+    // is not theirs.
+    if let Some(before) = &kernel_before
+        && let Some(after) = before.read_settled(Duration::from_secs(10))
+    {
+        kernel(m, before, &after);
+    }
+    let grown = anon_sum(&worker_pids).saturating_sub(anon_before);
+    m.server_user_bytes = Some(grown);
+    m.server_user_per_conn = (m.held > 0).then(|| grown / m.held as u64);
+    if let Some(line) = server.memory_line(m.held, opening, Duration::from_secs(10)) {
+        m.server_line_per_conn = Some(line.line.per_conn_bytes);
+    }
+    m.supervisor_rss_bytes = common::ProcStatus::read(server.pid())
+        .ok()
+        .map(|s| s.rss_bytes);
+
+    // The burst, timed, with what each side's CPU did meanwhile.
+    live::progress(
+        &step,
+        &format!("{} held; one message on each at once", m.held),
+    );
+    let sides = burst::Sides {
+        server: worker_pids.clone(),
+        loadgen: loadgen.pids(),
+    };
+    let cores = m.machine.as_ref().map_or(1, |machine| machine.cores);
+    let before = sides.read();
+    m.burst = loadgen.burst(ORDER_PATIENCE)?;
+    m.burst_cost = Some(burst::cost(&before, &sides.read(), m.burst.ok, cores));
+    count_syscalls(m, &server, &mut loadgen)?;
+    m.probes = loadgen.probe(PROBES, ORDER_PATIENCE)?;
+
+    eprintln!("report: measured; closing the connections");
+    live::progress(
+        &step,
+        &format!(
+            "{} held, opened in {:.0} s; closing them",
+            m.held, m.open_seconds
+        ),
+    );
+    loadgen.stop(Duration::from_secs(60));
+    stop(&mut server);
+    m.workers_lost = server
+        .stderr()
+        .lines()
+        .filter(|line| line.contains("a replacement"))
+        .map(str::to_string)
+        .collect();
+    Ok(())
+}
+
+/// The figures of loadgen's summary of the opening.
+fn opened(m: &mut Million, summary: &serde_json::Value) {
     let opened = &summary["opened"];
     m.held = opened["held"].as_u64().unwrap_or(0) as usize;
     m.failed = m.conns - m.held.min(m.conns);
@@ -194,38 +317,43 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
         .loadgen_rss_bytes
         .checked_sub(opened["base_rss_bytes"].as_u64().unwrap_or(0))
         .and_then(|grown| grown.checked_div(m.held as u64));
-    m.burst = serde_json::from_value(summary["burst"].clone()).unwrap_or_default();
-    m.probes = serde_json::from_value(summary["probes"].clone()).unwrap_or_default();
+}
 
-    let kernel_after = KernelMemory::read();
-    if let (Some(before), Some(after)) = (&kernel_before, &kernel_after) {
-        let (_, total) = before.growth(after);
-        m.kernel_bytes = Some(total);
-        m.kernel_per_conn = (m.held > 0).then(|| total / m.held as i64);
+/// A second burst, with perf counting the workers' system calls. A count that cannot be
+/// made says why, and the run goes on.
+fn count_syscalls(
+    m: &mut Million,
+    server: &StepProcess,
+    loadgen: &mut Client,
+) -> Result<(), String> {
+    match SyscallCount::start(server.pid()) {
+        Ok(count) => {
+            let second = loadgen.burst(ORDER_PATIENCE)?;
+            match count.finish() {
+                Ok(calls) if second.ok > 0 => {
+                    m.syscalls_per_msg = Some(calls as f64 / second.ok as f64);
+                }
+                Ok(_) => m.syscalls_not_counted = Some("no echo in the second burst".into()),
+                Err(why) => m.syscalls_not_counted = Some(why),
+            }
+        }
+        Err(why) => m.syscalls_not_counted = Some(why),
     }
-    let grown = anon_sum(&worker_pids).saturating_sub(anon_before);
-    m.server_user_bytes = Some(grown);
-    m.server_user_per_conn = (m.held > 0).then(|| grown / m.held as u64);
-    if let Some(line) = server.memory_line(m.held, since, Duration::from_secs(10)) {
-        m.server_line_per_conn = Some(line.line.per_conn_bytes);
-    }
-    m.supervisor_rss_bytes = common::ProcStatus::read(server.pid())
-        .ok()
-        .map(|s| s.rss_bytes);
-
-    eprintln!("report: measured; closing the connections");
-    live::progress(
-        "step08-reuseport",
-        &format!(
-            "{} held, opened in {:.0} s; closing them",
-            m.held, m.open_seconds
-        ),
-    );
-    loadgen.stop();
-    stop(&mut server);
-    m.softnet_drops = (drops_before, softnet_drops());
-    drop(backlog);
     Ok(())
+}
+
+/// Kernel memory per connection: every counted cache's growth, and io_uring's part.
+fn kernel(m: &mut Million, before: &KernelMemory, after: &KernelMemory) {
+    let (by_cache, total) = before.growth(after);
+    let per_conn = |bytes: i64| (m.held > 0).then(|| bytes / m.held as i64);
+    m.kernel_bytes = Some(total);
+    m.kernel_per_conn = per_conn(total);
+    let uring: i64 = URING_CACHES.iter().filter_map(|c| by_cache.get(*c)).sum();
+    m.uring_kernel_per_conn = per_conn(uring);
+    m.kernel_per_conn_by_cache = by_cache
+        .into_iter()
+        .filter_map(|(cache, bytes)| Some((cache, per_conn(bytes)?)))
+        .collect();
 }
 
 /// Σ `RssAnon` of `pids` (a worker that is gone counts 0).
@@ -235,267 +363,12 @@ fn anon_sum(pids: &[u32]) -> u64 {
         .sum()
 }
 
-/// loadgen's binary, holding the connections until told to stop.
-struct Loadgen {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Loadgen {
-    fn start(bin: &Path, url: &str, conns: usize) -> Result<Loadgen, String> {
-        let mut child = Command::new(bin)
-            .args([
-                url,
-                "--conns",
-                &conns.to_string(),
-                "--echo-each",
-                "--echo",
-                "1000",
-            ])
-            // A burst of a million messages on two cores takes seconds; a probe, micros.
-            .args([
-                "--echo-timeout",
-                "60",
-                "--connect-timeout",
-                "30",
-                "--hold",
-                "3600",
-                "--json",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            // Its progress bar and messages go straight to our stderr, for the audience.
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|err| format!("cannot start {}: {err}", bin.display()))?;
-        let stdout = child.stdout.take().expect("bug: stdout is piped");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Loadgen { child, lines })
-    }
-
-    /// loadgen's JSON summary, once all is held and echoed; its text lines go to stderr.
-    fn summary(&mut self, patience: Duration) -> Result<serde_json::Value, String> {
-        let deadline = Instant::now() + patience;
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_secs(1)) {
-                Ok(line) if line.starts_with('{') => {
-                    return serde_json::from_str(&line)
-                        .map_err(|err| format!("loadgen's summary: {err}"));
-                }
-                Ok(line) => eprintln!("loadgen: {line}"),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait().map_err(|e| e.to_string())?;
-                    return Err(format!("loadgen exited ({status}) before its summary"));
-                }
-            }
-        }
-        Err(format!(
-            "no summary from loadgen within {} s",
-            patience.as_secs()
-        ))
-    }
-
-    /// Ctrl-C, as a user would: it closes every connection (in every child) and exits.
-    fn stop(mut self) {
-        signal(self.child.id(), libc::SIGINT);
-        wait_or_kill(&mut self.child, Duration::from_secs(60));
-    }
-}
-
 /// SIGTERM to the supervisor, which stops its workers; the drop of `server` then reaps it.
 fn stop(server: &mut StepProcess) {
-    signal(server.pid(), libc::SIGTERM);
+    // SAFETY: kill takes no pointers; the pid is our own child, not yet reaped.
+    unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(30);
     while server.is_running() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn wait_or_kill(child: &mut Child, patience: Duration) {
-    let deadline = Instant::now() + patience;
-    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Send `signal` to `pid`, a process this report started.
-fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill takes no pointers; the pid is our own child, not yet reaped.
-    unsafe { libc::kill(pid as libc::pid_t, signal) };
-}
-
-/// Packets the kernel dropped because a CPU's input queue was full: the second column of
-/// /proc/net/softnet_stat (hexadecimal, one line per CPU), summed.
-fn softnet_drops() -> u64 {
-    std::fs::read_to_string("/proc/net/softnet_stat")
-        .map(|text| parse_softnet_drops(&text))
-        .unwrap_or(0)
-}
-
-fn parse_softnet_drops(text: &str) -> u64 {
-    text.lines()
-        .filter_map(|line| u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok())
-        .sum()
-}
-
-/// `net.core.netdev_max_backlog` raised for the run, and put back after.
-struct Backlog {
-    was: u64,
-    raised: bool,
-}
-
-const BACKLOG_PATH: &str = "/proc/sys/net/core/netdev_max_backlog";
-
-impl Backlog {
-    fn raise(was: u64) -> Backlog {
-        if was >= NETDEV_BACKLOG {
-            return Backlog { was, raised: false };
-        }
-        let raised = std::fs::write(BACKLOG_PATH, NETDEV_BACKLOG.to_string()).is_ok();
-        if raised {
-            eprintln!(
-                "report: raised net.core.netdev_max_backlog from {was} to {NETDEV_BACKLOG} for the \
-                 run (loopback drops packets past it when a connection storm fills a CPU's \
-                 queue); it is put back at the end"
-            );
-        } else {
-            eprintln!(
-                "report: net.core.netdev_max_backlog is {was} and cannot be raised (not root): \
-                 expect dropped SYNs, retransmits and a slower opening"
-            );
-        }
-        Backlog { was, raised }
-    }
-
-    fn changed(&self) -> Option<(u64, u64)> {
-        self.raised.then_some((self.was, NETDEV_BACKLOG))
-    }
-}
-
-impl Drop for Backlog {
-    fn drop(&mut self) {
-        if self.raised && std::fs::write(BACKLOG_PATH, self.was.to_string()).is_ok() {
-            eprintln!(
-                "report: net.core.netdev_max_backlog is back to {}",
-                self.was
-            );
-        }
-    }
-}
-
-fn bytes(b: Option<u64>) -> String {
-    b.map_or("–".into(), common::format_bytes)
-}
-
-fn echoes(e: &Echoes) -> String {
-    let sent = e.ok + e.lost + e.mismatched + e.failed;
-    let times = match (e.p50_us, e.p99_us, e.max_us) {
-        (Some(p50), Some(p99), Some(max)) => format!(
-            "; p50 {} p99 {} max {}",
-            micros(p50),
-            micros(p99),
-            micros(max)
-        ),
-        _ => String::new(),
-    };
-    format!(
-        "{} of {sent} back intact ({} lost, {} mismatched, {} failed){times}",
-        e.ok, e.lost, e.mismatched, e.failed
-    )
-}
-
-/// The run as a narrow Markdown table.
-pub fn table(m: &Million) -> String {
-    let per_conn_signed = |v: Option<i64>| v.map_or("–".into(), signed_bytes);
-    let rows: Vec<(&str, String)> = vec![
-        (
-            "connections held",
-            format!(
-                "{} of {} ({} failed: {})",
-                m.held, m.conns, m.failed, m.failures
-            ),
-        ),
-        (
-            "opened in",
-            format!(
-                "{:.1} s ({:.0} per second)",
-                m.open_seconds, m.open_per_second
-            ),
-        ),
-        ("server workers", m.workers.to_string()),
-        (
-            "server user space",
-            format!(
-                "{} in all, {} per connection",
-                bytes(m.server_user_bytes),
-                bytes(m.server_user_per_conn)
-            ),
-        ),
-        ("workers' bases", bytes(m.worker_bases_bytes)),
-        ("supervisor", bytes(m.supervisor_rss_bytes)),
-        (
-            "kernel, both ends",
-            format!(
-                "{} in all, {} per connection",
-                per_conn_signed(m.kernel_bytes),
-                per_conn_signed(m.kernel_per_conn)
-            ),
-        ),
-        (
-            "loadgen",
-            format!(
-                "{} per connection ({} in {} processes)",
-                bytes(m.loadgen_per_conn),
-                common::format_bytes(m.loadgen_rss_bytes),
-                m.loadgen_processes
-            ),
-        ),
-        ("one message on each, at once", echoes(&m.burst)),
-        ("echo probes", echoes(&m.probes)),
-        (
-            "loopback drops (softnet)",
-            format!(
-                "{} during the run",
-                m.softnet_drops.1.saturating_sub(m.softnet_drops.0)
-            ),
-        ),
-        ("whole run", format!("{:.0} s", m.wall_seconds)),
-    ];
-    let mut text = format!(
-        "\n## {} WebSocket connections on one machine\n\n| | |\n|---|---|\n",
-        m.held
-    );
-    for (name, value) in rows {
-        text.push_str(&format!("| {name} | {value} |\n"));
-    }
-    for why in &m.short {
-        text.push_str(&format!("\nShort of {why}.\n"));
-    }
-    if let Some(err) = &m.error {
-        text.push_str(&format!("\nNot finished: {err}\n"));
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Drops are the second column of softnet_stat, in hexadecimal, summed over the CPUs.
-    #[test]
-    fn softnet_drops_sum_the_second_column_in_hex() {
-        let text = "0000abcd 0000022f 00000000\n00001234 00000010 00000000\n";
-        assert_eq!(parse_softnet_drops(text), 0x22f + 0x10);
     }
 }

@@ -32,17 +32,37 @@ pub fn cpu_time(pid: u32) -> io::Result<Duration> {
 /// quiet machine read −0.3 CPUs of "others". Their softirq work in `ksoftirqd` is counted
 /// as someone else's, so the error is on the side of saying busy.
 pub fn machine_cpu_time() -> io::Result<Duration> {
-    let busy = busy_ticks(&std::fs::read_to_string("/proc/stat")?)?;
+    from_ticks(busy_ticks(&std::fs::read_to_string("/proc/stat")?)?)
+}
+
+/// CPU time the whole machine spent in softirqs, from /proc/stat: packets received, loopback
+/// TCP's among them. Most of it runs in the process that sent the packet, and is counted in
+/// that process's CPU time too; what runs in `ksoftirqd` is counted there.
+pub fn machine_softirq_time() -> io::Result<Duration> {
+    let ticks = cpu_ticks(&std::fs::read_to_string("/proc/stat")?)?;
+    from_ticks(ticks[6])
+}
+
+/// Clock ticks as time.
+fn from_ticks(ticks: u64) -> io::Result<Duration> {
     // SAFETY: sysconf only reads a constant of the system.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if per_second <= 0 {
         return Err(io::Error::other("sysconf(_SC_CLK_TCK) failed"));
     }
-    Ok(Duration::from_secs_f64(busy as f64 / per_second as f64))
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
 /// The clock ticks of /proc/stat's `cpu` line not idle (nor waiting for I/O).
 fn busy_ticks(stat: &str) -> io::Result<u64> {
+    let ticks = cpu_ticks(stat)?;
+    // user, nice, system, idle, iowait, irq, softirq, steal, in clock ticks.
+    Ok(ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7])
+}
+
+/// The first eight fields of /proc/stat's `cpu` line (user, nice, system, idle, iowait,
+/// irq, softirq, steal), in clock ticks.
+fn cpu_ticks(stat: &str) -> io::Result<[u64; 8]> {
     let fields = stat
         .lines()
         .next()
@@ -61,8 +81,11 @@ fn busy_ticks(stat: &str) -> io::Result<u64> {
             )),
         }
     };
-    // user, nice, system, idle, iowait, irq, softirq, steal, in clock ticks.
-    Ok(ticks(0)? + ticks(1)? + ticks(2)? + ticks(5)? + ticks(6)? + ticks(7)?)
+    let mut all = [0; 8];
+    for (i, tick) in all.iter_mut().enumerate() {
+        *tick = ticks(i)?;
+    }
+    Ok(all)
 }
 
 /// The slab caches that grow with each TCP connection, on either end of it.
@@ -92,6 +115,18 @@ pub const SOCKET_CACHES: &[&str] = &[
     "task_struct",
 ];
 
+/// The slab caches an io_uring request takes while it waits, one object each; a multishot
+/// receive armed on an idle connection (step09's) is one, as read on Linux 6.18:
+///
+/// - `io_kiocb`: the request itself (256 B), io_uring's own cache;
+/// - `kmalloc-512`: its async data (`struct io_async_msghdr`), kept between two shots;
+/// - `kmalloc-96`: its poll entry (`struct async_poll`), on the socket's wait queue.
+///
+/// The kmalloc caches are shared with everything else the kernel does, so their deltas
+/// carry others' noise: counted where a million requests dwarf it (`--million`), not in
+/// the report's 10 000.
+pub const URING_CACHES: &[&str] = &["io_kiocb", "kmalloc-512", "kmalloc-96"];
+
 /// Bytes in use in each of [`SOCKET_CACHES`], plus the kernel stacks of all threads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelMemory {
@@ -108,13 +143,43 @@ pub struct KernelMemory {
 impl KernelMemory {
     /// Read /proc/slabinfo (root only) and /proc/meminfo; `None` where unreadable.
     pub fn read() -> Option<KernelMemory> {
+        KernelMemory::read_caches(SOCKET_CACHES)
+    }
+
+    /// [`KernelMemory::read`], for the slab caches named.
+    pub fn read_caches(caches: &[&str]) -> Option<KernelMemory> {
         let slabinfo = std::fs::read_to_string("/proc/slabinfo").ok()?;
         let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
         Some(KernelMemory {
-            caches: parse_slabinfo(&slabinfo, SOCKET_CACHES),
+            caches: parse_slabinfo(&slabinfo, caches),
             kernel_stacks: parse_kernel_stack(&meminfo)?,
             tcp_sockets: active_objects(&slabinfo, &["TCP", "TCPv6"]),
         })
+    }
+
+    /// The same caches as `self`, read now.
+    pub fn read_again(&self) -> Option<KernelMemory> {
+        let names: Vec<&str> = self.caches.keys().map(String::as_str).collect();
+        KernelMemory::read_caches(&names)
+    }
+
+    /// The same caches as `self`, read once they stop moving (at most `limit` from now):
+    /// objects freed a moment ago, by work the kernel finishes after the call that asked
+    /// for it (an io_uring instance's requests go when its teardown runs, on a kernel
+    /// thread), must not be counted as held.
+    pub fn read_settled(&self, limit: std::time::Duration) -> Option<KernelMemory> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut last = self.read_again()?;
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let now = self.read_again()?;
+            if now.total().abs_diff(last.total()) < 64 * 1024
+                || std::time::Instant::now() >= deadline
+            {
+                return Some(now);
+            }
+            last = now;
+        }
     }
 
     /// Wait (at most `limit`) until the figures stop moving: sockets and threads of the

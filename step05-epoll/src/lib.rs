@@ -235,7 +235,10 @@ fn write_some(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
     Ok(written)
 }
 
-/// Remove a connection from the interest list and close it.
+/// Remove a connection from the interest list and close it. The DEL is optional: closing
+/// the socket's last fd removes it from the list anyway (see `Epoll::register`). It is
+/// here so the list's whole life reads in this file: ADD on accept, MOD when the direction
+/// changes, DEL on close.
 fn close(epoll: &Epoll, connections: &mut [Option<Conn>], open: &mut usize, fd: RawFd) {
     let conn = connections[fd as usize]
         .take()

@@ -31,7 +31,10 @@ impl Epoll {
     /// Add `fd` to the interest list (EPOLL_CTL_ADD). Its events carry the fd as token.
     ///
     /// A `BorrowedFd`, not a bare number: the caller holds the socket, so the fd is open
-    /// for the whole call. The caller must `deregister` it before closing it.
+    /// for the whole call. Closing the last fd of a socket removes it from every epoll
+    /// interest list, so `deregister` before closing is optional. (A registration lives as
+    /// long as the socket, not the fd: while a `dup` of it, or a child's copy, is open, its
+    /// events still come.)
     pub(crate) fn register(&self, fd: BorrowedFd<'_>, interest: u32) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd, interest)
     }

@@ -29,7 +29,7 @@ mod epoll;
 pub mod frame;
 pub mod handshake;
 mod options;
-mod page;
+pub mod page;
 pub mod timer;
 
 pub use options::{Config, WsOptions};
@@ -42,9 +42,10 @@ use std::time::{Duration, Instant};
 use common::sys::{client_gone, interrupted, is_disconnect, out_of_resources, would_block};
 use common::{MemoryMeter, RateLimitedLog};
 
-use budget::{expire, held, hold_to_budget};
+use budget::{expire, held, hold_to_budget, time_left};
 use epoll::{Epoll, READABLE, WRITABLE};
 use frame::{Flow, Partial};
+use handshake::Request;
 use timer::{Deadline, Timers};
 
 /// One connection. Kept small on purpose: this struct, times 10 000, is most of what an
@@ -104,6 +105,46 @@ enum Next {
     Close,
 }
 
+/// The open connections, and what they hold in all: the table `close` takes one out of.
+#[derive(Default)]
+struct Connections {
+    /// The connections, by fd. The fd is the connection's token and its index here: the
+    /// kernel hands out the lowest free fd, so the fds of live connections are dense and
+    /// this Vec has few holes.
+    slots: Vec<Option<Conn>>,
+    /// How many are open: the count in the memory line.
+    open: usize,
+    /// The bytes they all hold right now (see [`held`]), kept under `config.max_buffered`.
+    held: usize,
+}
+
+impl Connections {
+    /// The connection on `fd`, if one is open.
+    fn get_mut(&mut self, fd: RawFd) -> Option<&mut Conn> {
+        self.slots.get_mut(fd as usize).and_then(Option::as_mut)
+    }
+
+    /// Put a new connection in its fd's slot.
+    fn insert(&mut self, fd: RawFd, conn: Conn) -> &mut Conn {
+        let index = fd as usize;
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, || None);
+        }
+        self.open += 1;
+        self.slots[index].insert(conn)
+    }
+
+    /// Take the connection on `fd` out of the table, and what it holds out of the count.
+    fn remove(&mut self, fd: RawFd) -> Conn {
+        let conn = self.slots[fd as usize]
+            .take()
+            .expect("bug: closing a connection that is not open");
+        self.open -= 1;
+        self.held -= held(&conn);
+        conn
+    }
+}
+
 /// What every handler may need besides its connection.
 struct Shared {
     /// One read buffer for every connection.
@@ -111,14 +152,12 @@ struct Shared {
     /// One output buffer for every connection: replies are put together here, and only
     /// what the kernel does not take at once is copied into the connection.
     out: Vec<u8>,
-    /// Connections that must do something by a deadline: finish their request head, or
-    /// hang up after our close.
-    timers: Timers,
-    /// Connections that hold bytes: the deadline by which they must finish something.
-    stalls: Timers,
-    /// The bytes all connections hold right now (see [`held`]), kept under
-    /// `config.max_buffered`.
-    held: usize,
+    /// Connections that must do something within `--handshake-timeout`: finish their
+    /// request head, or hang up after our close.
+    handshake_timers: Timers,
+    /// Open connections that hold bytes: the deadline by which they must finish something
+    /// (`--stall-timeout`).
+    stall_timers: Timers,
     /// The step's settings: the message size, the budget, the timeouts.
     config: Config,
 }
@@ -137,17 +176,13 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
     let epoll = Epoll::new()?;
     epoll.register(listener.as_fd(), READABLE)?;
 
-    // The fd is the connection's token and its index here: the kernel hands out the lowest
-    // free fd, so the fds of live connections are dense and this Vec has few holes.
-    let mut connections: Vec<Option<Conn>> = Vec::new();
-    let mut open = 0;
-    let timers = Timers::new(config.timeout);
+    let mut connections = Connections::default();
+    let handshake_timers = Timers::new(config.handshake_timeout);
     let mut shared = Shared {
         buf: vec![0u8; READ_BUDGET],
         out: Vec::new(),
-        stalls: timers.with_timeout(config.stall_timeout),
-        timers,
-        held: 0,
+        stall_timers: handshake_timers.with_timeout(config.stall_timeout),
+        handshake_timers,
         config,
     };
     let mut events = Vec::with_capacity(1024);
@@ -157,24 +192,22 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
     let mut accept_log = RateLimitedLog::per_second();
 
     loop {
-        meter.tick(open);
+        meter.tick(connections.open);
 
         if accept_paused_until.is_some_and(|until| Instant::now() >= until) {
             accept_paused_until = None;
             epoll.register(listener.as_fd(), READABLE)?;
         }
         // Close what is overdue: slow heads, stalled bytes, clients that never hang up.
-        expire(&mut shared, &epoll, &mut connections, &mut open);
+        expire(&mut shared, &epoll, &mut connections);
 
         // The timer: epoll_wait sleeps until a socket is ready or the timeout passes, so
         // the timeout is at most the time left until the earliest deadline.
-        let mut timeout = match accept_paused_until {
+        let timeout = match accept_paused_until {
             Some(until) => until.saturating_duration_since(Instant::now()),
             None => meter.period(),
         };
-        for left in [shared.timers.time_left(), shared.stalls.time_left()] {
-            timeout = timeout.min(left.unwrap_or(Duration::MAX));
-        }
+        let timeout = timeout.min(time_left(&shared));
 
         match epoll.wait(&mut events, timeout) {
             Ok(_ready) => {}
@@ -190,7 +223,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             let fd = token as RawFd;
 
             if fd == listener.as_raw_fd() {
-                match accept_all(&listener, &epoll, &mut connections, &mut open, &mut shared) {
+                match accept_all(&listener, &epoll, &mut connections, &mut shared) {
                     Ok(()) => {}
                     Err(err) if out_of_resources(&err) => {
                         // The listener stays readable while connections wait in its queue,
@@ -210,7 +243,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             // An event for an fd we closed earlier in this batch: nothing to do. (If an
             // accept reused that fd, the event is spurious for the new connection, and
             // spurious wake-ups are harmless: a non-blocking read says WouldBlock.)
-            let Some(conn) = connections.get_mut(fd as usize).and_then(Option::as_mut) else {
+            let Some(Some(conn)) = connections.slots.get_mut(fd as usize) else {
                 continue;
             };
             // We watch one direction at a time, so the connection's state says which
@@ -222,9 +255,11 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
             } else {
                 handle_writable(conn)
             };
-            shared.held = shared.held + held(conn) - before;
-            let result =
-                result.and_then(|next| hold_to_budget(conn, fd, before, next, &mut shared));
+            // What it holds now counts in the total, and against the budgets.
+            connections.held = connections.held + held(conn) - before;
+            let result = result.and_then(|next| {
+                hold_to_budget(conn, before, next, &mut connections.held, &mut shared)
+            });
             let result = match result {
                 Ok(Next::Continue) => Ok(()),
                 // Watching the other direction is a syscall that can fail on its own
@@ -232,7 +267,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
                 Ok(Next::WaitWritable) => epoll.modify(conn.stream.as_fd(), WRITABLE),
                 Ok(Next::WaitReadable) => epoll.modify(conn.stream.as_fd(), READABLE),
                 Ok(Next::Close) => {
-                    close(&epoll, &mut connections, &mut open, &mut shared.held, fd);
+                    close(&epoll, &mut connections, fd);
                     continue;
                 }
                 Err(err) => Err(err),
@@ -241,7 +276,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
                 if !is_disconnect(&err) {
                     common::log!("step06-ws-epoll: connection fd {fd}: {err}; closing it");
                 }
-                close(&epoll, &mut connections, &mut open, &mut shared.held, fd);
+                close(&epoll, &mut connections, fd);
             }
         }
     }
@@ -251,8 +286,7 @@ pub fn serve(listener: TcpListener, mut meter: MemoryMeter, config: Config) -> i
 fn accept_all(
     listener: &TcpListener,
     epoll: &Epoll,
-    connections: &mut Vec<Option<Conn>>,
-    open: &mut usize,
+    connections: &mut Connections,
     shared: &mut Shared,
 ) -> io::Result<()> {
     loop {
@@ -276,21 +310,19 @@ fn accept_all(
             continue;
         }
 
-        let index = fd as usize;
-        if connections.len() <= index {
-            connections.resize_with(index + 1, || None);
-        }
         // The clock starts now: the whole request head must be in within the timeout.
-        let deadline = shared.timers.set(fd);
-        connections[index] = Some(Conn {
-            stream,
-            state: State::Handshaking {
-                head: None,
-                deadline,
+        let deadline = shared.handshake_timers.set(fd);
+        connections.insert(
+            fd,
+            Conn {
+                stream,
+                state: State::Handshaking {
+                    head: None,
+                    deadline,
+                },
+                unsent: None,
             },
-            unsent: None,
-        });
-        *open += 1;
+        );
     }
 }
 
@@ -326,7 +358,7 @@ fn handle_readable(conn: &mut Conn, fd: RawFd, shared: &mut Shared) -> io::Resul
         State::Closing { .. } => return Ok(Next::Continue),
     };
     if flow == Flow::Close {
-        let deadline = shared.timers.set(fd);
+        let deadline = shared.handshake_timers.set(fd);
         conn.state = State::Closing { deadline };
     }
 
@@ -350,12 +382,12 @@ fn send(conn: &mut Conn, out: &[u8]) -> io::Result<Next> {
 
 /// The request head, or more of it, arrived: answer it once it is whole.
 fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) -> Flow {
-    let State::Handshaking { head, .. } = &mut conn.state else {
+    let State::Handshaking { head: kept, .. } = &mut conn.state else {
         unreachable!("bug: read_head is called only while handshaking");
     };
     // Most heads arrive whole, in one read: they are parsed straight from the shared read
     // buffer. Only a head that comes in pieces is copied into the connection.
-    let mut head = head.take();
+    let mut head = kept.take();
     let bytes: &[u8] = match &mut head {
         Some(head) => {
             head.extend_from_slice(input);
@@ -367,18 +399,18 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) 
         Ok(None) => {
             // Not complete yet: keep what we have. (parse_request refuses heads over
             // 8 KiB, so this stays bounded.)
-            let head = head.unwrap_or_else(|| Box::new(input.to_vec()));
-            conn.state = State::Handshaking {
-                head: Some(head),
-                deadline: deadline_of(&conn.state),
-            };
+            *kept = Some(head.unwrap_or_else(|| Box::new(input.to_vec())));
             Flow::Open
         }
         Err(reject) => {
             out.extend_from_slice(reject.response().as_bytes());
             Flow::Close
         }
-        Ok(Some(upgrade)) => {
+        Ok(Some(Request::Page)) => {
+            out.extend_from_slice(page::response().as_bytes());
+            Flow::Close
+        }
+        Ok(Some(Request::Upgrade(upgrade))) => {
             out.extend_from_slice(handshake::switching_protocols(&upgrade.accept).as_bytes());
             // Bytes behind the head are the first frames, sent in the same segment: keep
             // them. (Dropping them would lose the client's first message.)
@@ -393,15 +425,6 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) 
             };
             decoded.flow
         }
-    }
-}
-
-/// The deadline a handshaking (or closing) connection already has, to carry it over when
-/// its state is rebuilt.
-fn deadline_of(state: &State) -> Deadline {
-    match state {
-        State::Handshaking { deadline, .. } | State::Closing { deadline } => *deadline,
-        _ => unreachable!("bug: only handshaking and closing connections have a deadline"),
     }
 }
 
@@ -452,23 +475,16 @@ fn write_some(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
     Ok(written)
 }
 
-/// Remove a connection from the interest list and close it.
-fn close(
-    epoll: &Epoll,
-    connections: &mut [Option<Conn>],
-    open: &mut usize,
-    held_in_all: &mut usize,
-    fd: RawFd,
-) {
-    let conn = connections[fd as usize]
-        .take()
-        .expect("bug: closing a connection that is not open");
+/// Remove a connection from the interest list and close it. The DEL is optional: closing
+/// the socket's last fd removes it from the list anyway (see `Epoll::register`). It is
+/// here so the list's whole life reads in this file: ADD on accept, MOD when the direction
+/// changes, DEL on close.
+fn close(epoll: &Epoll, connections: &mut Connections, fd: RawFd) {
+    let conn = connections.remove(fd);
     if let Err(err) = epoll.deregister(conn.stream.as_fd()) {
         // Closing the socket's last fd takes it out of the interest list anyway.
         common::log!("step06-ws-epoll: epoll_ctl(DEL) fd {fd}: {err}; closing it anyway");
     }
-    *open -= 1;
-    *held_in_all -= held(&conn);
     // Dropping the TcpStream closes the fd, and gives back the bytes the connection held.
     drop(conn);
 }

@@ -17,7 +17,7 @@ pub struct Config {
     pub max_buffered: usize,
     /// How long a client may take to send its whole request head, and, once we have sent
     /// our close, to read it and hang up. Past it, we close the connection (408 for a head).
-    pub timeout: Duration,
+    pub handshake_timeout: Duration,
     /// How long a connection may hold bytes without finishing anything (a frame, a message,
     /// taking its pending output). Past it, we close the connection with 1008.
     pub stall_timeout: Duration,
@@ -33,7 +33,7 @@ impl Default for Config {
         Config {
             max_message: 1 << 20,
             max_buffered: 64 << 20,
-            timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
         }
@@ -57,7 +57,7 @@ pub struct WsOptions {
     pub max_buffered: u64,
 
     /// Seconds a client has to send its whole request head (and to hang up after our close).
-    #[arg(long, value_name = "SECS", default_value_t = Config::default().timeout.as_secs(),
+    #[arg(long, value_name = "SECS", default_value_t = Config::default().handshake_timeout.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub handshake_timeout: u64,
 
@@ -80,7 +80,7 @@ impl WsOptions {
         Config {
             max_message: self.max_message as usize,
             max_buffered: self.max_buffered as usize,
-            timeout: Duration::from_secs(self.handshake_timeout),
+            handshake_timeout: Duration::from_secs(self.handshake_timeout),
             stall_timeout: Duration::from_secs(self.stall_timeout),
             allowed_origins: self.allow_origin.clone(),
         }

@@ -4,7 +4,7 @@
 //! back: the loop's next MOD or DEL on that connection fails with ENOENT.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 
 use clap::Parser;
 use step06_ws_epoll::Config;
@@ -16,25 +16,6 @@ fn start() -> InProcess {
         let meter = common::MemoryMeter::new("step06-ws-epoll", &opts);
         step06_ws_epoll::serve(listener, meter, Config::default())
     })
-}
-
-/// Connect and upgrade: send the request head, read the `101` head.
-fn upgraded(server: &InProcess) -> TcpStream {
-    let mut stream = server.connect();
-    stream
-        .write_all(
-            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).expect("the 101 response head");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101 "), "{head:?}");
-    stream
 }
 
 /// A masked binary frame whose payload is `len` zero bytes (masked with a zero key, so
@@ -50,7 +31,7 @@ fn binary_frame(len: u16) -> Vec<u8> {
 /// A fresh connection still upgrades and gets its message back: the server serves on.
 fn assert_serving(server: &InProcess, what: &str) {
     assert!(server.is_serving(), "{what}: serve() returned");
-    let mut client = upgraded(server);
+    let mut client = server.upgraded();
     client.write_all(&binary_frame(3)).unwrap();
     let mut echo = [0xffu8; 5];
     client.read_exact(&mut echo).unwrap();
@@ -72,7 +53,7 @@ fn a_failed_epoll_ctl_closes_only_that_connection() {
 
     // MOD: a client that sends messages and never reads fills both directions' buffers,
     // so an echo is cut short and the loop asks to watch for writability.
-    let mut floods = upgraded(&server);
+    let mut floods = server.upgraded();
     server.fail_epoll_ctl_on(&mut floods, |client| {
         inprocess::flood_until_full(client, &binary_frame(60_000));
     });

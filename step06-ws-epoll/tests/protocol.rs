@@ -9,6 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use stepcheck::Server;
+use stepcheck::ws::raw_frame;
 
 const BIN: &str = env!("CARGO_BIN_EXE_step06-ws-epoll");
 
@@ -25,22 +26,7 @@ fn upgrade_request() -> String {
 
 /// A client frame in wire format: FIN bit, opcode, length, mask key, masked payload.
 fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0xa1, 0x02, 0xc3, 0x74];
-    let mut bytes = vec![if fin { 0x80 } else { 0 } | opcode];
-    match payload.len() {
-        len @ 0..=125 => bytes.push(0x80 | len as u8),
-        len @ 126..=0xffff => {
-            bytes.push(0x80 | 126);
-            bytes.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            bytes.push(0x80 | 127);
-            bytes.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    bytes.extend_from_slice(&mask);
-    bytes.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, k)| b ^ k));
-    bytes
+    raw_frame(fin, opcode, payload, true)
 }
 
 /// Read the response head byte by byte (so no frame byte behind it is consumed).
@@ -294,8 +280,7 @@ fn a_client_that_never_finishes_its_head_is_closed() {
 /// connection is echoed after each.
 #[test]
 fn broken_frames_get_their_close_code() {
-    let mut unmasked = vec![0x81, 0x02];
-    unmasked.extend_from_slice(b"hi");
+    let unmasked = raw_frame(true, 1, b"hi", false);
     let mut rsv1 = frame(true, 1, b"hi");
     rsv1[0] |= 0x40;
     let concat = |frames: &[Vec<u8>]| frames.concat();

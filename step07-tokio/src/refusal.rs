@@ -15,7 +15,8 @@
 use std::io;
 use std::time::Duration;
 
-use step06_ws_epoll::handshake::{self, MAX_HEAD, Reject, Upgrade};
+use step06_ws_epoll::handshake::{self, MAX_HEAD, Reject, Request};
+use step06_ws_epoll::page;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -26,9 +27,10 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The opening handshake: read the request head, judge it with step06's `parse_request`,
 /// and answer. `Ok(Some(early))` once upgraded (`101` sent), with the bytes the client sent
-/// right behind its head (frames, or nothing); `Ok(None)` for a client refused (and told
-/// why, with step06's status) or too slow to send its head within `timeout` (`408`). A
-/// refused client has `timeout` again to take the answer and hang up, as in step06.
+/// right behind its head (frames, or nothing); `Ok(None)` for a browser given step06's
+/// page, a client refused (and told why, with step06's status) or too slow to send its
+/// head within `timeout` (`408`). A client answered so has `timeout` again to take the
+/// answer and hang up, as in step06.
 ///
 /// A function of its own, so that what it holds (the head, the answer) is freed when it
 /// returns, not kept in the connection's task for the connection's whole life.
@@ -55,12 +57,17 @@ pub async fn handshake(
         }
     };
     match verdict {
-        Ok(upgrade) => {
+        Ok(Request::Upgrade(upgrade)) => {
             let switching = handshake::switching_protocols(&upgrade.accept);
             stream.write_all(switching.as_bytes()).await?;
             Ok(Some(bytes.split_off(upgrade.head_len)))
         }
-        // Refused with step06's status (or, for a browser's `GET /`, given step06's page).
+        // A browser's `GET /`: given step06's page.
+        Ok(Request::Page) => {
+            hang_up(stream, page::response().as_bytes(), timeout).await;
+            Ok(None)
+        }
+        // Refused with step06's status.
         Err(reject) => {
             hang_up(stream, reject.response().as_bytes(), timeout).await;
             Ok(None)
@@ -75,7 +82,7 @@ pub async fn handshake(
 async fn read_head(
     stream: &mut BudgetedStream,
     allowed_origins: &[String],
-) -> io::Result<(Result<Upgrade, Reject>, Vec<u8>)> {
+) -> io::Result<(Result<Request, Reject>, Vec<u8>)> {
     // Most heads are a few hundred bytes; the buffer grows (doubling) for longer ones.
     let mut bytes = Vec::with_capacity(1024);
     loop {
@@ -85,7 +92,7 @@ async fn read_head(
         }
         let verdict = match handshake::parse_request(&bytes, allowed_origins) {
             Ok(None) => continue, // not whole yet
-            Ok(Some(upgrade)) => Ok(upgrade),
+            Ok(Some(request)) => Ok(request),
             Err(reject) => Err(reject),
         };
         return Ok((verdict, bytes));

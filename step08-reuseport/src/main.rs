@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use step06_ws_epoll::WsOptions;
 
-/// WebSocket echo on N worker processes, each running step06's epoll loop on its own
-/// SO_REUSEPORT socket; the kernel spreads connections over them.
+/// WebSocket echo on N worker processes, each running step06's epoll loop (or step09's
+/// io_uring loop) on its own SO_REUSEPORT socket; the kernel spreads connections over them.
 #[derive(Parser)]
 // Workers get the supervisor's own arguments followed by `--addr` and `--json`: the
 // later value wins.
@@ -22,6 +22,10 @@ struct Args {
     #[command(flatten)]
     ws: WsOptions,
 
+    /// The event loop each worker runs: step06's epoll loop, or step09's io_uring loop.
+    #[arg(long = "loop", value_enum, default_value_t = step08_reuseport::Loop::Epoll)]
+    event_loop: step08_reuseport::Loop,
+
     /// Run as one worker (the supervisor starts them with this).
     #[arg(long, hide = true)]
     worker: bool,
@@ -30,8 +34,15 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let addr = args.common.addr_or(9008);
+    if !args.worker
+        && args.event_loop == step08_reuseport::Loop::IoUring
+        && let Some(unavailable) = step08_reuseport::io_uring_refused()
+    {
+        common::log!("{}: {unavailable}", step08_reuseport::STEP);
+        return ExitCode::FAILURE;
+    }
     let result = if args.worker {
-        step08_reuseport::work(addr, &args.common, &args.ws)
+        step08_reuseport::work(addr, &args.common, &args.ws, args.event_loop)
     } else {
         let workers = args.workers.map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),

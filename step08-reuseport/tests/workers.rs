@@ -1,7 +1,10 @@
 //! Many worker processes, cheaply: with 200 open files allowed per process, 1 000
 //! connections need at least five workers. Every connection echoes, the one memory line
 //! counts them all, a killed worker is replaced while the others keep serving, and SIGTERM
-//! leaves no worker behind.
+//! leaves no worker behind. With either loop in the workers: step06's epoll, or step09's
+//! io_uring (skipped, saying why, where io_uring is refused; failed under CI).
+
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +45,18 @@ fn sockets_of(pid: u32) -> usize {
         .count()
 }
 
+/// Whether process `pid` holds an io_uring instance: a link to `anon_inode:[io_uring]` in
+/// /proc/PID/fd.
+fn has_io_uring(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().contains("io_uring"))
+        })
+}
+
 /// A memory line for `conns` connections and `workers` workers, within PATIENCE.
 fn wait_for_line(server: &Server, conns: u64, workers: u64) -> serde_json::Value {
     let deadline = Instant::now() + PATIENCE;
@@ -78,14 +93,37 @@ async fn open(server: &Server, n: usize) -> Pool {
     pool
 }
 
-/// 1 000 connections over eight workers of 200 fds each: all echo, all are counted, and a
-/// worker killed with SIGKILL takes only its own connections with it.
+/// 1 000 connections over eight epoll workers of 200 fds each: all echo, all are counted,
+/// and a worker killed with SIGKILL takes only its own connections with it.
 #[tokio::test(flavor = "current_thread")]
 async fn a_thousand_connections_over_workers_that_each_hold_two_hundred() {
+    a_thousand_over_workers("epoll").await;
+}
+
+/// The same over eight io_uring workers (step09's loop in each): all echo, all are counted,
+/// and killing one leaves the others serving.
+#[tokio::test(flavor = "current_thread")]
+async fn a_thousand_connections_over_io_uring_workers() {
+    if support::io_uring_available() {
+        a_thousand_over_workers("io-uring").await;
+    }
+}
+
+async fn a_thousand_over_workers(event_loop: &str) {
     let workers = WORKERS.to_string();
-    let mut server = Server::start_with_fd_limit(BIN, &["--workers", &workers], FD_LIMIT);
+    let mut server = Server::start_with_fd_limit(
+        BIN,
+        &["--workers", &workers, "--loop", event_loop],
+        FD_LIMIT,
+    );
     let worker_pids = children_of(server.pid());
     assert_eq!(worker_pids.len(), WORKERS, "stderr:\n{}", server.stderr());
+    let on_io_uring: Vec<bool> = worker_pids.iter().map(|&pid| has_io_uring(pid)).collect();
+    assert_eq!(
+        on_io_uring,
+        vec![event_loop == "io-uring"; WORKERS],
+        "every worker runs the loop asked for ({event_loop})"
+    );
 
     let mut pool = open(&server, CONNS).await;
     let all = pool.echo_each(0, 32, PATIENCE).await;

@@ -45,10 +45,11 @@ use common::{MemoryMeter, RateLimitedLog};
 use io_uring::types::{CancelBuilder, Fd};
 use io_uring::{IoUring, cqueue, opcode};
 use step06_ws_epoll::frame::{self, Flow, Partial};
-use step06_ws_epoll::handshake;
+use step06_ws_epoll::handshake::{self, Request};
+use step06_ws_epoll::page;
 use step06_ws_epoll::timer::{Deadline, Timers};
 
-use budget::{expire, held, hold_to_budget};
+use budget::{expire, held, hold_to_budget, time_left};
 use ring::{BUFFER_GROUP, BufRing, cqe_result};
 
 /// The rings and the buffer pool, set up before the server binds (so a kernel without
@@ -168,6 +169,46 @@ enum Next {
     Close,
 }
 
+/// The open connections, and what they hold in all: the table `close` takes one out of.
+#[derive(Default)]
+struct Connections {
+    /// The connections, by fd. The fd is the connection's token and its index here: the
+    /// kernel hands out the lowest free fd, so the fds of live connections are dense and
+    /// this Vec has few holes.
+    slots: Vec<Option<Conn>>,
+    /// How many are open: the count in the memory line.
+    open: usize,
+    /// The bytes they all hold right now (see [`held`]), kept under `config.max_buffered`.
+    held: usize,
+}
+
+impl Connections {
+    /// The connection on `fd`, if one is open.
+    fn get_mut(&mut self, fd: RawFd) -> Option<&mut Conn> {
+        self.slots.get_mut(fd as usize).and_then(Option::as_mut)
+    }
+
+    /// Put a new connection in its fd's slot.
+    fn insert(&mut self, fd: RawFd, conn: Conn) -> &mut Conn {
+        let index = fd as usize;
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, || None);
+        }
+        self.open += 1;
+        self.slots[index].insert(conn)
+    }
+
+    /// Take the connection on `fd` out of the table, and what it holds out of the count.
+    fn remove(&mut self, fd: RawFd) -> Conn {
+        let conn = self.slots[fd as usize]
+            .take()
+            .expect("bug: closing a connection that is not open");
+        self.open -= 1;
+        self.held -= held(&conn);
+        conn
+    }
+}
+
 /// What every handler may need besides its connection.
 struct Shared {
     /// The rings, and the buffer ring every connection reads into.
@@ -179,14 +220,12 @@ struct Shared {
     /// One output buffer for every connection: replies are put together here, then copied
     /// into the connection's output, whose bytes the kernel owns while it sends them.
     out: Vec<u8>,
-    /// Connections that must do something by a deadline: finish their request head, or
-    /// hang up after our close.
-    timers: Timers,
-    /// Connections that hold bytes: the deadline by which they must finish something.
-    stalls: Timers,
-    /// The bytes all connections hold right now (see [`held`]), kept under
-    /// `config.max_buffered`.
-    held: usize,
+    /// Connections that must do something within `--handshake-timeout`: finish their
+    /// request head, or hang up after our close.
+    handshake_timers: Timers,
+    /// Open connections that hold bytes: the deadline by which they must finish something
+    /// (`--stall-timeout`).
+    stall_timers: Timers,
     /// The step's settings: the message size, the budget, the timeouts.
     config: Config,
 }
@@ -201,21 +240,15 @@ pub fn serve(
     uring: Uring,
     config: Config,
 ) -> io::Result<()> {
-    let Uring { ring, bufs, .. } = uring;
-
-    // The fd is the connection's token and its index here: the kernel hands out the lowest
-    // free fd, so the fds of live connections are dense and this Vec has few holes.
-    let mut connections: Vec<Option<Conn>> = Vec::new();
-    let mut open = 0;
-    let timers = Timers::new(config.timeout);
+    let mut connections = Connections::default();
+    let handshake_timers = Timers::new(config.handshake_timeout);
     let mut shared = Shared {
-        ring,
-        bufs,
+        ring: uring.ring,
+        bufs: uring.bufs,
         closing: HashMap::new(),
         out: Vec::new(),
-        stalls: timers.with_timeout(config.stall_timeout),
-        timers,
-        held: 0,
+        stall_timers: handshake_timers.with_timeout(config.stall_timeout),
+        handshake_timers,
         config,
     };
     // A multishot accept is in the kernel: one request, a completion per new connection.
@@ -226,31 +259,23 @@ pub fn serve(
     let mut accept_log = RateLimitedLog::per_second();
 
     loop {
-        meter.tick(open);
+        meter.tick(connections.open);
 
         if !accepting && accept_paused_until.is_none_or(|until| Instant::now() >= until) {
             accept_paused_until = None;
-            let fd = listener.as_raw_fd();
-            let accept = opcode::AcceptMulti::new(Fd(fd))
-                .flags(libc::SOCK_CLOEXEC)
-                .build()
-                .user_data(token(ACCEPT, fd));
-            // SAFETY: an accept points at no buffer of ours.
-            unsafe { ring::push(&mut shared.ring, &accept)? };
+            accept(&listener, &mut shared.ring)?;
             accepting = true;
         }
         // Close what is overdue: slow heads, stalled bytes, clients that never hang up.
-        expire(&mut shared, &mut connections, &mut open);
+        expire(&mut shared, &mut connections);
 
         // The timer: we sleep until a completion comes or the timeout passes, so the
         // timeout is at most the time left until the earliest deadline.
-        let mut timeout = match accept_paused_until {
+        let timeout = match accept_paused_until {
             Some(until) => until.saturating_duration_since(Instant::now()),
             None => meter.period(),
         };
-        for left in [shared.timers.time_left(), shared.stalls.time_left()] {
-            timeout = timeout.min(left.unwrap_or(Duration::MAX));
-        }
+        let timeout = timeout.min(time_left(&shared));
 
         // One system call: submit every request queued since the last one, and wait until
         // at least one completion is there, or the timeout passes.
@@ -269,7 +294,7 @@ pub fn serve(
             if op == ACCEPT {
                 // An error ends a multishot accept; the loop makes a new one.
                 accepting &= cqueue::more(cqe.flags());
-                match accepted(&cqe, &mut connections, &mut open, &mut shared) {
+                match accepted(&cqe, &mut connections, &mut shared) {
                     Ok(()) => {}
                     Err(err) if out_of_resources(&err) => {
                         // The clients wait in the kernel's queue. Stop accepting for a
@@ -291,40 +316,25 @@ pub fn serve(
                 continue;
             }
 
-            let Some(conn) = connections.get_mut(fd as usize).and_then(Option::as_mut) else {
-                // An operation of a connection we closed, back from the kernel: once they
-                // all are, its socket can close.
-                let conn = shared
-                    .closing
-                    .get_mut(&fd)
-                    .expect("bug: a completion for no connection");
-                returned(conn, op, &cqe);
-                if !in_kernel(conn) {
-                    shared.closing.remove(&fd);
-                }
-                shared.bufs.give_back(&cqe);
+            let Some(Some(conn)) = connections.slots.get_mut(fd as usize) else {
+                // Back from the kernel for a connection we closed already.
+                returned_after_close(&mut shared, fd, op, &cqe);
                 continue;
             };
             let before = held(conn);
-            // The completion says which operation it is: a receive, or a send.
-            returned(conn, op, &cqe);
-            let result = if op == RECV {
-                handle_readable(conn, fd, &cqe, &mut shared)
-            } else {
-                handle_writable(conn, fd, &cqe, &mut shared.ring)
-            };
-            // The receive's buffer was ours while we decoded its bytes: give it back.
-            shared.bufs.give_back(&cqe);
-            shared.held = shared.held + held(conn) - before;
-            let result =
-                result.and_then(|next| hold_to_budget(conn, fd, before, next, &mut shared));
+            let result = handle_completion(conn, fd, op, &cqe, &mut shared);
+            // What it holds now counts in the total, and against the budgets.
+            connections.held = connections.held + held(conn) - before;
+            let result = result.and_then(|next| {
+                hold_to_budget(conn, before, next, &mut connections.held, &mut shared)
+            });
             let result = match result {
                 Ok(Next::Continue) => Ok(()),
                 // Reading is a request too: cancelled to stop reading, made again to read.
                 Ok(Next::WaitWritable) => stop_reading(conn, fd, &mut shared.ring),
                 Ok(Next::WaitReadable) => read(conn, fd, &mut shared.ring),
                 Ok(Next::Close) => {
-                    close(&mut shared, &mut connections, &mut open, fd);
+                    close(&mut shared, &mut connections, fd);
                     continue;
                 }
                 Err(err) => Err(err),
@@ -333,17 +343,28 @@ pub fn serve(
                 if !is_disconnect(&err) {
                     common::log!("step09-io-uring: connection fd {fd}: {err}; closing it");
                 }
-                close(&mut shared, &mut connections, &mut open, fd);
+                close(&mut shared, &mut connections, fd);
             }
         }
     }
 }
 
+/// Ask the kernel to accept connections on `listener`: one multishot accept, a completion
+/// per new connection, for as long as it lasts.
+fn accept(listener: &TcpListener, ring: &mut IoUring) -> io::Result<()> {
+    let fd = listener.as_raw_fd();
+    let accept = opcode::AcceptMulti::new(Fd(fd))
+        .flags(libc::SOCK_CLOEXEC)
+        .build()
+        .user_data(token(ACCEPT, fd));
+    // SAFETY: an accept points at no buffer of ours.
+    unsafe { ring::push(ring, &accept) }
+}
+
 /// A connection the multishot accept took from the listener's queue.
 fn accepted(
     cqe: &cqueue::Entry,
-    connections: &mut Vec<Option<Conn>>,
-    open: &mut usize,
+    connections: &mut Connections,
     shared: &mut Shared,
 ) -> io::Result<()> {
     let stream = match cqe_result(cqe) {
@@ -358,31 +379,63 @@ fn accepted(
     };
     let fd = stream.as_raw_fd();
 
-    let index = fd as usize;
-    if connections.len() <= index {
-        connections.resize_with(index + 1, || None);
-    }
     // The clock starts now: the whole request head must be in within the timeout.
-    let deadline = shared.timers.set(fd);
-    let conn = connections[index].insert(Conn {
-        stream,
-        state: State::Handshaking {
-            head: None,
-            deadline,
+    let deadline = shared.handshake_timers.set(fd);
+    let conn = connections.insert(
+        fd,
+        Conn {
+            stream,
+            state: State::Handshaking {
+                head: None,
+                deadline,
+            },
+            unsent: None,
+            reading: false,
+            cancelling: false,
         },
-        unsent: None,
-        reading: false,
-        cancelling: false,
-    });
-    *open += 1;
+    );
     // Asking the kernel to read can fail on its own (the submission queue full, and the
     // kernel refusing more for now): like a failed registration in step06, that closes
     // this connection only. No operation of its is in the kernel yet.
     if let Err(err) = read(conn, fd, &mut shared.ring) {
         common::log!("step09-io-uring: cannot set up connection fd {fd}: {err}; closing it");
-        close(shared, connections, open, fd);
+        close(shared, connections, fd);
     }
     Ok(())
+}
+
+/// One of `conn`'s operations completed: a receive or a send. The completion says which,
+/// as step06's watched direction says which event it is.
+fn handle_completion(
+    conn: &mut Conn,
+    fd: RawFd,
+    op: u64,
+    cqe: &cqueue::Entry,
+    shared: &mut Shared,
+) -> io::Result<Next> {
+    returned(conn, op, cqe);
+    let result = if op == RECV {
+        handle_readable(conn, fd, cqe, shared)
+    } else {
+        handle_writable(conn, fd, cqe, &mut shared.ring)
+    };
+    // The receive's buffer was ours while we decoded its bytes: give it back.
+    shared.bufs.give_back(cqe);
+    result
+}
+
+/// An operation of a connection we closed, back from the kernel: once they all are, its
+/// socket can close.
+fn returned_after_close(shared: &mut Shared, fd: RawFd, op: u64, cqe: &cqueue::Entry) {
+    let conn = shared
+        .closing
+        .get_mut(&fd)
+        .expect("bug: a completion for no connection");
+    returned(conn, op, cqe);
+    if !in_kernel(conn) {
+        shared.closing.remove(&fd);
+    }
+    shared.bufs.give_back(cqe);
 }
 
 /// Ask the kernel to read `conn`, unless it does already or output waits.
@@ -488,7 +541,7 @@ fn handle_readable(
         State::Closing { .. } => return Ok(Next::WaitReadable),
     };
     if flow == Flow::Close {
-        let deadline = shared.timers.set(fd);
+        let deadline = shared.handshake_timers.set(fd);
         conn.state = State::Closing { deadline };
     }
 
@@ -524,12 +577,12 @@ fn send(conn: &mut Conn, fd: RawFd, out: &[u8], ring: &mut IoUring) -> io::Resul
 
 /// The request head, or more of it, arrived: answer it once it is whole.
 fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) -> Flow {
-    let State::Handshaking { head, .. } = &mut conn.state else {
+    let State::Handshaking { head: kept, .. } = &mut conn.state else {
         unreachable!("bug: read_head is called only while handshaking");
     };
     // Most heads arrive whole, in one read: they are parsed straight from the ring's read
     // buffer. Only a head that comes in pieces is copied into the connection.
-    let mut head = head.take();
+    let mut head = kept.take();
     let bytes: &[u8] = match &mut head {
         Some(head) => {
             head.extend_from_slice(input);
@@ -541,18 +594,18 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) 
         Ok(None) => {
             // Not complete yet: keep what we have. (parse_request refuses heads over
             // 8 KiB, so this stays bounded.)
-            let head = head.unwrap_or_else(|| Box::new(input.to_vec()));
-            conn.state = State::Handshaking {
-                head: Some(head),
-                deadline: deadline_of(&conn.state),
-            };
+            *kept = Some(head.unwrap_or_else(|| Box::new(input.to_vec())));
             Flow::Open
         }
         Err(reject) => {
             out.extend_from_slice(reject.response().as_bytes());
             Flow::Close
         }
-        Ok(Some(upgrade)) => {
+        Ok(Some(Request::Page)) => {
+            out.extend_from_slice(page::response().as_bytes());
+            Flow::Close
+        }
+        Ok(Some(Request::Upgrade(upgrade))) => {
             out.extend_from_slice(handshake::switching_protocols(&upgrade.accept).as_bytes());
             // Bytes behind the head are the first frames, sent in the same segment: keep
             // them. (Dropping them would lose the client's first message.)
@@ -567,15 +620,6 @@ fn read_head(conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, config: &Config) 
             };
             decoded.flow
         }
-    }
-}
-
-/// The deadline a handshaking (or closing) connection already has, to carry it over when
-/// its state is rebuilt.
-fn deadline_of(state: &State) -> Deadline {
-    match state {
-        State::Handshaking { deadline, .. } | State::Closing { deadline } => *deadline,
-        _ => unreachable!("bug: only handshaking and closing connections have a deadline"),
     }
 }
 
@@ -656,12 +700,8 @@ fn write_some(unsent: &mut Unsent, fd: RawFd, ring: &mut IoUring) -> io::Result<
 }
 
 /// Close a connection, once the kernel has given back every operation on it.
-fn close(shared: &mut Shared, connections: &mut [Option<Conn>], open: &mut usize, fd: RawFd) {
-    let mut conn = connections[fd as usize]
-        .take()
-        .expect("bug: closing a connection that is not open");
-    *open -= 1;
-    shared.held -= held(&conn);
+fn close(shared: &mut Shared, connections: &mut Connections, fd: RawFd) {
+    let mut conn = connections.remove(fd);
     if in_kernel(&conn) {
         // Ask for them back, each by its own `user_data` (see `cancel`), and keep the socket
         // open until they are: its fd must not name a new connection yet.

@@ -5,9 +5,12 @@
 //! connection and goes on serving the others, the test runs the step's `serve` on a thread
 //! of its own process, where the step's file descriptors are within reach, and takes one
 //! connection out of the step's epoll interest list behind the step's back
-//! ([`hide_registration`]).
+//! ([`hide_registration`]). The same reach lets a test make the kernel's buffers small at
+//! both ends of a connection ([`InProcess::connect_with_a_small_window`],
+//! [`InProcess::shrink_send_buffer`]), so that a few KiB of replies fill them at the moment
+//! the test chooses.
 
-use std::io::{self, ErrorKind, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::thread::{self, JoinHandle};
@@ -59,6 +62,49 @@ impl InProcess {
         drop(duplicate);
     }
 
+    /// Open a client connection whose receive buffer is locked at its smallest (a few KiB)
+    /// before it connects, so that it offers the step a window of a few KiB. (Set after
+    /// connecting, the buffer shrinks, but not the window already offered.)
+    pub fn connect_with_a_small_window(&self) -> TcpStream {
+        let SocketAddr::V4(addr) = self.addr else {
+            panic!("bug: the step listens on 127.0.0.1");
+        };
+        // SAFETY: socket takes no pointers.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+        // SAFETY: `fd` was just returned by socket: open, and owned by nobody else.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        shrink_buffer(fd, libc::SO_RCVBUF);
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*addr.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: `to` is a valid sockaddr_in of `len` bytes, which the kernel only reads.
+        let ret = unsafe { libc::connect(fd, (&raw const to).cast(), len) };
+        assert_eq!(ret, 0, "connect to {addr}: {}", io::Error::last_os_error());
+        let stream = TcpStream::from(socket);
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_write_timeout(Some(PATIENCE)).unwrap();
+        stream
+    }
+
+    /// Lock the step's send buffer for `client`'s connection at its smallest (a few KiB):
+    /// with a client that offers a small window, replies of tens of KiB it does not read
+    /// at once do not fit in the kernel, and the step must keep the rest itself.
+    pub fn shrink_send_buffer(&self, client: &TcpStream) {
+        shrink_buffer(self.accepted_fd(client), libc::SO_SNDBUF);
+    }
+
+    /// Connect and upgrade to a WebSocket (see [`upgrade`]).
+    pub fn upgraded(&self) -> TcpStream {
+        upgrade(self.connect())
+    }
+
     /// The step's fd for the connection whose client end is `client`, once the step has
     /// accepted it (waits up to [`PATIENCE`]).
     fn accepted_fd(&self, client: &TcpStream) -> RawFd {
@@ -69,6 +115,25 @@ impl InProcess {
                 .find(|&fd| peer_of(fd) == Some(client_addr))
         })
     }
+}
+
+/// Upgrade `stream` to a WebSocket with RFC 6455's example request, and read the `101`
+/// head byte by byte (so no frame behind it is taken).
+pub fn upgrade(mut stream: TcpStream) -> TcpStream {
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("the 101 response head");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "), "{head:?}");
+    stream
 }
 
 /// Send `chunk` again and again without reading, until the socket buffers of both
@@ -88,6 +153,24 @@ pub fn flood_until_full(client: &mut TcpStream, chunk: &[u8]) {
         }
     }
     panic!("the server took {} KiB without filling up", chunk.len())
+}
+
+/// Lock socket `fd`'s buffer `option` (`SO_SNDBUF` or `SO_RCVBUF`) at its smallest, a few
+/// KiB: the kernel no longer grows it as the connection goes.
+fn shrink_buffer(fd: RawFd, option: libc::c_int) {
+    let bytes: libc::c_int = 1;
+    // SAFETY: `fd` is an open socket (its connection is open), and `bytes` a valid c_int
+    // that the kernel copies.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&raw const bytes).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(ret, 0, "setsockopt: {}", io::Error::last_os_error());
 }
 
 /// Wait up to [`PATIENCE`] until `fd` is closed in this process.

@@ -620,6 +620,28 @@ impl Drop for Server {
 /// flooder would pass it within the first second.
 pub const FLOOD_GROWTH_LIMIT: u64 = 2 << 20;
 
+/// How much a flooding client tries to send: far more than the kernel's buffers hold, so
+/// a step that kept reading it would hold most of it.
+pub const FLOOD_BYTES: usize = 256 << 20;
+
+/// After a flood of `sent` bytes from a client that never reads, the step must have stopped
+/// reading it: the flooder could not send all [`FLOOD_BYTES`], and the step grew by less than
+/// [`FLOOD_GROWTH_LIMIT`] over `base_rss`. (Had it kept reading, it would hold everything
+/// sent in memory.)
+pub fn assert_flood_held_back(server: &Server, base_rss: u64, sent: usize) {
+    let grown = server.rss_bytes().saturating_sub(base_rss);
+    assert!(
+        sent < FLOOD_BYTES,
+        "the flooder sent all {} MiB: the server kept reading a client that never reads",
+        FLOOD_BYTES >> 20
+    );
+    assert!(
+        grown < FLOOD_GROWTH_LIMIT,
+        "the server grew by {grown} bytes (limit {FLOOD_GROWTH_LIMIT}) while a client sent \
+         {sent} bytes without reading"
+    );
+}
+
 /// A client that writes and never reads: sends `bytes` over and over until `max_bytes` are
 /// sent or `max_time` has passed, and returns how many the server took. A write may take
 /// part of `bytes`; the next goes on from there, so a stream of frames stays a stream of

@@ -31,6 +31,22 @@ impl SyscallCount {
     /// workers, where the calls are made); returns once perf counts. `Err` says why not (no
     /// `perf`, or no right to trace).
     pub fn start(pid: u32) -> Result<SyscallCount, String> {
+        // perf lists the threads of each pid as it attaches; a thread that exits meanwhile
+        // makes it give up ("Problems finding threads of monitor"). Threads come and go in
+        // a busy process (a test harness, a thread per connection): try again, bounded.
+        let mut attempt = 1;
+        loop {
+            match SyscallCount::start_once(pid) {
+                Err(why) if why.contains("Problems finding threads") && attempt < 5 => {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One try of [`SyscallCount::start`].
+    fn start_once(pid: u32) -> Result<SyscallCount, String> {
         let pids: Vec<String> = std::iter::once(pid)
             .chain(common::children_of(pid))
             .map(|pid| pid.to_string())

@@ -6,7 +6,7 @@
 //! Each check takes the step's binary and extra arguments for it (e.g. `&["--read-buffer",
 //! "4096"]`), so one step can be held to every check under each of its settings.
 
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::ops::RangeBounds;
 use std::thread;
@@ -17,8 +17,10 @@ use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::{Message, WebSocket};
 
+use crate::inprocess::{self, InProcess};
 use crate::{
-    FLOOD_GROWTH_LIMIT, Server, check_fd_exhaustion, check_flood_fairness, flood, memory, tcp,
+    FLOOD_BYTES, Server, assert_flood_held_back, check_fd_exhaustion, check_flood_fairness, flood,
+    memory, tcp,
 };
 
 /// A client's end of a WebSocket connection over a plain blocking TCP stream.
@@ -174,7 +176,7 @@ pub fn large_message_echoed_intact(bin: &str, extra: &[&str], len: usize) {
 }
 
 /// A client that sends messages and never reads the echoes fills its socket buffers; the
-/// server must stop reading it (it grows by less than [`FLOOD_GROWTH_LIMIT`]) and keep
+/// server must stop reading it (it grows by less than [`crate::FLOOD_GROWTH_LIMIT`]) and keep
 /// serving everybody else. Breaks if the server keeps reading a client whose echoes it
 /// cannot send, even into a buffer of a few MiB.
 pub fn non_reading_client_does_not_stall_others(bin: &str, extra: &[&str]) {
@@ -189,10 +191,10 @@ pub fn non_reading_client_does_not_stall_others(bin: &str, extra: &[&str]) {
     // blocking WebSocket client would keep every message it cannot send in its own memory.
     let flooder = connect(&server).into_inner();
     let mut flooding = flooder.try_clone().unwrap();
-    let frame = masked_binary_frame(&pattern(64 * 1024));
+    let frame = raw_frame(true, 0x2, &pattern(64 * 1024), true);
     // Bounded: at most 256 MiB, for at most 3 s; it stops much sooner once buffers fill.
     let flood =
-        thread::spawn(move || flood(&mut flooding, &frame, 256 << 20, Duration::from_secs(3)));
+        thread::spawn(move || flood(&mut flooding, &frame, FLOOD_BYTES, Duration::from_secs(3)));
 
     thread::sleep(Duration::from_millis(500));
     let mut other = connect(&server);
@@ -202,31 +204,8 @@ pub fn non_reading_client_does_not_stall_others(bin: &str, extra: &[&str]) {
     );
     let sent = flood.join().unwrap();
 
-    // If the server had kept reading the flooder, it would hold everything sent in memory.
-    let grown = server.rss_bytes().saturating_sub(base_rss);
-    assert!(
-        sent < 256 << 20,
-        "the flooder sent all 256 MiB: the server kept reading a client that never reads"
-    );
-    assert!(
-        grown < FLOOD_GROWTH_LIMIT,
-        "the server grew by {grown} bytes (limit {FLOOD_GROWTH_LIMIT}) while a client sent \
-         {sent} bytes without reading"
-    );
+    assert_flood_held_back(&server, base_rss, sent);
     drop(flooder);
-}
-
-/// One final binary frame carrying `payload`, masked as every client-to-server frame must
-/// be (RFC 6455 §5.3), in wire format.
-fn masked_binary_frame(payload: &[u8]) -> Vec<u8> {
-    let mut frame = Frame::message(payload.to_vec(), OpCode::Data(Data::Binary), true);
-    // Any mask will do; a fixed one keeps the check repeatable.
-    frame.header_mut().mask = Some(*b"mask");
-    let mut wire = Vec::with_capacity(payload.len() + 14);
-    frame
-        .format(&mut wire)
-        .expect("formatting into a Vec cannot fail");
-    wire
 }
 
 /// Clients that vanish with a reset (SO_LINGER 0) after the handshake, some with a message
@@ -532,6 +511,50 @@ pub fn survives_stdout_closed(bin: &str, extra: &[&str]) {
             Message::text("still serving with stdout closed"),
         );
     });
+}
+
+/// A connection that says its last word in the event whose answer takes the step past
+/// `--max-buffered` still gets it out. `server` runs the step in this process with a budget
+/// of 1 byte (below what the option allows: every byte held is past it). A client offering
+/// a small window, the step's send buffer locked small ([`InProcess::shrink_send_buffer`]),
+/// sends 200 pings and its close in one write, reading nothing until then: the pongs do not
+/// fit in the kernel, and the step holds the rest as the connection turns to closing. The
+/// client must then get every pong, the close frame with 1000, and the step's FIN, and the
+/// step must serve on. Breaks if the budget stops a closing connection from sending what it
+/// holds (its close frame then sits unsent until the closing deadline, 10 s), refuses it
+/// again, or loses count of what it holds.
+pub fn last_words_get_out_past_the_budget(server: &InProcess) {
+    let mut client = inprocess::upgrade(server.connect_with_a_small_window());
+    server.shrink_send_buffer(&client);
+
+    // 200 × 131 bytes and a close, 26 KB: one segment on loopback (TCP cuts a write at half
+    // the peer's window, 32 KiB here), so one read; 25 KB of pongs to answer.
+    let ping = raw_frame(true, 9, &[b'p'; 125], true);
+    let mut last_words = ping.repeat(200);
+    last_words.extend(raw_frame(true, 8, &1000u16.to_be_bytes(), true));
+    client.write_all(&last_words).unwrap();
+
+    let mut answer = Vec::new();
+    client
+        .read_to_end(&mut answer)
+        .expect("the step's last bytes, then its FIN, within the read timeout");
+    let pong = [&[0x8a, 125][..], &[b'p'; 125]].concat();
+    let expected = [pong.repeat(200), vec![0x88, 2, 0x03, 0xe8]].concat();
+    assert!(
+        answer == expected,
+        "expected 200 pongs and a close frame with 1000, got {} bytes ending in {:?}",
+        answer.len(),
+        &answer[answer.len().saturating_sub(8)..]
+    );
+
+    // And the step serves on, its count of bytes held intact: a fresh client is answered.
+    let mut fresh = inprocess::upgrade(server.connect());
+    fresh.write_all(&raw_frame(true, 9, b"next", true)).unwrap();
+    let mut pong = [0u8; 6];
+    fresh
+        .read_exact(&mut pong)
+        .expect("a pong for a client that came after");
+    assert_eq!(pong, *b"\x8a\x04next", "not a pong");
 }
 
 /// One frame in wire format, built byte by byte so that a check can break any rule:

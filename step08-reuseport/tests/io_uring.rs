@@ -1,0 +1,162 @@
+//! `--loop io-uring`: step09's loop in every worker. The behaviour every WebSocket step
+//! promises, with two io_uring workers; and where io_uring is refused, one line that says
+//! so, before any worker starts. (The thousand connections over eight io_uring workers are
+//! in `workers.rs`, beside the epoll ones.) Skipped, saying why, where io_uring is refused;
+//! failed under CI.
+
+mod support;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stepcheck::ws;
+
+const BIN: &str = env!("CARGO_BIN_EXE_step08-reuseport");
+const TWO: &[&str] = &["--workers", "2", "--loop", "io-uring"];
+
+/// Text and binary messages come back unchanged, at every frame length encoding.
+#[test]
+fn echoes_a_round_trip() {
+    if support::io_uring_available() {
+        ws::echo_round_trip(BIN, TWO);
+    }
+}
+
+/// 200 clients connected at once are all echoed, whichever worker each landed on.
+#[test]
+fn echoes_200_concurrent_clients() {
+    if support::io_uring_available() {
+        ws::concurrent_clients_all_echoed(BIN, TWO, 200);
+    }
+}
+
+/// The one memory line counts the connections of both workers.
+#[test]
+fn memory_line_counts_connections() {
+    if support::io_uring_available() {
+        ws::memory_line_counts_connections(BIN, TWO, 50);
+    }
+}
+
+/// A message over the 1 MiB limit closes that connection only, with 1009: step06's
+/// budgets hold on step09's loop too.
+#[test]
+fn oversized_message_closed_with_1009() {
+    if support::io_uring_available() {
+        ws::oversized_message_closed_with_1009(BIN, TWO, (1 << 20) + 1, 3);
+    }
+}
+
+/// A request that is not a WebSocket upgrade is refused, and the server keeps serving.
+#[test]
+fn bad_handshake_refused() {
+    if support::io_uring_available() {
+        ws::bad_handshake_refused(BIN, TWO);
+    }
+}
+
+/// Where io_uring is refused (here by a seccomp filter, as container runtimes install),
+/// the supervisor says so in one line, as step09 does, and exits before it starts a worker
+/// or listens: a worker that could not start would be restarted for ever.
+#[test]
+fn without_io_uring_it_says_so_in_one_line_and_exits() {
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--loop",
+            "io-uring",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl and
+    // seccomp, which are async-signal-safe; the filter is built in the child's own memory.
+    unsafe {
+        command.pre_exec(refuse_io_uring_setup);
+    }
+    let mut child = command.spawn().expect("start the step");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > stepcheck::PATIENCE {
+            child.kill().unwrap();
+            panic!("without io_uring the step must exit, not run on");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(
+        !output.status.success(),
+        "it must exit with a failure status"
+    );
+    assert!(
+        !stdout.contains("listening"),
+        "it must not listen without io_uring: {stdout}"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "step08-reuseport: io_uring is not available: io_uring_setup is refused (a \
+             seccomp filter: container runtimes block it by default); check with `grep \
+             Seccomp /proc/self/status` (2 means filtered)"
+        ],
+        "one line, saying which cause and how to check, and no worker's words"
+    );
+}
+
+/// Install a seccomp filter that makes `io_uring_setup` fail with `EPERM` and allows every
+/// other system call (step09's tests do the same).
+fn refuse_io_uring_setup() -> std::io::Result<()> {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W, sock_filter};
+    let stmt = |code: u32, k: u32| sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let filter = [
+        // The system call's number: offset 0 of `struct seccomp_data`.
+        stmt(BPF_LD | BPF_W | BPF_ABS, 0),
+        sock_filter {
+            code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_io_uring_setup as u32,
+        },
+        stmt(
+            BPF_RET | BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: prctl with integer arguments; no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `program` points at `filter`, both alive for the call; the kernel copies them.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &program as *const libc::sock_fprog,
+        )
+    };
+    if ret == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
