@@ -393,8 +393,10 @@ fn work_footnotes(plan: &crate::schema::Plan) -> String {
          cores). *fairness*, on the same run of the step: one connection sends messages of \
          {slow_bytes} bytes, {slow_ms} ms of work each, one after another; meanwhile \
          {fresh} fresh clients arrive, about one every {every} ms, each connecting (and \
-         upgrading), then timing one {size}-byte echo: *slow msg*, the slow messages' own \
-         round trip (median); *fresh*, the fresh clients' echoes; for step08, apart by \
+         upgrading), then timing one {size}-byte echo (a raw TCP step's includes the wait \
+         to be accepted, which a WebSocket client's upgrade has done already): *slow msg*, \
+         the slow messages' own round trip (median); *fresh*, the fresh clients' echoes; \
+         for step08, apart by \
          whether the kernel gave the fresh client to the slow connection's worker (*its \
          worker*) or to another (from /proc/net/tcp and each worker's fds).\n",
         size = plan.message_size,
