@@ -481,7 +481,7 @@ pub fn work(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
             }
         })
         .y_label_formatter(&|y| round_time(*y))
-        .x_desc("work per message (--work-us)")
+        .x_desc("CPU spent on each message before its echo")
         .y_desc("burst round trip, p99 (log)")
         .label_style((FONT, TEXT))
         .axis_desc_style((FONT, TEXT))
