@@ -453,7 +453,9 @@ pub fn work(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
         .flat_map(|k| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(k)))
         .filter(|v| (lo..=hi).contains(v))
         .collect();
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    // Wider than tall, unlike the others: on its slide it shares the height with a line
+    // per finding, and its text must stay legible at that size.
+    let root = SVGBackend::new(path, (1280, 540)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
