@@ -348,18 +348,47 @@ fn the_work_section_is_quoted_from_the_committed_run() {
         .expect("the slide \"Where one loop loses\"");
     let slide = &slides[slide_start..];
     let slide = &slide[..slide.find("\n---\n").unwrap_or(slide.len())];
-    let step08 =
-        std::fs::read_to_string(workspace().join("step08-reuseport/README.md")).unwrap();
+    let step08 = std::fs::read_to_string(workspace().join("step08-reuseport/README.md")).unwrap();
     let quotes: [(&str, &str, &str, &str); 10] = [
-        ("the slide", slide, "step06-ws-epoll", "levels/100/msgs_per_s"),
+        (
+            "the slide",
+            slide,
+            "step06-ws-epoll",
+            "levels/100/msgs_per_s",
+        ),
         ("the slide", slide, "step07-tokio", "levels/100/msgs_per_s"),
-        ("the slide", slide, "step08-reuseport", "levels/100/msgs_per_s"),
+        (
+            "the slide",
+            slide,
+            "step08-reuseport",
+            "levels/100/msgs_per_s",
+        ),
         ("the slide", slide, "step06-ws-epoll", "levels/500/p99_us"),
         ("the slide", slide, "step08-reuseport", "levels/500/p99_us"),
-        ("the slide", slide, "step06-ws-epoll", "fairness/fresh_p99_us"),
-        ("the slide", slide, "step08-reuseport", "fairness/other_workers/p99_us"),
-        ("step08's README", &step08, "step06-ws-epoll", "levels/100/msgs_per_s"),
-        ("step08's README", &step08, "step08-reuseport", "levels/100/msgs_per_s"),
+        (
+            "the slide",
+            slide,
+            "step06-ws-epoll",
+            "fairness/fresh_p99_us",
+        ),
+        (
+            "the slide",
+            slide,
+            "step08-reuseport",
+            "fairness/other_workers/p99_us",
+        ),
+        (
+            "step08's README",
+            &step08,
+            "step06-ws-epoll",
+            "levels/100/msgs_per_s",
+        ),
+        (
+            "step08's README",
+            &step08,
+            "step08-reuseport",
+            "levels/100/msgs_per_s",
+        ),
         (
             "step08's README",
             &step08,
