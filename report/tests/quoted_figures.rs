@@ -349,62 +349,40 @@ fn the_work_section_is_quoted_from_the_committed_run() {
     let slide = &slides[slide_start..];
     let slide = &slide[..slide.find("\n---\n").unwrap_or(slide.len())];
     let step08 = std::fs::read_to_string(workspace().join("step08-reuseport/README.md")).unwrap();
-    let quotes: [(&str, &str, &str, &str); 10] = [
+    // Each document, and the figures it quotes: (step, where in the step's `work`).
+    let quotes: [(&str, &str, &[(&str, &str)]); 2] = [
         (
             "the slide",
             slide,
-            "step06-ws-epoll",
-            "levels/100/msgs_per_s",
-        ),
-        ("the slide", slide, "step07-tokio", "levels/100/msgs_per_s"),
-        (
-            "the slide",
-            slide,
-            "step08-reuseport",
-            "levels/100/msgs_per_s",
-        ),
-        ("the slide", slide, "step06-ws-epoll", "levels/500/p99_us"),
-        ("the slide", slide, "step08-reuseport", "levels/500/p99_us"),
-        (
-            "the slide",
-            slide,
-            "step06-ws-epoll",
-            "fairness/fresh_p99_us",
-        ),
-        (
-            "the slide",
-            slide,
-            "step08-reuseport",
-            "fairness/other_workers/p99_us",
+            &[
+                ("step06-ws-epoll", "levels/100/msgs_per_s"),
+                ("step07-tokio", "levels/100/msgs_per_s"),
+                ("step08-reuseport", "levels/100/msgs_per_s"),
+                ("step06-ws-epoll", "levels/500/p99_us"),
+                ("step08-reuseport", "levels/500/p99_us"),
+                ("step06-ws-epoll", "fairness/fresh_p99_us"),
+                ("step08-reuseport", "fairness/other_workers/p99_us"),
+            ],
         ),
         (
             "step08's README",
             &step08,
-            "step06-ws-epoll",
-            "levels/100/msgs_per_s",
-        ),
-        (
-            "step08's README",
-            &step08,
-            "step08-reuseport",
-            "levels/100/msgs_per_s",
-        ),
-        (
-            "step08's README",
-            &step08,
-            "step08-reuseport",
-            "fairness/same_worker/p99_us",
+            &[
+                ("step06-ws-epoll", "levels/100/msgs_per_s"),
+                ("step08-reuseport", "levels/100/msgs_per_s"),
+                ("step08-reuseport", "fairness/same_worker/p99_us"),
+            ],
         ),
     ];
-    let missing: Vec<String> = quotes
-        .iter()
-        .map(|(doc, text, step, path)| {
+    let mut missing = Vec::new();
+    for (doc, text, figures) in quotes {
+        for (step, path) in figures {
             let quote = format!("{}{MARKER}{step} -->", work_figure(&report, step, path));
-            (doc, text, quote, path)
-        })
-        .filter(|(_, text, quote, _)| !text.contains(quote.as_str()))
-        .map(|(doc, _, quote, path)| format!("{doc} lacks `{quote}` (work/{path})"))
-        .collect();
+            if !text.contains(&quote) {
+                missing.push(format!("{doc} lacks `{quote}` (work/{path})"));
+            }
+        }
+    }
     assert!(
         missing.is_empty(),
         "the work section's quotes and the committed run disagree:\n{}",
