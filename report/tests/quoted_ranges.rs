@@ -60,16 +60,16 @@ fn documents() -> Vec<PathBuf> {
 }
 
 /// What a unit word measures, and its size in that dimension's base (bytes, µs).
-fn unit(word: &str) -> Option<(Dimension, f64)> {
+fn unit(word: &str) -> Option<(Dimension, &'static str, f64)> {
     let word = word.trim_end_matches([',', ';', ':', '.', ')']);
     Some(match word {
-        "B" | "byte" | "bytes" => (Dimension::Bytes, 1.0),
-        "KiB" | "kilobytes" => (Dimension::Bytes, 1024.0),
-        "MiB" | "megabytes" => (Dimension::Bytes, 1024.0 * 1024.0),
-        "GiB" | "gigabytes" => (Dimension::Bytes, 1024.0 * 1024.0 * 1024.0),
-        "µs" | "microseconds" => (Dimension::Micros, 1.0),
-        "ms" | "milliseconds" => (Dimension::Micros, 1e3),
-        "s" | "seconds" => (Dimension::Micros, 1e6),
+        "B" | "byte" | "bytes" => (Dimension::Bytes, "B", 1.0),
+        "KiB" | "kilobytes" => (Dimension::Bytes, "KiB", 1024.0),
+        "MiB" | "megabytes" => (Dimension::Bytes, "MiB", 1024.0 * 1024.0),
+        "GiB" | "gigabytes" => (Dimension::Bytes, "GiB", 1024.0 * 1024.0 * 1024.0),
+        "µs" | "microseconds" => (Dimension::Micros, "µs", 1.0),
+        "ms" | "milliseconds" => (Dimension::Micros, "ms", 1e3),
+        "s" | "seconds" => (Dimension::Micros, "s", 1e6),
         _ => return None,
     })
 }
@@ -86,11 +86,21 @@ struct Claim {
     dimension: Dimension,
     low: f64,
     high: f64,
+    /// The unit it was written in, and its size: for messages.
+    unit: (&'static str, f64),
 }
 
 impl Claim {
     fn holds(&self, value: f64) -> bool {
         self.low <= value && value <= self.high
+    }
+
+    /// `value`, in the unit the claim was written in.
+    fn shown(&self, value: f64) -> String {
+        let (name, size) = self.unit;
+        format!("{:.3} {name}", value / size)
+            .replace(".000 ", " ")
+            .replace("inf ", "∞ ")
     }
 }
 
@@ -112,7 +122,7 @@ fn rounded(word: &str) -> Option<(f64, f64)> {
 /// The claim that the words end with, and how many words it took, if they end with one.
 fn claim_at_end(words: &[&str]) -> Option<(Claim, usize)> {
     let (last, before) = words.split_last()?;
-    let (dimension, size) = unit(last)?;
+    let (dimension, name, size) = unit(last)?;
     let word = |back: usize| -> &str {
         before
             .len()
@@ -123,6 +133,7 @@ fn claim_at_end(words: &[&str]) -> Option<(Claim, usize)> {
         dimension,
         low: low * size,
         high: high * size,
+        unit: (name, size),
     };
     // `35 to 170 B`
     if word(2) == "to" {
@@ -269,9 +280,11 @@ fn disagreements(text: &str, committed: &Committed) -> Vec<String> {
                     claim.dimension
                 )),
                 Ok((_, value)) if !claim.holds(value) => wrong.push(format!(
-                    "line {at}: {owner} {path} is {value} in the committed run, outside \
-                     what the text says ({} to {})",
-                    claim.low, claim.high
+                    "line {at}: {owner} {path} is {} in the committed run, outside what \
+                     the text says ({} to {})",
+                    claim.shown(value),
+                    claim.shown(claim.low),
+                    claim.shown(claim.high)
                 )),
                 Ok(_) => {}
             }
