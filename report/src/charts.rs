@@ -459,7 +459,7 @@ pub fn work(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Where one loop loses: burst p99 as each message costs more CPU",
+            "A burst's p99 as each message costs more CPU",
             (FONT, TITLE - 4),
         )
         .margin(20)

@@ -311,7 +311,7 @@ fn handle_frame(
                 out.truncate(start);
                 return Err(CloseCode::Invalid);
             }
-            // `--work-us`: the CPU a real handler spends on the message (none by default).
+            // A real handler's work: none unless `--work-us`.
             common::work::spend_on(&out[body..]);
             Ok(Flow::Open)
         }
