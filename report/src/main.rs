@@ -271,6 +271,7 @@ fn plan(conns: usize, quick: bool, count_syscalls: bool) -> Plan {
             },
             burst: 200,
             rounds: 3,
+            min_window: Duration::from_millis(250),
             slow_ms: 50,
             fresh_clients: 16,
             fresh_every: Duration::from_millis(15),

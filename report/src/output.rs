@@ -387,7 +387,8 @@ fn work_footnotes(plan: &crate::schema::Plan) -> String {
          its {size}-byte messages; for the other levels the step started again, once, with \
          --work-us {base} (µs per 64 bytes of a message, in proportion to its length) and N \
          connections opened anew, each level a message *size* ({sizes}). At each level, \
-         {rounds} rounds (after one not counted) of one message on each of the newest \
+         {rounds} rounds or more, up to {most}, until they fill {window} ms (after one not \
+         counted; CPU time comes in ticks of 10 ms), of one message on each of the newest \
          {burst} of the N at once: messages per second, round trips, and *cores*: the step's \
          CPU time ÷ the rounds' wall-clock time (loadgen, in this process, shares the same \
          cores). *fairness*, on the same run of the step: one connection sends messages of \
@@ -403,6 +404,8 @@ fn work_footnotes(plan: &crate::schema::Plan) -> String {
         base = work.base_us,
         sizes = sizes.join(", "),
         rounds = work.rounds,
+        most = 10 * work.rounds,
+        window = work.min_window.as_millis(),
         burst = work.burst,
         slow_bytes = work.message_bytes(work.slow_ms * 1000),
         slow_ms = work.slow_ms,

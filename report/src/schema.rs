@@ -80,8 +80,11 @@ pub struct WorkPlan {
     pub base_us: u32,
     /// Connections, of the N held, that each send one message per round (the newest).
     pub burst: usize,
-    /// Rounds of the burst at each level, after one round not counted.
+    /// Rounds of the burst at each level, after one round not counted: at least this many,
+    /// and more until they fill `min_window` (at most ten times as many). CPU time is counted
+    /// in ticks of 10 ms, so a window of a few ms would make the cores figures noise.
     pub rounds: usize,
+    pub min_window: Duration,
     /// Fairness: what each message of the one slow connection costs the step, in ms.
     pub slow_ms: u32,
     /// Fairness: fresh clients, arriving one every `fresh_every` (give or take half of it).
@@ -383,6 +386,7 @@ mod tests {
             base_us: 100,
             burst: 1,
             rounds: 1,
+            min_window: Duration::ZERO,
             slow_ms: 50,
             fresh_clients: 1,
             fresh_every: Duration::ZERO,
@@ -422,6 +426,7 @@ mod tests {
                 base_us: 100,
                 burst: 1,
                 rounds: 1,
+                min_window: Duration::ZERO,
                 slow_ms: 50,
                 fresh_clients: 1,
                 fresh_every: Duration::ZERO,

@@ -130,10 +130,13 @@ async fn burst(
     let (started, cpu_before) = (Instant::now(), step.cpu());
     let mut echo = EchoStats::default();
     let mut busy = Duration::ZERO;
-    for _ in 0..plan.work.rounds {
+    let (least, most) = (plan.work.rounds, 10 * plan.work.rounds);
+    let mut rounds = 0;
+    while rounds < least || (busy < plan.work.min_window && rounds < most) {
         let round = Instant::now();
         echo.merge(pool.echo_each(from, bytes, deadline).await);
         busy += round.elapsed();
+        rounds += 1;
     }
     let cores = match (cpu_before, step.cpu()) {
         (Some(before), Some(after)) => {
@@ -147,7 +150,7 @@ async fn burst(
         work_us,
         message_bytes: bytes,
         burst,
-        rounds: plan.work.rounds,
+        rounds,
         msgs_per_s: echo.ok as f64 / busy.as_secs_f64().max(1e-9),
         p50_us: summary.map_or(0.0, |s| us(s.p50)),
         p99_us: summary.map_or(0.0, |s| us(s.p99)),
