@@ -81,7 +81,7 @@ pub struct WorkPlan {
     /// Connections, of the N held, that each send one message per round (the newest).
     pub burst: usize,
     /// Rounds of the burst at each level, after one round not counted: at least this many,
-    /// and more until they fill `min_window` (at most ten times as many). CPU time is counted
+    /// and more until they fill `min_window` (at most 50 times as many). CPU time is counted
     /// in ticks of 10 ms, so a window of a few ms would make the cores figures noise.
     pub rounds: usize,
     pub min_window: Duration,

@@ -130,7 +130,7 @@ async fn burst(
     let (started, cpu_before) = (Instant::now(), step.cpu());
     let mut echo = EchoStats::default();
     let mut busy = Duration::ZERO;
-    let (least, most) = (plan.work.rounds, 10 * plan.work.rounds);
+    let (least, most) = (plan.work.rounds, 50 * plan.work.rounds);
     let mut rounds = 0;
     while rounds < least || (busy < plan.work.min_window && rounds < most) {
         let round = Instant::now();
