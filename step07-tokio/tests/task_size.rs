@@ -47,8 +47,8 @@ fn a_task_is_about_a_kib_whatever_the_read_buffer() {
 }
 
 /// EXERCISE 1: run `cargo test -p step07-tokio --test task_size -- --nocapture`, read the
-/// size the test above prints, and write it here in place of `None`. Then follow the
-/// README: swap in tungstenite's handshake, run again, and see which test tells you.
+/// size the test above prints, and write it here in place of `None`, as `Some(size)`.
+/// Exercise 2 (homework) swaps in tungstenite's handshake: run again, see which test tells you.
 const MY_ANSWER: Option<usize> = None;
 
 /// Your answer against the measurement.

@@ -69,10 +69,11 @@ const ROWS: &[Row] = &[
     }),
     ("loadgen", |m| {
         format!(
-            "{} per connection ({} in {} processes)",
+            "{} per connection ({} in {} process{})",
             bytes(m.loadgen_per_conn),
             common::format_bytes(m.loadgen_rss_bytes),
-            m.loadgen_processes
+            m.loadgen_processes,
+            if m.loadgen_processes == 1 { "" } else { "es" }
         )
     }),
     ("burst: one message on each, at once", |m| echoes(&m.burst)),
