@@ -341,6 +341,9 @@ fn work_figure(report: &Value, step: &str, path: &str) -> String {
     }
 }
 
+/// A figure of the work section: its step, and where it is in the step's `work`.
+type WorkQuote<'a> = (&'a str, &'a str);
+
 /// The work section's figures that the slide "Where one loop loses" and step08's README
 /// quote are the committed run's `work`: each read from its own place in report.json, not
 /// just any figure of the step's rows. In the README each is `figure<!-- report: STEP -->`;
@@ -357,9 +360,8 @@ fn the_work_section_is_quoted_from_the_committed_run() {
     let slide = &slide[..slide.find("\n---\n").unwrap_or(slide.len())];
     let step08 = std::fs::read_to_string(workspace().join("step08-reuseport/README.md")).unwrap();
     // Each document, and the figures it quotes: (step, where in the step's `work`).
-    // Each document, whether it marks its quotes, and the figures it quotes: (step, where
-    // in the step's `work`).
-    let quotes: [(&str, &str, bool, &[(&str, &str)]); 2] = [
+    // Each document, whether it marks its quotes, and the figures it quotes.
+    let quotes: [(&str, &str, bool, &[WorkQuote]); 2] = [
         (
             "the slide",
             slide,
