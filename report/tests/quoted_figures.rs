@@ -88,7 +88,8 @@ fn figure_before(before: &str) -> Option<String> {
     figure(&last_two).or_else(|| figure(&last))
 }
 
-/// Every Markdown file a learner or a speaker reads: the top README, each crate's, slides.
+/// Every Markdown file a learner or a speaker reads: the top README, each crate's, slides,
+/// the worked answers.
 fn documents() -> Vec<PathBuf> {
     let root = workspace();
     let mut docs = vec![root.join("README.md"), root.join("slides/slides.md")];
@@ -96,6 +97,11 @@ fn documents() -> Vec<PathBuf> {
         let readme = entry.path().join("README.md");
         if entry.path().is_dir() && readme.is_file() {
             docs.push(readme);
+        }
+    }
+    for entry in std::fs::read_dir(root.join("solutions")).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|ext| ext == "md") {
+            docs.push(entry.path());
         }
     }
     docs.retain(|d| d.is_file());

@@ -1,6 +1,9 @@
 //! The deck fits the room: exported with marp-cli and rendered in headless Chromium at
-//! 1280×720, no slide's content comes within 20 px of its edge, every image loads, and all
-//! text, chart text included, is drawn at 16 px or more.
+//! 1280×720, no slide's content comes within 20 px of its edge (40 px at the bottom, where
+//! the page number is), no code block is shrunk to fit a long line, every image loads, and
+//! all text, chart text included, is drawn at 16 px or more. And it reads as one talk: each
+//! slide's notes open with their minute mark, in order; no two slides share a title, no
+//! chart slide repeats its chart's own title, no table has an empty row.
 //!
 //! Needs `npm ci --prefix slides` (marp-cli, pinned in package-lock.json) and Chromium
 //! (`apt-get install chromium`). Without them the check says so and passes, unless
@@ -12,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use slides::{MIN_CHART_TEXT, check, slides_without_notes};
+use slides::{
+    MIN_CHART_TEXT, check, clock, duplicate_titles, empty_table_rows, minute_marks, slides,
+    slides_without_notes, title,
+};
 use stepcheck::chromium;
 
 /// How long one export or one browser run may take before the check gives up.
@@ -94,13 +100,109 @@ fn every_slide_fits_a_1280x720_screen() {
 /// Every slide has speaker notes: what to say, what to run, what the room should see.
 #[test]
 fn every_slide_has_speaker_notes() {
-    let markdown = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("slides.md"))
-        .expect("slides.md is readable");
-    let missing = slides_without_notes(&markdown);
+    let missing = slides_without_notes(&deck());
     assert!(
         missing.is_empty(),
         "slides without speaker notes (an HTML comment on the slide): {missing:?}"
     );
+}
+
+fn deck() -> String {
+    fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("slides.md"))
+        .expect("slides.md is readable")
+}
+
+/// The workshop's length, break included: the agenda slide's last part ends here.
+const WORKSHOP_MINUTES: u32 = 180;
+
+/// Every slide's notes open with its minute mark, the marks never go back, and the agenda
+/// slide's parts start at marks that some slide's notes open with (a part with no slide at
+/// its start is a schedule the speaker cannot follow).
+#[test]
+fn every_slide_opens_its_notes_with_its_minute_mark() {
+    let markdown = deck();
+    let marks = minute_marks(&markdown, WORKSHOP_MINUTES)
+        .unwrap_or_else(|wrong| panic!("minute marks:\n{}", wrong.join("\n")));
+    let agenda = slides(&markdown)
+        .into_iter()
+        .find(|slide| title(slide).is_some_and(|t| t.starts_with("Agenda")))
+        .expect("an agenda slide");
+    let starts: Vec<u32> = agenda
+        .lines()
+        .filter_map(|row| slides::minutes(row.trim_start_matches('|').split('|').next()?.trim()))
+        .collect();
+    assert!(
+        starts.len() >= 8,
+        "the agenda lists its parts' marks: {starts:?}"
+    );
+    for start in starts {
+        assert!(
+            marks.contains(&start),
+            "the agenda has a part at {}, but no slide's notes open at {}",
+            clock(start),
+            clock(start)
+        );
+    }
+}
+
+/// No two slides share a title, and no table has a row of empty cells.
+#[test]
+fn titles_are_unique_and_tables_have_no_empty_rows() {
+    let markdown = deck();
+    let duplicates = duplicate_titles(&markdown);
+    assert!(duplicates.is_empty(), "titles used twice: {duplicates:?}");
+    let empty = empty_table_rows(&markdown);
+    assert!(empty.is_empty(), "empty table rows: {empty:?}");
+}
+
+/// A chart slide's title says something its chart's own title does not: the same words
+/// twice, one above the other ("Memory per connection, …" over "Memory per connection,
+/// idle"), waste the slide's top line. Sharing the first three words counts as repeating.
+#[test]
+fn no_chart_slide_repeats_its_charts_title() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let words = |text: &str| -> Vec<String> {
+        text.split_whitespace()
+            .map(|w| {
+                w.trim_matches(|c: char| !c.is_alphanumeric())
+                    .to_lowercase()
+            })
+            .collect()
+    };
+    for (i, slide) in slides(&deck()).iter().enumerate() {
+        let Some(heading) = title(slide) else {
+            continue;
+        };
+        for src in slide
+            .split("](")
+            .skip(1)
+            .filter_map(|rest| rest.split(')').next())
+        {
+            let Ok(svg) = fs::read_to_string(dir.join(src)) else {
+                continue;
+            };
+            let Some(chart_title) = svg
+                .split("<text")
+                .nth(1)
+                .and_then(|text| text.split_once('>'))
+                .map(|(_, rest)| words(rest.split('<').next().unwrap_or_default()))
+            else {
+                continue;
+            };
+            let heading = words(heading);
+            let shared = heading
+                .iter()
+                .zip(&chart_title)
+                .take_while(|(a, b)| a == b)
+                .count();
+            assert!(
+                shared < 3.min(chart_title.len()),
+                "slide {}: its title repeats {src}'s own, \"{}\"",
+                i + 1,
+                chart_title.join(" ")
+            );
+        }
+    }
 }
 
 /// A fresh directory for the export and the browser's profile, removed however the test ends.

@@ -155,6 +155,18 @@ struct ConnConfig {
     allowed_origins: Vec<String>,
 }
 
+impl ConnConfig {
+    fn new(args: &Args) -> ConnConfig {
+        ConnConfig {
+            websocket: args.websocket_config(),
+            max_message: args.max_message as usize,
+            handshake_timeout: Duration::from_secs(args.handshake_timeout),
+            stall_timeout: Duration::from_secs(args.stall_timeout),
+            allowed_origins: args.allow_origin.clone(),
+        }
+    }
+}
+
 /// Failed connections come in storms (a client churning 10 000 connections a second):
 /// one line a second for all of them, whichever thread runs their tasks.
 static CONNECTION_ERRORS: Mutex<RateLimitedLog> = Mutex::new(RateLimitedLog::per_second());
@@ -170,13 +182,7 @@ pub fn serve(listener: std::net::TcpListener, meter: MemoryMeter, args: &Args) -
     .enable_io() // the reactor: mio, that is, epoll
     .enable_time() // timers, for the memory line, the back-off and the handshake timeout
     .build()?;
-    let config = Arc::new(ConnConfig {
-        websocket: args.websocket_config(),
-        max_message: args.max_message as usize,
-        handshake_timeout: Duration::from_secs(args.handshake_timeout),
-        stall_timeout: Duration::from_secs(args.stall_timeout),
-        allowed_origins: args.allow_origin.clone(),
-    });
+    let config = Arc::new(ConnConfig::new(args));
     let budget = Arc::new(Budget::new(args.max_buffered as usize));
     // `block_on` runs the accept loop on this, the main thread; the connections' tasks run
     // on the runtime's workers (multi-thread) or on this thread too (current-thread). So
@@ -303,6 +309,17 @@ async fn handle_connection(
         // and the runtime runs the other connections.
         tokio::task::coop::consume_budget().await;
     }
+}
+
+/// The bytes of one connection's task: the future `handle_connection` returns, which
+/// `tokio::spawn` allocates (beside tokio's task header) when the connection is accepted
+/// and keeps until it ends. The future is built, never run. `stream` must belong to a
+/// running tokio runtime; `tests/task_size.rs` (the README's exercise 1) provides one.
+pub fn task_size(stream: tokio::net::TcpStream, args: &Args) -> usize {
+    let config = ConnConfig::new(args);
+    let budget = Arc::new(Budget::new(args.max_buffered as usize));
+    let stream = BudgetedStream::new(stream, budget, config.stall_timeout);
+    std::mem::size_of_val(&handle_connection(stream, &config))
 }
 
 /// End a connection on an error: with a close frame saying why when the client broke a
