@@ -4,14 +4,22 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use serde_json::Value;
 
 /// Connections in each run: enough for a burst worth timing, small enough for CI.
 const CONNS: u64 = 2000;
 
+/// One million run at a time: each reads the kernel's slab caches and the CPU around its
+/// burst, which another run's loadgen (its bursts go through io_uring too) would move.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// The report's million with `args`; its stdout and the `million.json` it wrote.
 fn million(name: &str, args: &[&str]) -> (String, Value) {
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let bins = Path::new(env!("CARGO_BIN_EXE_report")).parent().unwrap();
     assert!(
         bins.join("step08-reuseport").exists() && bins.join("loadgen").exists(),
