@@ -127,7 +127,7 @@ const DEMOS: &[Demo] = &[
         notes: &[
             "cargo run --release -p step07-tokio",
             "cargo run --release -p step07-tokio -- --read-buffer 4096",
-            "cargo run --release -p loadgen -- ws://127.0.0.1:9007/ --conns 10000 --echo-each --hold 30",
+            "cargo run --release -p loadgen -- ws://127.0.0.1:9007/ --conns 10000 --echo-each --hold 10",
         ],
         rehearse: step07_two_buffers,
     },
@@ -469,7 +469,7 @@ fn live_view(demo: &Demo) {
 /// with `--read-buffer 4096`, each with the loadgen line. Small: 1000 connections (at 100,
 /// the runtime's own allocations still show in per-conn), `--hold 3`.
 fn step07_two_buffers(demo: &Demo) {
-    let changes = [("--conns 10000", "--conns 1000"), ("--hold 30", "--hold 3")];
+    let changes = [("--conns 10000", "--conns 1000"), ("--hold 10", "--hold 3")];
     let per_conn = |step: &str| {
         let (mut step, held) = under_loadgen(step, demo.notes[2], &changes, 1000);
         step.interrupt_mut();
