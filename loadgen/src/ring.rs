@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 
+use crate::sweep::Wire;
 use crate::{Conn, EchoStats, monotonic_ns};
 
 /// Requests submitted per system call while the messages go out: 256 messages and their
@@ -49,14 +50,13 @@ pub fn ring(conns: usize) -> io::Result<IoUring> {
         .build(2 * BATCH as u32)
 }
 
-/// Send `sent` on every usable idle connection in `conns`, all at once, and take the echoes
-/// (`back`) as they complete, until all are in or `deadline` has passed; as
-/// [`crate::sweep::echo_all`] does with epoll.
+/// Send each usable idle connection in `conns` its copy of `wire`'s message, all at once,
+/// and take the echoes as they complete, each checked against its own connection's copy,
+/// until all are in or `deadline` has passed; as [`crate::sweep::echo_all`] does with epoll.
 pub async fn echo_all(
     mut ring: IoUring,
     conns: &mut [Conn],
-    sent: &[u8],
-    back: &[u8],
+    wire: &Wire,
     deadline: Duration,
 ) -> EchoStats {
     let mut stats = EchoStats::default();
@@ -72,24 +72,30 @@ pub async fn echo_all(
             });
         }
     }
-    // Where each echo lands: a slot of `back.len()` bytes per pending connection, the
-    // kernel's from its receive's submission until its completion.
-    let len = back.len();
+    // Where each echo lands: a slot of `len` bytes per pending connection, the kernel's
+    // from its receive's submission until its completion. Each message goes out from its
+    // own slot of `sends` too: every connection's copy differs (see `Wire`).
+    let len = wire.back_len();
     let mut buffers = vec![0u8; pending.len() * len];
+    let sent_len = wire.sent_len();
+    let mut sends = vec![0u8; pending.len() * sent_len];
+    let mut back = vec![0u8; len];
     let give_up = Instant::now() + deadline;
 
     for batch in (0..pending.len()).step_by(BATCH) {
         let end = (batch + BATCH).min(pending.len());
         for slot in batch..end {
             let fd = socket_fd(conns, &pending[slot]);
+            let sent = &mut sends[slot * sent_len..(slot + 1) * sent_len];
+            wire.sent_by(pending[slot].index, sent);
             // The receive first: it waits for the echo of the send that follows it.
             let recv = receive(fd, &mut buffers[slot * len..(slot + 1) * len], slot);
-            let send = opcode::Send::new(Fd(fd), sent.as_ptr(), sent.len() as u32)
+            let send = opcode::Send::new(Fd(fd), sent.as_ptr(), sent_len as u32)
                 .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
                 .build()
                 .flags(squeue::Flags::SKIP_SUCCESS)
                 .user_data(token(SEND, slot));
-            // SAFETY: the receive's slot lives in `buffers` and `sent` lives in the caller
+            // SAFETY: the receive's slot lives in `buffers` and the send's in `sends`, both
             // until this function returns, which is after every request has completed (or
             // the buffers are leaked, see `finish`).
             unsafe { push(&mut ring, &[recv, send]) };
@@ -132,6 +138,7 @@ pub async fn echo_all(
                 (_, n) => {
                     let n = n as usize;
                     let got = &buffers[slot * len..slot * len + n];
+                    wire.back_to(p.index, &mut back);
                     if got != &back[p.got..p.got + n] {
                         stats.mismatched += 1;
                         conn.usable = false;
@@ -166,14 +173,14 @@ pub async fn echo_all(
         stats.lost += 1;
         conns[p.index].usable = false;
     }
-    finish(&mut ring, &mut pending, buffers);
+    finish(&mut ring, &mut pending, buffers, sends);
     stats.finish()
 }
 
 /// Take back every receive still in the kernel (the echoes that never came) before the
-/// buffers go. Should one not come back in a second, the buffers are leaked rather than
-/// freed under the kernel's feet.
-fn finish(ring: &mut IoUring, pending: &mut [Pending], buffers: Vec<u8>) {
+/// buffers go. Should one not come back in a second, the buffers (and the messages, sent
+/// long since, but let nothing be freed under the kernel's feet) are leaked.
+fn finish(ring: &mut IoUring, pending: &mut [Pending], buffers: Vec<u8>, sends: Vec<u8>) {
     let mut receiving = pending.iter().filter(|p| p.receiving).count();
     if receiving == 0 {
         return;
@@ -197,6 +204,7 @@ fn finish(ring: &mut IoUring, pending: &mut [Pending], buffers: Vec<u8>) {
     }
     if receiving > 0 {
         std::mem::forget(buffers);
+        std::mem::forget(sends);
     }
 }
 

@@ -9,8 +9,9 @@
 //! Waking a million connections (a tokio registration and tungstenite buffers each) would
 //! cost gigabytes; this costs one shared buffer (and an epoll entry per socket in the
 //! kernel while the burst lasts). A WebSocket message is one frame built
-//! once: the same masked frame goes to every connection, and the server's unmasked echo
-//! is known in advance, so every reply is checked byte for byte as it arrives.
+//! once: each connection sends that masked frame with its own number mixed in (see
+//! [`Wire`]), and the server's unmasked echo is known in advance, so every reply is
+//! checked byte for byte, against its own connection's message, as it arrives.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -23,24 +24,81 @@ use common::sys::cvt;
 
 use crate::{Conn, EchoStats, Protocol, monotonic_ns, ring};
 
-/// The bytes sent on each connection, and the bytes that must come back.
-fn wire(protocol: Protocol, payload: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    match protocol {
-        Protocol::Tcp => (payload.to_vec(), payload.to_vec()),
-        Protocol::WebSocket => {
-            let frame = || Frame::message(payload.to_vec(), OpCode::Data(Data::Binary), true);
-            let (mut sent, mut back) = (Vec::new(), Vec::new());
-            // A client masks what it sends (RFC 6455 §5.3); the server's echo is unmasked.
-            let mut masked = frame();
-            masked.header_mut().mask = Some(fastrand::u32(..).to_ne_bytes());
-            masked
-                .format(&mut sent)
-                .expect("bug: a Vec takes any frame");
-            frame()
-                .format(&mut back)
-                .expect("bug: a Vec takes any frame");
-            (sent, back)
+/// One burst's message: the bytes each connection sends, and the bytes that must come back.
+///
+/// Every connection's copy differs: its number (its place in the burst) is mixed into the
+/// first eight bytes of the payload. One copy for all would let a server that answers on
+/// the wrong connection (two connections' echoes swapped) pass the check; this way each
+/// echo is checked against what its own connection sent. A WebSocket message is one frame
+/// built once, and a connection's copy is that frame with its number mixed in: the mask
+/// is an XOR too, so mixing the number into masked bytes is masking the numbered payload.
+pub(crate) struct Wire {
+    /// What is sent, before the connection's number is mixed in.
+    sent: Vec<u8>,
+    /// What must come back, likewise.
+    back: Vec<u8>,
+    /// Where the payload starts in `sent` and in `back`: after the frame header, if any.
+    sent_at: usize,
+    back_at: usize,
+}
+
+impl Wire {
+    pub(crate) fn new(protocol: Protocol, payload: &[u8]) -> Wire {
+        match protocol {
+            Protocol::Tcp => Wire {
+                sent: payload.to_vec(),
+                back: payload.to_vec(),
+                sent_at: 0,
+                back_at: 0,
+            },
+            Protocol::WebSocket => {
+                let frame = || Frame::message(payload.to_vec(), OpCode::Data(Data::Binary), true);
+                let (mut sent, mut back) = (Vec::new(), Vec::new());
+                // A client masks what it sends (RFC 6455 §5.3); the server's echo is unmasked.
+                let mut masked = frame();
+                masked.header_mut().mask = Some(fastrand::u32(..).to_ne_bytes());
+                masked
+                    .format(&mut sent)
+                    .expect("bug: a Vec takes any frame");
+                frame()
+                    .format(&mut back)
+                    .expect("bug: a Vec takes any frame");
+                Wire {
+                    sent_at: sent.len() - payload.len(),
+                    back_at: back.len() - payload.len(),
+                    sent,
+                    back,
+                }
+            }
         }
+    }
+
+    pub(crate) fn sent_len(&self) -> usize {
+        self.sent.len()
+    }
+
+    pub(crate) fn back_len(&self) -> usize {
+        self.back.len()
+    }
+
+    /// What connection `index` sends, into `out` (`sent_len()` bytes).
+    pub(crate) fn sent_by(&self, index: usize, out: &mut [u8]) {
+        out.copy_from_slice(&self.sent);
+        mix_in(&mut out[self.sent_at..], index);
+    }
+
+    /// What must come back on connection `index`, into `out` (`back_len()` bytes).
+    pub(crate) fn back_to(&self, index: usize, out: &mut [u8]) {
+        out.copy_from_slice(&self.back);
+        mix_in(&mut out[self.back_at..], index);
+    }
+}
+
+/// XOR a connection's number into the first eight bytes of its payload (fewer if the
+/// payload is shorter: below 8 bytes, connections 256 apart may send the same bytes).
+fn mix_in(payload: &mut [u8], index: usize) {
+    for (byte, n) in payload.iter_mut().zip((index as u64).to_le_bytes()) {
+        *byte ^= n;
     }
 }
 
@@ -66,12 +124,13 @@ pub async fn echo_all(
     deadline: Duration,
     epoll_only: bool,
 ) -> EchoStats {
-    let (sent, back) = wire(protocol, payload);
+    let wire = Wire::new(protocol, payload);
     if !epoll_only && let Ok(ring) = ring::ring(conns.len()) {
-        return ring::echo_all(ring, conns, &sent, &back, deadline).await;
+        return ring::echo_all(ring, conns, &wire, deadline).await;
     }
     let mut stats = EchoStats::default();
     let mut pending = Vec::new();
+    let mut sent = vec![0u8; wire.sent_len()];
     for (index, conn) in conns.iter_mut().enumerate() {
         if !conn.usable {
             continue;
@@ -80,6 +139,7 @@ pub async fn echo_all(
             continue;
         };
         // A fresh socket's send buffer is empty: a small message goes out in one write.
+        wire.sent_by(index, &mut sent);
         match socket.write(&sent) {
             Ok(n) if n == sent.len() => {
                 let sent_ns = monotonic_ns();
@@ -107,7 +167,8 @@ pub async fn echo_all(
     };
     let mut remaining = pending.len();
     let mut pending: Vec<Option<Pending>> = pending.into_iter().map(Some).collect();
-    let mut buf = vec![0u8; back.len().max(1)];
+    let mut buf = vec![0u8; wire.back_len().max(1)];
+    let mut back = vec![0u8; wire.back_len()];
     let mut events = Vec::with_capacity(1024);
     while remaining > 0 && Instant::now() < give_up {
         // Never block here: a server in this same runtime (as in tests) must get to run.
@@ -124,6 +185,7 @@ pub async fn echo_all(
                 .idle_socket()
                 .expect("bug: only idle sockets are pending");
             let fd = socket.as_raw_fd();
+            wire.back_to(p.index, &mut back);
             let want = back.len() - p.got;
             let done = match socket.read(&mut buf[..want]) {
                 Err(err)
@@ -244,10 +306,19 @@ fn ctl(epoll: &OwnedFd, op: libc::c_int, fd: RawFd, slot: usize) -> io::Result<(
 mod tests {
     use super::*;
 
+    /// What connection `index` sends, and must get back.
+    fn wire(protocol: Protocol, payload: &[u8], index: usize) -> (Vec<u8>, Vec<u8>) {
+        let wire = Wire::new(protocol, payload);
+        let (mut sent, mut back) = (vec![0; wire.sent_len()], vec![0; wire.back_len()]);
+        wire.sent_by(index, &mut sent);
+        wire.back_to(index, &mut back);
+        (sent, back)
+    }
+
     /// A WebSocket message goes out as one masked binary frame, and comes back unmasked.
     #[test]
     fn websocket_frames_are_masked_going_out_and_plain_coming_back() {
-        let (sent, back) = wire(Protocol::WebSocket, b"hi");
+        let (sent, back) = wire(Protocol::WebSocket, b"hi", 0);
         assert_eq!(back, [0x82, 2, b'h', b'i']);
         assert_eq!((sent[0], sent[1] & 0x80, sent[1] & 0x7f), (0x82, 0x80, 2));
         let mask = &sent[2..6];
@@ -257,6 +328,42 @@ mod tests {
             .map(|(b, m)| b ^ m)
             .collect();
         assert_eq!(unmasked, b"hi");
-        assert_eq!(wire(Protocol::Tcp, b"hi"), (b"hi".to_vec(), b"hi".to_vec()));
+        assert_eq!(
+            wire(Protocol::Tcp, b"hi", 0),
+            (b"hi".to_vec(), b"hi".to_vec())
+        );
+    }
+
+    /// Each connection's copy carries its number, masked or not: connection 0x0102 sends
+    /// and gets back the payload with 0x02, 0x01 mixed into its first two bytes.
+    #[test]
+    fn each_connection_sends_and_expects_its_own_bytes() {
+        let payload = [0xf0u8; 10];
+        let (sent, back) = wire(Protocol::Tcp, &payload, 0x0102);
+        let mut own = payload;
+        own[0] ^= 0x02;
+        own[1] ^= 0x01;
+        assert_eq!((sent.as_slice(), back.as_slice()), (&own[..], &own[..]));
+
+        let (sent, back) = wire(Protocol::WebSocket, &payload, 0x0102);
+        assert_eq!(
+            &back[2..],
+            &own[..],
+            "the echo expected: unmasked, numbered"
+        );
+        let mask = &sent[2..6];
+        let unmasked: Vec<u8> = sent[6..]
+            .iter()
+            .zip(mask.iter().cycle())
+            .map(|(b, m)| b ^ m)
+            .collect();
+        assert_eq!(
+            unmasked, own,
+            "the message sent: the numbered payload, masked"
+        );
+        assert_ne!(
+            wire(Protocol::Tcp, &payload, 1).0,
+            wire(Protocol::Tcp, &payload, 2).0
+        );
     }
 }
