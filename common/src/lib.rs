@@ -2,8 +2,9 @@
 //! command-line options, the open-file limit, the memory meter that prints the memory line
 //! (with the `/proc` readers, [`ProcStatus`] and [`cpu_time`], that stepcheck and report
 //! hold a step to), a rate-limited stderr log for errors that come in storms, ([`output`])
-//! lines on stdout and stderr that never block a loop ([`log!`] is its `eprintln!`), and
-//! ([`sys`]) the syscall-result helper and errno predicates every event loop needs.
+//! lines on stdout and stderr that never block a loop ([`log!`] is its `eprintln!`),
+//! ([`sys`]) the syscall-result helper and errno predicates every event loop needs, and
+//! ([`work`]) the CPU work `--work-us` asks for on every message.
 
 mod fdlimit;
 mod meter;
@@ -11,6 +12,7 @@ mod options;
 pub mod output;
 mod ratelog;
 pub mod sys;
+pub mod work;
 
 pub use fdlimit::{FdLimit, raise_fd_limit};
 pub use meter::{
@@ -24,9 +26,10 @@ use std::io;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 
-/// What every step's `main` does before it serves: raise the open-file limit, bind the
-/// listener, print `listening on ADDR` as the first line on stdout, and measure the baseline
-/// resident set (after the bind, before the first accept). Exits with a one-line message
+/// What every step's `main` does before it serves: raise the open-file limit, measure what
+/// `--work-us` takes (only when asked), bind the listener, print `listening on ADDR` as the
+/// first line on stdout, and measure the baseline resident set (after the bind, before the
+/// first accept). Exits with a one-line message
 /// when the address cannot be bound (say, another server already listens there).
 pub fn bind(
     step: &str,
@@ -35,6 +38,7 @@ pub fn bind(
 ) -> io::Result<(TcpListener, MemoryMeter)> {
     let limit = raise_fd_limit()?;
     log!("{step}: {limit}");
+    work::set_up(step, opts.work_us);
 
     let addr = opts.addr_or(default_port);
     let listener = match TcpListener::bind(addr) {

@@ -20,6 +20,12 @@ pub struct Options {
     /// Print machine-readable JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// CPU to spend on each message before echoing it, as a real handler would: N µs per 64
+    /// bytes of the message (hashing it over and over, measured at start-up). 0: none.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub work_us: u32,
 }
 
 impl Options {
@@ -59,6 +65,7 @@ mod tests {
         assert_eq!(opts.addr_or(9005), "127.0.0.1:9005".parse().unwrap());
         assert_eq!(opts.report_every(), Duration::from_secs(1));
         assert!(!opts.json);
+        assert_eq!(opts.work_us, 0, "no work on a message unless asked");
     }
 
     /// --report-every takes fractions of a second and refuses zero, negatives and words.

@@ -140,6 +140,16 @@ impl Conn {
         }
     }
 
+    /// This end's address: the source address and port the connection went out from, by
+    /// which the server's side of it can be found (in /proc/net/tcp, say).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match &self.stream {
+            Stream::Idle(stream) => stream.local_addr(),
+            Stream::Tcp(stream) => stream.local_addr(),
+            Stream::Ws(ws) => ws.get_ref().local_addr(),
+        }
+    }
+
     /// True while no probe has woken it (see [`Stream`]).
     pub fn is_idle(&self) -> bool {
         matches!(self.stream, Stream::Idle(_))

@@ -147,7 +147,7 @@ async fn storm(
 
 /// The machine's CPU time minus the step's and the report's own, over a stretch of the run:
 /// what the rest of the machine took from the two cores the figures need.
-struct OthersCpu {
+pub struct OthersCpu {
     pid: u32,
     started: Instant,
     machine: Duration,
@@ -155,7 +155,7 @@ struct OthersCpu {
 }
 
 impl OthersCpu {
-    fn start(pid: u32) -> Option<OthersCpu> {
+    pub fn start(pid: u32) -> Option<OthersCpu> {
         Some(OthersCpu {
             pid,
             started: Instant::now(),
@@ -169,7 +169,7 @@ impl OthersCpu {
     }
 
     /// Others' CPU time since the start ÷ the time elapsed: in CPUs.
-    fn cores(self) -> Option<f64> {
+    pub fn cores(self) -> Option<f64> {
         let machine = procfs::machine_cpu_time().ok()?;
         let ours = Self::ours(self.pid)?;
         let others = machine.saturating_sub(self.machine).as_secs_f64()

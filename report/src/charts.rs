@@ -24,6 +24,7 @@ pub const ALL: &[(&str, Draw)] = &[
     ("rtt-epoll.svg", rtt_epoll),
     ("tradeoff.svg", tradeoff),
     ("busy.svg", busy),
+    ("work.svg", work),
 ];
 
 /// The slide's size: a chart drawn at it needs no scaling on a 1280×720 slide.
@@ -415,6 +416,110 @@ pub fn busy(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
     }
     root.present()?;
     Ok(())
+}
+
+/// Where one loop loses: a line per step, the burst's p99 against the work per message (log
+/// axes both; the levels evenly spaced). With no work the single loops are quickest; as the
+/// work grows, one core serving everyone in turn falls behind the steps that use both.
+pub fn work(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
+    let lines: Vec<(&StepResult, Vec<(u32, f64)>)> = steps
+        .iter()
+        .filter_map(|r| {
+            let levels = &r.work.as_ref()?.levels;
+            let points: Vec<(u32, f64)> = levels
+                .iter()
+                .filter(|l| l.p99_us > 0.0)
+                .map(|l| (l.work_us, l.p99_us))
+                .collect();
+            (points.len() > 1).then_some((r, points))
+        })
+        .collect();
+    if lines.is_empty() {
+        return blank(path, "no step had the work section");
+    }
+    // The levels, in order, each at its own place on the x axis.
+    let mut levels: Vec<u32> = lines
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|p| p.0))
+        .collect();
+    levels.sort_unstable();
+    levels.dedup();
+    let x_of = |work_us: u32| levels.iter().position(|&l| l == work_us).unwrap_or(0) as f64;
+    let all = lines.iter().flat_map(|(_, p)| p.iter().map(|p| p.1));
+    let lo = all.clone().fold(f64::MAX, f64::min) / 1.5;
+    let hi = all.fold(1.0, f64::max) * 1.5;
+    // 1, 2, 5 in every decade: a log axis ticked where the labels read round.
+    let ticks: Vec<f64> = (0..9)
+        .flat_map(|k| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(k)))
+        .filter(|v| (lo..=hi).contains(v))
+        .collect();
+    // Wider than tall, unlike the others: on its slide it shares the height with a line
+    // per finding, and its text must stay legible at that size.
+    let root = SVGBackend::new(path, (1280, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "A burst's p99 as each message costs more CPU",
+            (FONT, TITLE - 4),
+        )
+        .margin(20)
+        .margin_right(330) // room for the names at the lines' ends
+        .x_label_area_size(70)
+        .y_label_area_size(130)
+        .build_cartesian_2d(
+            -0.2..(levels.len() as f64 - 0.8),
+            (lo..hi).log_scale().with_key_points(ticks),
+        )?;
+    let level_names: Vec<String> = levels.iter().map(|l| format!("{l} µs")).collect();
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_labels(levels.len())
+        .x_label_formatter(&|x| {
+            let k = x.round();
+            match level_names.get(k as usize) {
+                Some(name) if (x - k).abs() < 0.01 && k >= 0.0 => name.clone(),
+                _ => String::new(),
+            }
+        })
+        .y_label_formatter(&|y| round_time(*y))
+        .x_desc("CPU spent on each message before its echo")
+        .y_desc("burst round trip, p99 (log)")
+        .label_style((FONT, TEXT))
+        .axis_desc_style((FONT, TEXT))
+        .draw()?;
+    let mut ends = Vec::new();
+    for (r, points) in &lines {
+        let (color, k) = look(steps, &r.step);
+        let xy: Vec<(f64, f64)> = points.iter().map(|&(w, p99)| (x_of(w), p99)).collect();
+        let style = color.stroke_width(4);
+        if k % 2 == 0 {
+            chart.draw_series(LineSeries::new(xy.clone(), style))?;
+        } else {
+            chart.draw_series(DashedLineSeries::new(xy.clone(), 14, 8, style))?;
+        }
+        for &at in &xy {
+            draw_marker(&mut chart, k, at, color)?;
+        }
+        let last = *xy.last().expect("bug: a line has points");
+        ends.push((
+            format!("{} {}", r.step, micros(last.1)),
+            chart.backend_coord(&last),
+            color,
+        ));
+    }
+    labels_apart(&root, ends)?;
+    root.present()?;
+    Ok(())
+}
+
+/// A round tick of a log time axis, without trailing zeros: `500 µs`, `2 ms`, `100 ms`.
+fn round_time(us: f64) -> String {
+    if us < 1000.0 {
+        format!("{us:.0} µs")
+    } else {
+        format!("{} ms", us / 1000.0)
+    }
 }
 
 /// Text in a bar's colour, dark enough to read on white (orange text alone is too pale).

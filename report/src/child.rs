@@ -168,9 +168,34 @@ impl Started {
         })
     }
 
+    /// Start the step `spec` names from `bin` with `extra` options too, for figures that
+    /// need no memory baseline (the work section's): as soon as it listens, without the
+    /// warm-up and the wait for it to settle; `base_rss` is 0.
+    pub fn start_for_work(bin: &Path, spec: &StepSpec, extra: &[&str]) -> Result<Started, String> {
+        let args: Vec<&str> = spec.args.iter().chain(extra).copied().collect();
+        let process = StepProcess::start(bin, &args)?;
+        Ok(Started {
+            addr: process.addr(),
+            process,
+            protocol: spec.protocol,
+            base_rss: 0,
+        })
+    }
+
     /// An empty pool of loadgen connections to the step.
     pub fn pool(&self) -> Result<Pool, String> {
         pool_for(self.protocol, self.addr)
+    }
+
+    /// How loadgen opens one connection to the step, for a connection of its own, outside
+    /// any pool.
+    pub fn connect_options(&self) -> Result<ConnectOptions, String> {
+        connect_options(self.protocol, self.addr)
+    }
+
+    /// Where the step listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The step's CPU time so far (zero if it has exited: the figure is then not used).
@@ -207,13 +232,18 @@ async fn warm_up(process: &mut StepProcess, protocol: Protocol, addr: SocketAddr
 
 /// An empty pool of loadgen connections to the step at `addr`, in its protocol.
 fn pool_for(protocol: Protocol, addr: SocketAddr) -> Result<Pool, String> {
+    Ok(Pool::new(connect_options(protocol, addr)?))
+}
+
+/// How loadgen opens a connection to the step at `addr`, in its protocol.
+fn connect_options(protocol: Protocol, addr: SocketAddr) -> Result<ConnectOptions, String> {
     let url = match protocol {
         Protocol::Tcp => format!("tcp://{addr}"),
         Protocol::WebSocket => format!("ws://{addr}/"),
     };
     let mut opts = ConnectOptions::new(url.parse::<Target>()?);
     opts.timeout = Duration::from_secs(5);
-    Ok(Pool::new(opts))
+    Ok(opts)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 //!   - `memory.rs`: user-space memory per connection, the step's line beside /proc;
 //!   - `kernel.rs`: kernel memory per connection, from the slab caches around chunks;
 //!   - `busy.rs`: the burst and the storms, and what other processes took meanwhile;
+//!   - `work.rs`: the steps again with `--work-us`: bursts and fairness when a message costs CPU;
 //!   - `procfs.rs`: what /proc says about a step, the machine and its slab caches.
 //! - `schema.rs`: what `report.json` holds: the plan and each step's figures.
 //! - `output.rs`: the tables, their notes and footnotes, in Markdown.
@@ -50,6 +51,7 @@ mod procfs;
 mod schema;
 mod steps;
 mod sweep;
+mod work;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -59,7 +61,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use stepcheck::syscalls::SyscallCount;
 
-use schema::{Batch, Plan, Report, StepResult};
+use schema::{Batch, Plan, Report, StepResult, WorkPlan};
 
 /// Run every step against N connections and report what each costs.
 #[derive(Parser, Debug)]
@@ -260,6 +262,20 @@ fn plan(conns: usize, quick: bool, count_syscalls: bool) -> Plan {
         storms: 3,
         burst_rounds: 5,
         count_syscalls,
+        work: WorkPlan {
+            base_us: 100,
+            levels_us: if quick {
+                vec![0, 500]
+            } else {
+                vec![0, 20, 100, 500]
+            },
+            burst: 200,
+            rounds: 3,
+            min_window: Duration::from_millis(250),
+            slow_ms: 50,
+            fresh_clients: 16,
+            fresh_every: Duration::from_millis(15),
+        },
     }
 }
 

@@ -1,7 +1,8 @@
 //! One step, measured, in the plan's order: start it, connect in stages and time round trips
 //! at each (`sweep.rs`), read its memory three ways at the top (its own line beside /proc:
 //! `memory.rs`; the kernel's slabs: `kernel.rs`), push it through a burst and storms
-//! (`busy.rs`), sweep the round trip again on the way down and up, then end it.
+//! (`busy.rs`), sweep the round trip again on the way down and up, then give a message
+//! real work to do (`work.rs`) and end it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,6 +20,7 @@ use crate::procfs::{self, KernelMemory};
 use crate::schema::{EchoCounts, Plan, StepResult, per_each};
 use crate::steps::{self, StepSpec};
 use crate::sweep::Visits;
+use crate::work;
 
 /// Run one step through the whole plan. Never fails: a step that cannot be measured
 /// becomes a row with its error.
@@ -51,6 +53,7 @@ pub async fn measure(
     let mut run = Run {
         spec,
         plan,
+        bin: &bin,
         points: &points,
         step,
         bar,
@@ -70,6 +73,8 @@ pub async fn measure(
 struct Run<'a> {
     spec: &'a StepSpec,
     plan: &'a Plan,
+    /// The step's binary, started again by the work section.
+    bin: &'a Path,
     /// Connection counts of the sweep, the last one the top.
     points: &'a [usize],
     step: Started,
@@ -82,7 +87,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// The whole plan: up the sweep (memory and kernel at the top), the burst, the storm,
-    /// then down and up the sweep again.
+    /// down and up the sweep again, then the work section.
     async fn all(&mut self, result: &mut StepResult) -> Result<(), String> {
         let top = *self
             .points
@@ -175,8 +180,10 @@ impl Run<'_> {
                 self.step.process.last_words()
             ));
         }
-        // Reset every connection: no TIME_WAIT left to skew the next step's kernel figures.
-        pool.close();
+        // The work section ends by resetting every connection: no TIME_WAIT left to skew the
+        // next step's kernel figures.
+        let (bin, spec, plan, bar) = (self.bin, self.spec, self.plan, self.bar);
+        work::measure(&self.step, pool, bin, spec, plan, bar, result).await;
         Ok(())
     }
 

@@ -1,5 +1,6 @@
-//! The report in words: three narrow Markdown tables (memory, latency, busy) for the
-//! terminal and a README, the notes under them, and the footnotes, written from the same
+//! The report in words: narrow Markdown tables (memory, latency, busy, and the work section's
+//! work and fairness) for the terminal and a README, the notes under them, and the
+//! footnotes, written from the same
 //! [`Plan`](crate::schema::Plan) the measurement followed; and the one line per step that
 //! stderr shows as each is done. The figures' formats (`micros`, `rate`…) serve the charts
 //! and the million's table too.
@@ -9,11 +10,11 @@ use std::fmt::Write;
 use crate::busy::BUSY_MACHINE;
 use crate::kernel::MIN_CONNS_FOR_KERNEL;
 use crate::procfs::SOCKET_CACHES;
-use crate::schema::{Report, StepResult, SweepPoint};
+use crate::schema::{FreshGroup, Report, StepResult, SweepPoint};
 use crate::steps;
 use crate::sweep::{WIDE_SPREAD, WIDE_SPREAD_FLOOR_US};
 
-/// The three tables, the notes, and a few lines saying how each figure was measured.
+/// The tables, the notes, and a few lines saying how each figure was measured.
 pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
     out.push_str(&memory_table(report));
@@ -21,6 +22,12 @@ pub fn markdown(report: &Report) -> String {
     out.push_str(&latency_table(&report.steps));
     out.push('\n');
     out.push_str(&busy_table(&report.steps));
+    if report.steps.iter().any(|r| r.work.is_some()) {
+        out.push('\n');
+        out.push_str(&work_table(&report.steps));
+        out.push('\n');
+        out.push_str(&fairness_table(&report.steps));
+    }
     out.push_str(&notes(&report.steps));
     out.push_str(&footnotes(report));
     out
@@ -188,6 +195,80 @@ pub fn busy_table(steps: &[StepResult]) -> String {
     table(&HEADER, &rows)
 }
 
+/// Work: a burst on some of the N connections with `--work-us` at each level, one row per
+/// step and level: what one loop on one core does once a message costs real CPU.
+pub fn work_table(steps: &[StepResult]) -> String {
+    const HEADER: [&str; 7] = ["work", "per msg", "size", "burst", "p50", "p99", "cores"];
+    let rows: Vec<Vec<String>> = steps
+        .iter()
+        .flat_map(|r| {
+            let levels = r.work.as_ref().map_or(&[][..], |w| &w.levels[..]);
+            levels.iter().map(|level| {
+                vec![
+                    r.step.clone(),
+                    format!("{} µs", level.work_us),
+                    common::format_bytes(level.message_bytes as u64),
+                    rate(level.msgs_per_s),
+                    micros(level.p50_us),
+                    micros(level.p99_us),
+                    or_dash(level.cores, |c| format!("{c:.2}")),
+                ]
+            })
+        })
+        .collect();
+    table(&HEADER, &rows)
+}
+
+/// Fairness: fresh clients' echoes while one connection's messages are slow; for a step of
+/// several processes, apart by whether the kernel gave them the slow one's process. Under
+/// the table, how the kernel shared them out.
+pub fn fairness_table(steps: &[StepResult]) -> String {
+    const HEADER: [&str; 6] = [
+        "fairness",
+        "slow msg",
+        "fresh p50",
+        "fresh p99",
+        "its worker",
+        "other workers",
+    ];
+    let group = |g: Option<&FreshGroup>| or_dash(g, |g| micros(g.p99_us));
+    let mut shares = String::new();
+    let rows: Vec<Vec<String>> = steps
+        .iter()
+        .filter(|r| r.work.is_some())
+        .map(
+            |r| match r.work.as_ref().and_then(|w| w.fairness.as_ref()) {
+                None => unmeasured(r, HEADER.len()),
+                Some(f) => {
+                    if let (Some(same), Some(other)) = (&f.same_worker, &f.other_workers) {
+                        writeln!(
+                            shares,
+                            "{}: the kernel gave {} of the {} fresh clients to the slow \
+                         connection's worker, {} to the others.",
+                            r.step, same.clients, f.fresh.ok, other.clients
+                        )
+                        .expect("bug: writing to a String cannot fail");
+                    }
+                    vec![
+                        r.step.clone(),
+                        micros(f.slow_p50_us),
+                        micros(f.fresh_p50_us),
+                        micros(f.fresh_p99_us),
+                        group(f.same_worker.as_ref()),
+                        group(f.other_workers.as_ref()),
+                    ]
+                }
+            },
+        )
+        .collect();
+    let mut out = table(&HEADER, &rows);
+    if !shares.is_empty() {
+        out.push('\n');
+        out.push_str(&shares);
+    }
+    out
+}
+
 /// What went wrong or looks odd, one line per step and problem.
 fn notes(steps: &[StepResult]) -> String {
     let mut out = String::new();
@@ -223,13 +304,39 @@ fn notes(steps: &[StepResult]) -> String {
                  storms ran; those figures may be off (run again on a quiet machine)"
             ));
         }
+        let busy_levels: Vec<String> = r
+            .work
+            .iter()
+            .flat_map(|w| &w.levels)
+            .filter_map(|l| Some((l.work_us, l.others_cores.filter(|&c| c > BUSY_MACHINE)?)))
+            .map(|(work_us, cores)| format!("{cores:.2} at {work_us} µs"))
+            .collect();
+        if !busy_levels.is_empty() {
+            notes.push(format!(
+                "⚠ busy machine: other processes took CPUs during the work section's bursts \
+                 ({}); its throughput and cores may be off",
+                busy_levels.join(", ")
+            ));
+        }
+        let work = r.work.iter().flat_map(|w| {
+            let levels = w
+                .levels
+                .iter()
+                .map(|l| (format!("work {} µs", l.work_us), &l.echo));
+            let fresh = w
+                .fairness
+                .iter()
+                .map(|f| ("fresh clients".to_string(), &f.fresh));
+            levels.chain(fresh)
+        });
         for lost in [
-            r.storm.as_ref().map(|s| ("storm", &s.echo)),
-            r.burst.as_ref().map(|b| ("burst", &b.echo)),
-            Some(("echo probes", &r.echo)),
+            r.storm.as_ref().map(|s| ("storm".to_string(), &s.echo)),
+            r.burst.as_ref().map(|b| ("burst".to_string(), &b.echo)),
+            Some(("echo probes".to_string(), &r.echo)),
         ]
         .into_iter()
         .flatten()
+        .chain(work)
         .filter(|(_, e)| e.lost + e.mismatched + e.failed > 0)
         {
             let (what, e) = lost;
@@ -257,6 +364,58 @@ pub fn rises(sweep: &[SweepPoint]) -> bool {
 
 /// How each figure was measured, from the plan the measurement followed.
 fn footnotes(report: &Report) -> String {
+    let mut out = busy_footnotes(report);
+    if report.steps.iter().any(|r| r.work.is_some()) {
+        out.push_str(&work_footnotes(&report.plan));
+    }
+    out
+}
+
+/// How the work section was run.
+fn work_footnotes(plan: &crate::schema::Plan) -> String {
+    let work = &plan.work;
+    let worked: Vec<&u32> = work.levels_us.iter().filter(|&&w| w > 0).collect();
+    let sizes: Vec<String> = worked
+        .iter()
+        .map(|&&w| format!("{} µs: {} bytes", w, work.message_bytes(w)))
+        .collect();
+    format!(
+        "*work*: only the steps the lesson compares here (the single loops, threads, tokio's \
+         multi-thread runtime, step08's two workers), each holding N. *per msg*: µs of CPU \
+         the step spends on each message before its echo (`--work-us`: it hashes the message \
+         over and over, as measured at its start). At 0, the step as measured above, with \
+         its {size}-byte messages; for the other levels the step started again, once, with \
+         --work-us {base} (µs per 64 bytes of a message, in proportion to its length) and N \
+         connections opened anew, each level a message *size* ({sizes}). At each level, \
+         {rounds} rounds or more, up to {most}, until they fill {window} ms (after one not \
+         counted; CPU time comes in ticks of 10 ms), of one message on each of the newest \
+         {burst} of the N at once: messages per second, round trips, and *cores*: the step's \
+         CPU time ÷ the rounds' wall-clock time (loadgen, in this process, shares the same \
+         cores). *fairness*, on the same run of the step: one connection sends messages of \
+         {slow_bytes} bytes, {slow_ms} ms of work each, one after another; meanwhile \
+         {fresh} fresh clients arrive, about one every {every} ms, each connecting (and \
+         upgrading), then timing one {size}-byte echo (a raw TCP step's includes the wait \
+         to be accepted, which a WebSocket client's upgrade has done already): *slow msg*, \
+         the slow messages' own round trip (median); *fresh*, the fresh clients' echoes; \
+         for step08, apart by \
+         whether the kernel gave the fresh client to the slow connection's worker (*its \
+         worker*) or to another (from /proc/net/tcp and each worker's fds).\n",
+        size = plan.message_size,
+        base = work.base_us,
+        sizes = sizes.join(", "),
+        rounds = work.rounds,
+        most = 50 * work.rounds,
+        window = work.min_window.as_millis(),
+        burst = work.burst,
+        slow_bytes = work.message_bytes(work.slow_ms * 1000),
+        slow_ms = work.slow_ms,
+        fresh = work.fresh_clients,
+        every = work.fresh_every.as_millis(),
+    )
+}
+
+/// How the figures of the first three tables were measured.
+fn busy_footnotes(report: &Report) -> String {
     let plan = &report.plan;
     let batch = &plan.batch;
     let secs = |d: std::time::Duration| format!("{} s", d.as_secs_f64());

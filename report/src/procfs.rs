@@ -1,9 +1,10 @@
 //! What the kernel says about a step (its resident set, threads and CPU time, read with
-//! `common`'s readers, the ones the steps' meter uses) and about its own memory
-//! (/proc/slabinfo and /proc/meminfo).
+//! `common`'s readers, the ones the steps' meter uses, and which of its processes holds a
+//! connection) and about its own memory (/proc/slabinfo and /proc/meminfo).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use common::ProcStatus;
@@ -261,9 +262,113 @@ fn parse_kernel_stack(meminfo: &str) -> Option<u64> {
     Some(line.split_whitespace().next()?.parse::<u64>().ok()? * 1024)
 }
 
+/// Which of `pids` holds the server's end of each connection from `clients` to `server`
+/// (IPv4): `None` for one that none of them holds. The kernel's TCP table
+/// (`/proc/PID/net/tcp`, the same for every process of a network namespace) gives the
+/// server's socket for each pair of addresses, by inode; a process's fds link to
+/// `socket:[INODE]`. One read of each, whatever the number of clients.
+pub fn socket_holders(
+    pids: &[u32],
+    server: SocketAddrV4,
+    clients: &[SocketAddrV4],
+) -> io::Result<Vec<Option<u32>>> {
+    let Some(&first) = pids.first() else {
+        return Ok(vec![None; clients.len()]);
+    };
+    let table = std::fs::read_to_string(format!("/proc/{first}/net/tcp"))?;
+    let inodes = server_inodes(&table, server, clients);
+    let mut holder: HashMap<&str, u32> = HashMap::new();
+    for &pid in pids {
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                continue; // closed meanwhile
+            };
+            let inode = link.to_str().and_then(|l| l.strip_prefix("socket:["));
+            if let Some(inode) = inode.and_then(|i| i.strip_suffix(']'))
+                && let Some(wanted) = inodes.iter().flatten().find(|w| *w == inode)
+            {
+                holder.insert(wanted, pid);
+            }
+        }
+    }
+    Ok(inodes
+        .iter()
+        .map(|inode| holder.get(inode.as_deref()?).copied())
+        .collect())
+}
+
+/// The inode of the socket whose local address is `server` and remote address is each of
+/// `clients`, from a `/proc/net/tcp` table: `sl local_address rem_address st … inode`,
+/// each address `HEX_IP:HEX_PORT`, the IP as the four bytes in memory order (127.0.0.1 is
+/// `0100007F` on a little-endian machine).
+fn server_inodes(
+    table: &str,
+    server: SocketAddrV4,
+    clients: &[SocketAddrV4],
+) -> Vec<Option<String>> {
+    let hex = |addr: &SocketAddrV4| {
+        format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(addr.ip().octets()),
+            addr.port()
+        )
+    };
+    let local = hex(&server);
+    let by_remote: HashMap<&str, &str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&local.as_str()))
+                .then(|| Some((*fields.get(2)?, *fields.get(9)?)))?
+        })
+        .collect();
+    clients
+        .iter()
+        .map(|client| by_remote.get(hex(client).as_str()).map(|i| i.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The server's socket for each client is found by the pair of addresses, in the
+    /// table's byte order; a client with no such socket has none.
+    #[test]
+    fn server_sockets_are_found_by_both_addresses() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+           0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1 0 100 0 0 10 0\n\
+           1: 0100007F:1F90 0200007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 201 1 0 20 4 30 10 -1\n\
+           2: 0200007F:C350 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 301 1 0 20 4 30 10 -1\n";
+        let server = "127.0.0.1:8080".parse().unwrap();
+        let client = "127.0.0.2:50000".parse().unwrap();
+        let stranger = "127.0.0.3:50000".parse().unwrap();
+        assert_eq!(
+            server_inodes(table, server, &[client, stranger]),
+            [Some("201".to_string()), None]
+        );
+    }
+
+    /// This process holds the server's end of a loopback connection it accepted, and the
+    /// answer names it. Breaks if the table and the fds are not matched up.
+    #[test]
+    fn the_holder_of_an_accepted_socket_is_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_accepted, _) = listener.accept().unwrap();
+        let v4 = |a: std::net::SocketAddr| match a {
+            std::net::SocketAddr::V4(a) => a,
+            _ => unreachable!("bound to 127.0.0.1"),
+        };
+        let holders = socket_holders(
+            &[std::process::id()],
+            v4(listener.local_addr().unwrap()),
+            &[v4(client.local_addr().unwrap())],
+        )
+        .unwrap();
+        assert_eq!(holders, [Some(std::process::id())]);
+    }
 
     /// A socket cache's bytes are its active objects times their size; kmalloc caches are left out.
     #[test]

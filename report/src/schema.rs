@@ -63,6 +63,43 @@ pub struct Plan {
     pub burst_rounds: usize,
     /// Whether to count the step's system calls during the burst (perf works here).
     pub count_syscalls: bool,
+    /// The work section: the steps again with `--work-us`.
+    pub work: WorkPlan,
+}
+
+/// How the work section pushes each step it runs: at N connections, bursts with each level
+/// of work per message; then fairness.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkPlan {
+    /// µs of work per message at each level. 0: the step as the rest of the report ran it,
+    /// with its 64-byte messages. Every other level: the step started again once with
+    /// `--work-us base_us`, whose work is in proportion to a message's length, and messages
+    /// of the length that costs the level (see [`WorkPlan::message_bytes`]).
+    pub levels_us: Vec<u32>,
+    /// The step's `--work-us` for every level but 0: µs per 64 bytes of a message.
+    pub base_us: u32,
+    /// Connections, of the N held, that each send one message per round (the newest).
+    pub burst: usize,
+    /// Rounds of the burst at each level, after one round not counted: at least this many,
+    /// and more until they fill `min_window` (at most 50 times as many). CPU time is counted
+    /// in ticks of 10 ms, so a window of a few ms would make the cores figures noise.
+    pub rounds: usize,
+    pub min_window: Duration,
+    /// Fairness: what each message of the one slow connection costs the step, in ms.
+    pub slow_ms: u32,
+    /// Fairness: fresh clients, arriving one every `fresh_every` (give or take half of it).
+    pub fresh_clients: usize,
+    pub fresh_every: Duration,
+}
+
+impl WorkPlan {
+    /// The length of a message that costs `work_us` µs at `--work-us base_us` (64 bytes per
+    /// `base_us`, to the nearest byte, one at least): 13 bytes for 20 µs at 100.
+    pub fn message_bytes(&self, work_us: u32) -> usize {
+        let bytes = (64 * u64::from(work_us) + u64::from(self.base_us) / 2)
+            / u64::from(self.base_us.max(1));
+        (bytes as usize).max(1)
+    }
 }
 
 impl Plan {
@@ -112,6 +149,8 @@ pub struct StepResult {
     pub sweep: Vec<SweepPoint>,
     pub storm: Option<StormResult>,
     pub burst: Option<BurstResult>,
+    /// The work section: `None` for a step it does not run.
+    pub work: Option<WorkResult>,
     /// CPUs' worth of time other processes took while the burst and storms ran (see
     /// `busy.rs`); past its `BUSY_MACHINE`, the busy figures may be off. Signed as
     /// measured: a quiet machine reads a few hundredths either side of zero.
@@ -261,6 +300,68 @@ pub struct BurstResult {
     pub echo: EchoCounts,
 }
 
+/// One step in the work section.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkResult {
+    /// Connections held at every level.
+    pub held: usize,
+    /// One per level of the plan that could be measured, in the plan's order.
+    pub levels: Vec<WorkLevel>,
+    /// At the highest level: fresh clients' echoes beside a connection whose messages are
+    /// slow. `None` if it could not be measured (a note says why).
+    pub fairness: Option<Fairness>,
+    /// How long the section took for this step (part of the step's own `wall_seconds`).
+    pub wall_seconds: f64,
+}
+
+/// A burst at one level of work per message.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkLevel {
+    pub work_us: u32,
+    /// The messages' length: what makes them cost `work_us` (see [`WorkPlan::message_bytes`]).
+    pub message_bytes: usize,
+    /// Messages per round (one on each of that many connections at once), and rounds.
+    pub burst: usize,
+    pub rounds: usize,
+    /// Echoes back per second of the rounds.
+    pub msgs_per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// The step's CPU seconds over the rounds' wall-clock seconds: the cores it kept busy.
+    pub cores: Option<f64>,
+    /// CPUs' worth of time other processes took meanwhile (see `busy.rs`): cores the step
+    /// could not have.
+    pub others_cores: Option<f64>,
+    pub echo: EchoCounts,
+}
+
+/// One connection sends messages that cost the step `slow_ms` each, back to back; fresh
+/// clients arrive meanwhile, each connecting (and upgrading), then timing one 64-byte echo.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fairness {
+    /// The step's `--work-us`, and so the slow messages' length (64 bytes per `base_us`).
+    pub base_us: u32,
+    pub slow_bytes: usize,
+    /// The slow messages' own round trip, median: what one costs, and more.
+    pub slow_p50_us: f64,
+    /// Slow messages echoed while the fresh clients came.
+    pub slow_messages: usize,
+    pub fresh: EchoCounts,
+    pub fresh_p50_us: f64,
+    pub fresh_p99_us: f64,
+    /// For a step of several processes (step08): the fresh clients the kernel gave to the
+    /// slow connection's worker, and those it gave to the others.
+    pub same_worker: Option<FreshGroup>,
+    pub other_workers: Option<FreshGroup>,
+}
+
+/// Some of the fresh clients' echoes.
+#[derive(Debug, Clone, Serialize)]
+pub struct FreshGroup {
+    pub clients: usize,
+    pub p99_us: f64,
+}
+
 /// Every time in `report.json` is in microseconds, as a float.
 pub fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
@@ -276,6 +377,28 @@ pub fn per_each(before: Option<Duration>, after: Option<Duration>, work: usize) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A level's messages cost it at the base: 64 bytes per base µs, one byte at least.
+    #[test]
+    fn a_levels_messages_are_as_long_as_its_work() {
+        let plan = WorkPlan {
+            levels_us: vec![0, 20, 100, 500],
+            base_us: 100,
+            burst: 1,
+            rounds: 1,
+            min_window: Duration::ZERO,
+            slow_ms: 50,
+            fresh_clients: 1,
+            fresh_every: Duration::ZERO,
+        };
+        let bytes: Vec<usize> = plan.levels_us[1..]
+            .iter()
+            .map(|&l| plan.message_bytes(l))
+            .collect();
+        assert_eq!(bytes, [13, 64, 320]);
+        assert_eq!(plan.message_bytes(50_000), 32_000, "a 50 ms message");
+        assert_eq!(plan.message_bytes(0), 1);
+    }
 
     /// A step that holds a tenth of N gets three times the storms and rounds, no more.
     #[test]
@@ -298,6 +421,16 @@ mod tests {
             storms: 3,
             burst_rounds: 5,
             count_syscalls: false,
+            work: WorkPlan {
+                levels_us: vec![0],
+                base_us: 100,
+                burst: 1,
+                rounds: 1,
+                min_window: Duration::ZERO,
+                slow_ms: 50,
+                fresh_clients: 1,
+                fresh_every: Duration::ZERO,
+            },
         };
         assert_eq!(plan(10_000).repeats(3, 10_000), 3);
         assert_eq!(plan(10_000).repeats(5, 7_000), 10);

@@ -25,6 +25,9 @@ pub struct StepSpec {
     /// Whether the storm and the burst are measured: not for a server that serves one
     /// client at a time (they would measure its listen backlog).
     pub busy: bool,
+    /// Whether the work section runs it: the steps the lesson compares there, each kind
+    /// once (the single loops, threads, tokio's multi-thread runtime, a loop per core).
+    pub work: bool,
 }
 
 const fn step(name: &'static str, bin: &'static str, protocol: Protocol) -> StepSpec {
@@ -37,6 +40,7 @@ const fn step(name: &'static str, bin: &'static str, protocol: Protocol) -> Step
         sweep: true,
         scans: false,
         busy: true,
+        work: false,
     }
 }
 
@@ -53,6 +57,7 @@ pub const STEPS: &[StepSpec] = &[
     // A thread per connection: memory is the point here, not the sweep.
     StepSpec {
         sweep: false,
+        work: true,
         ..step("step02-threads", "step02-threads", Protocol::Tcp)
     },
     // select's fd_set holds fds 0..1023 (FD_SETSIZE). The step's own fds (stdin, stdout,
@@ -66,9 +71,18 @@ pub const STEPS: &[StepSpec] = &[
         scans: true,
         ..step("step04-poll", "step04-poll", Protocol::Tcp)
     },
-    step("step05-epoll", "step05-epoll", Protocol::Tcp),
-    step("step06-ws-epoll", "step06-ws-epoll", Protocol::WebSocket),
-    step("step07-tokio", "step07-tokio", Protocol::WebSocket),
+    StepSpec {
+        work: true,
+        ..step("step05-epoll", "step05-epoll", Protocol::Tcp)
+    },
+    StepSpec {
+        work: true,
+        ..step("step06-ws-epoll", "step06-ws-epoll", Protocol::WebSocket)
+    },
+    StepSpec {
+        work: true,
+        ..step("step07-tokio", "step07-tokio", Protocol::WebSocket)
+    },
     StepSpec {
         args: &["--read-buffer", "4096"],
         ..step("step07-tokio/4k", "step07-tokio", Protocol::WebSocket)
@@ -76,11 +90,15 @@ pub const STEPS: &[StepSpec] = &[
     // step06's loop in two worker processes: RSS and CPU are summed over the workers.
     StepSpec {
         args: &["--workers", "2"],
+        work: true,
         ..step("step08-reuseport", "step08-reuseport", Protocol::WebSocket)
     },
     // After epoll: step06's echo on io_uring. Where the kernel has no io_uring, the step
     // exits before listening with one line saying why, and its row shows that line.
-    step("step09-io-uring", "step09-io-uring", Protocol::WebSocket),
+    StepSpec {
+        work: true,
+        ..step("step09-io-uring", "step09-io-uring", Protocol::WebSocket)
+    },
 ];
 
 /// The steps named in `--steps` (a name from the table, or a binary name for all its

@@ -40,6 +40,16 @@ const SWEPT: &[&str] = &[
     "step07-tokio/4k",
 ];
 
+/// Rows the work section runs (`--work-us`): one step of each kind the lesson compares.
+const WORKED: &[&str] = &[
+    "step02-threads",
+    "step05-epoll",
+    "step06-ws-epoll",
+    "step07-tokio",
+    "step08-reuseport",
+    "step09-io-uring",
+];
+
 /// The charts the report draws into `--out`.
 const CHARTS: &[&str] = &[
     "memory-per-conn.svg",
@@ -47,6 +57,7 @@ const CHARTS: &[&str] = &[
     "rtt-epoll.svg",
     "tradeoff.svg",
     "busy.svg",
+    "work.svg",
 ];
 
 /// Runs the report binary with `args`, writing into a fresh directory; returns its output
@@ -406,6 +417,8 @@ fn quick_report_checks_every_row_and_the_lessons_orderings() {
     // In the burst a thread per connection wakes every thread; its stacks stay resident.
     assert!(number(threads, "burst/peak_rss_per_conn_bytes") >= 4096.0);
 
+    work_section(&report, &stdout, &rows);
+
     // Kernel memory: a 16 KiB kernel stack per thread on top of the sockets. Readable only
     // by root (/proc/slabinfo); as root the figures must be there.
     let kernel = |s: &Value| s["kernel"]["per_conn_bytes"].as_f64();
@@ -425,6 +438,145 @@ fn quick_report_checks_every_row_and_the_lessons_orderings() {
         }
     }
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The work section (`--work-us`): its tables keep their shape, every level of every step it
+/// runs is measured with every echo back, and the orderings the slide "Where one loop
+/// loses" teaches hold, each with a margin (never a duration of its own).
+fn work_section(report: &Value, stdout: &str, rows: &[&str]) {
+    let worked: Vec<&str> = rows
+        .iter()
+        .copied()
+        .filter(|r| WORKED.contains(r))
+        .collect();
+    let levels: Vec<u64> = report["plan"]["work"]["levels_us"]
+        .as_array()
+        .expect("the plan's work levels")
+        .iter()
+        .map(|l| l.as_u64().unwrap())
+        .collect();
+    let top = *levels.iter().max().unwrap();
+    assert!(
+        levels.contains(&0) && top > 0,
+        "levels {levels:?}: none and some work"
+    );
+    for (first, per_step) in [("work", levels.len()), ("fairness", 1)] {
+        let table = table(stdout, first);
+        let header = cells(table[0]);
+        let names: Vec<&str> = table[2..].iter().map(|r| cells(r)[0]).collect();
+        let expected: Vec<&str> = worked
+            .iter()
+            .flat_map(|w| std::iter::repeat_n(*w, per_step))
+            .collect();
+        assert_eq!(names, expected, "`{first}` table: its rows, in order");
+        for line in &table {
+            assert_eq!(
+                cells(line).len(),
+                header.len(),
+                "as wide as the header: {line}"
+            );
+            assert!(
+                line.chars().count() <= 100,
+                "`{first}` table too wide: {line}"
+            );
+        }
+    }
+    for &name in rows {
+        let s = step(report, name);
+        if !WORKED.contains(&name) {
+            assert!(
+                s["work"].is_null(),
+                "{name} is not in the work section: {s}"
+            );
+            continue;
+        }
+        let at: Vec<u64> = s["work"]["levels"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: no work levels; notes: {}", s["notes"]))
+            .iter()
+            .map(|l| l["work_us"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            at, levels,
+            "{name}: every level measured; notes: {}",
+            s["notes"]
+        );
+        for (k, level) in levels.iter().enumerate() {
+            let path = |key: &str| format!("work/levels/{k}/{key}");
+            let burst = number(s, &path("burst")) * number(s, &path("rounds"));
+            assert_all_back(
+                name,
+                &format!("work {level} µs"),
+                &s["work"]["levels"][k]["echo"],
+                burst,
+            );
+            for key in ["msgs_per_s", "p50_us", "cores"] {
+                assert!(
+                    number(s, &path(key)) > 0.0,
+                    "{name}: work {level} µs: {key}"
+                );
+            }
+            assert!(number(s, &path("p50_us")) <= number(s, &path("p99_us")));
+        }
+        assert_all_back(name, "fresh clients", &s["work"]["fairness"]["fresh"], 1.0);
+    }
+    let at_top = |name: &str, key: &str| {
+        let k = levels.iter().position(|&l| l == top).unwrap();
+        number(step(report, name), &format!("work/levels/{k}/{key}"))
+    };
+
+    // Throughput once a message costs real CPU: one loop has one core; step08's two workers
+    // have two (loadgen takes a share of them too, so not quite twice), and no more: past
+    // twice, the workers did not do the work. Only where the two cores were ours: other
+    // processes busy meanwhile take cores the ordering needs.
+    let (loop_rate, workers_rate) = (
+        at_top("step06-ws-epoll", "msgs_per_s"),
+        at_top("step08-reuseport", "msgs_per_s"),
+    );
+    let others = ["step06-ws-epoll", "step08-reuseport"].map(|s| at_top(s, "others_cores"));
+    if others.iter().all(|&o| o < 0.5) {
+        assert!(
+            workers_rate > 1.25 * loop_rate && workers_rate < 2.5 * loop_rate,
+            "at {top} µs of work per message, step08's two workers should carry well over one \
+             loop's messages, and at most about twice: {workers_rate:.0}/s against step06's \
+             {loop_rate:.0}/s"
+        );
+    } else {
+        say_visibly(&format!(
+            "quick_report: SKIPPED the throughput ordering under work (step08 against \
+             step06): other processes took {:.2} and {:.2} CPUs meanwhile",
+            others[0], others[1]
+        ));
+    }
+    let loop_cores = at_top("step06-ws-epoll", "cores");
+    assert!(
+        loop_cores < 1.15,
+        "one loop is one thread, so at most one core: step06 used {loop_cores:.2}"
+    );
+
+    // Fairness: while one connection's messages cost 50 ms each, a fresh client of the same
+    // loop waits for the message in hand (ordered against the slow message's own round
+    // trip, never against a duration); on step08, a fresh client the kernel gave to the
+    // other worker does not.
+    let fair = |name: &str, key: &str| number(step(report, name), &format!("work/fairness/{key}"));
+    let (slow, fresh) = (
+        fair("step06-ws-epoll", "slow_p50_us"),
+        fair("step06-ws-epoll", "fresh_p99_us"),
+    );
+    assert!(
+        fresh >= 0.5 * slow,
+        "step06: a fresh client's echo waits for the slow message in hand: its p99 \
+         {fresh:.0} µs, a slow message's round trip {slow:.0} µs"
+    );
+    let (same, other) = (
+        fair("step08-reuseport", "same_worker/p99_us"),
+        fair("step08-reuseport", "other_workers/p99_us"),
+    );
+    assert!(
+        2.0 * other < same && 2.0 * other < fresh,
+        "step08: a fresh client on the other worker should not wait for the slow messages: \
+         its p99 {other:.0} µs, on the slow one's worker {same:.0} µs, on step06 {fresh:.0} µs"
+    );
 }
 
 /// Options are checked before anything runs, each with a one-line error.

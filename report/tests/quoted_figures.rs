@@ -289,3 +289,120 @@ fn quotes_are_recognised_strictly() {
     assert_eq!(figure("10000"), None);
     assert_eq!(figure("B"), None);
 }
+
+/// The committed run's `work` section, read from report.json itself: the figure at `path`
+/// (`levels/100/msgs_per_s`: the level whose `work_us` is 100; `fairness/fresh_p99_us`) of
+/// `step`, formatted as the report prints it.
+fn work_figure(report: &Value, step: &str, path: &str) -> String {
+    let row = report["steps"]
+        .as_array()
+        .expect("report.json has steps")
+        .iter()
+        .find(|s| s["step"] == step)
+        .unwrap_or_else(|| panic!("no {step} in the committed run"));
+    let work = &row["work"];
+    assert!(
+        work.is_object(),
+        "{step} has no `work` in slides/figures/report.json: commit a run of the current \
+         report (cargo run --release -p report -- --out slides/figures)"
+    );
+    let mut keys = path.split('/');
+    let value = match keys.next() {
+        Some("levels") => {
+            let level: u64 = keys.next().unwrap().parse().unwrap();
+            let at = work["levels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["work_us"] == level)
+                .unwrap_or_else(|| panic!("{step}: no work level {level}"));
+            keys.fold(at, |v, k| &v[k])
+        }
+        _ => path.split('/').fold(work, |v, k| &v[k]),
+    };
+    let n = value
+        .as_f64()
+        .unwrap_or_else(|| panic!("{step}: no work/{path} in report.json"));
+    if path.ends_with("msgs_per_s") {
+        // As the report's `rate`.
+        if n < 1000.0 {
+            format!("{n:.0}/s")
+        } else {
+            format!("{:.1}k/s", n / 1000.0)
+        }
+    } else {
+        // As the report's `micros`.
+        match n {
+            ..1000.0 => format!("{n:.0} µs"),
+            ..10_000.0 => format!("{:.2} ms", n / 1000.0),
+            ..100_000.0 => format!("{:.1} ms", n / 1000.0),
+            _ => format!("{:.0} ms", n / 1000.0),
+        }
+    }
+}
+
+/// A figure of the work section: its step, and where it is in the step's `work`.
+type WorkQuote<'a> = (&'a str, &'a str);
+
+/// The work section's figures that the slide "Where one loop loses" and step08's README
+/// quote are the committed run's `work`: each read from its own place in report.json, not
+/// just any figure of the step's rows. In the README each is `figure<!-- report: STEP -->`;
+/// on the slide, where a marker would be taken for a speaker note, the figure itself.
+#[test]
+fn the_work_section_is_quoted_from_the_committed_run() {
+    let path = workspace().join("slides/figures/report.json");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let slides = std::fs::read_to_string(workspace().join("slides/slides.md")).unwrap();
+    let slide_start = slides
+        .find("## Where one loop loses")
+        .expect("the slide \"Where one loop loses\"");
+    let slide = &slides[slide_start..];
+    let slide = &slide[..slide.find("\n---\n").unwrap_or(slide.len())];
+    let step08 = std::fs::read_to_string(workspace().join("step08-reuseport/README.md")).unwrap();
+    // Each document, and the figures it quotes: (step, where in the step's `work`).
+    // Each document, whether it marks its quotes, and the figures it quotes.
+    let quotes: [(&str, &str, bool, &[WorkQuote]); 2] = [
+        (
+            "the slide",
+            slide,
+            false,
+            &[
+                ("step06-ws-epoll", "levels/100/msgs_per_s"),
+                ("step07-tokio", "levels/100/msgs_per_s"),
+                ("step08-reuseport", "levels/100/msgs_per_s"),
+                ("step06-ws-epoll", "levels/500/p99_us"),
+                ("step08-reuseport", "levels/500/p99_us"),
+                ("step06-ws-epoll", "fairness/fresh_p99_us"),
+                ("step08-reuseport", "fairness/other_workers/p99_us"),
+            ],
+        ),
+        (
+            "step08's README",
+            &step08,
+            true,
+            &[
+                ("step06-ws-epoll", "levels/100/msgs_per_s"),
+                ("step08-reuseport", "levels/100/msgs_per_s"),
+                ("step08-reuseport", "fairness/same_worker/p99_us"),
+            ],
+        ),
+    ];
+    let mut missing = Vec::new();
+    for (doc, text, marked, figures) in quotes {
+        for (step, path) in figures {
+            let figure = work_figure(&report, step, path);
+            let quote = match marked {
+                true => format!("{figure}{MARKER}{step} -->"),
+                false => figure,
+            };
+            if !text.contains(&quote) {
+                missing.push(format!("{doc} lacks `{quote}` (work/{path})"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the work section's quotes and the committed run disagree:\n{}",
+        missing.join("\n")
+    );
+}

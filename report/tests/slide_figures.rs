@@ -105,6 +105,10 @@ fn committed() -> BTreeSet<String> {
         .flat_map(|row| row.split('|').filter_map(figure))
         .collect();
     figures.insert(format!("{:.0} s", number(&report, &["wall_seconds"])));
+    // The work section's settings, which its slide names: the slow messages' work.
+    if let Some(slow_ms) = report["plan"]["work"]["slow_ms"].as_u64() {
+        figures.insert(format!("{slow_ms} ms"));
+    }
     for run in million_runs() {
         for key in [
             "server_user_per_conn",

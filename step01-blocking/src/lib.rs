@@ -50,6 +50,8 @@ fn handle_connection(mut stream: TcpStream) -> io::Result<()> {
         if n == 0 {
             return Ok(());
         }
+        // A real handler's work: none unless `--work-us`.
+        common::work::spend_on(&buf[..n]);
         // Blocks until the kernel has taken every byte.
         stream.write_all(&buf[..n])?;
     }

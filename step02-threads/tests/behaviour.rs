@@ -165,3 +165,9 @@ fn serves_with_stdout_full() {
 fn serves_with_output_on_dev_full() {
     tcp::serves_with_output_on_dev_full(BIN);
 }
+
+/// `--work-us 5000`: each 64-byte message costs the step about 5 ms of its CPU.
+#[test]
+fn work_us_costs_what_it_says() {
+    stepcheck::work::tcp_costs_what_it_says(BIN);
+}

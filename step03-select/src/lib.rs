@@ -195,6 +195,8 @@ fn handle_readable(conn: &mut Conn, buf: &mut [u8]) -> io::Result<Next> {
         Err(err) => return Err(err),
     };
 
+    // A real handler's work: none unless `--work-us`.
+    common::work::spend_on(&buf[..n]);
     let written = write_some(&mut conn.stream, &buf[..n])?;
     if written == n {
         return Ok(Next::Continue);

@@ -311,6 +311,8 @@ fn handle_frame(
                 out.truncate(start);
                 return Err(CloseCode::Invalid);
             }
+            // A real handler's work: none unless `--work-us`.
+            common::work::spend_on(&out[body..]);
             Ok(Flow::Open)
         }
         // The first fragment of a message: now, and only now, a message buffer exists.
@@ -344,6 +346,7 @@ fn handle_frame(
                 } else {
                     Data::Binary
                 };
+                common::work::spend_on(&message.payload);
                 write_header(OpCode::Data(opcode), message.payload.len(), out);
                 out.extend_from_slice(&message.payload);
             }

@@ -79,6 +79,11 @@ pub struct Args {
     /// page gets 403, as in step06.
     #[arg(long, value_name = "ORIGIN", value_parser = handshake::parse_origin)]
     pub allow_origin: Vec<String>,
+
+    /// Spend `--work-us` on tokio's blocking pool (`spawn_blocking`) instead of on the worker
+    /// thread that runs the connection's task.
+    #[arg(long)]
+    pub spawn_blocking: bool,
 }
 
 /// The two tokio schedulers. The figures per connection come out about the same; the
@@ -153,6 +158,8 @@ struct ConnConfig {
     stall_timeout: Duration,
     /// `--allow-origin`: the pages, besides the server's own, that may open WebSockets.
     allowed_origins: Vec<String>,
+    /// `--spawn-blocking`: where `--work-us` is spent (see [`work_on`]).
+    spawn_blocking: bool,
 }
 
 impl ConnConfig {
@@ -163,6 +170,7 @@ impl ConnConfig {
             handshake_timeout: Duration::from_secs(args.handshake_timeout),
             stall_timeout: Duration::from_secs(args.stall_timeout),
             allowed_origins: args.allow_origin.clone(),
+            spawn_blocking: args.spawn_blocking,
         }
     }
 }
@@ -280,6 +288,7 @@ async fn handle_connection(
             // end: the rule of steps 03-06, "stop reading while output is pending".
             message @ (Message::Text(_) | Message::Binary(_)) => {
                 websocket.get_mut().message_in();
+                work_on(&message, config.spawn_blocking).await;
                 let sent = websocket.send(message).await;
                 websocket.get_mut().answered(None);
                 sent
@@ -308,6 +317,24 @@ async fn handle_connection(
         // of tokio's cooperative budget (128 per turn); when it is spent, the task yields
         // and the runtime runs the other connections.
         tokio::task::coop::consume_budget().await;
+    }
+}
+
+/// `--work-us`: the CPU a real handler spends on a message (none by default).
+///
+/// By default it is spent right here, on the worker thread running this task, as a naive
+/// handler spends it: the tasks queued on this thread wait meanwhile (another worker may
+/// steal them, if it is free). With `--spawn-blocking` it goes to tokio's blocking pool,
+/// threads apart from the workers (one more is started whenever all are busy, up to 512):
+/// this worker runs other tasks meanwhile, and the message pays two thread hops.
+async fn work_on(message: &Message, spawn_blocking: bool) {
+    // Cheap: the message's bytes are reference-counted, not copied.
+    let data = message.clone().into_data();
+    if spawn_blocking {
+        let work = tokio::task::spawn_blocking(move || common::work::spend_on(&data));
+        work.await.expect("bug: hashing does not panic");
+    } else {
+        common::work::spend_on(&data);
     }
 }
 

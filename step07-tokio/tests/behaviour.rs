@@ -178,3 +178,16 @@ fn serves_with_stdout_full() {
 fn serves_with_output_on_dev_full() {
     ws::serves_with_output_on_dev_full(BIN, DEFAULT);
 }
+
+/// `--work-us 5000`: each 64-byte message costs the step about 5 ms of its CPU.
+#[test]
+fn work_us_costs_what_it_says() {
+    stepcheck::work::ws_costs_what_it_says(BIN, DEFAULT);
+}
+
+/// `--work-us 5000 --spawn-blocking`: the work moves to tokio's blocking pool, and still
+/// costs the step about 5 ms of its CPU per message.
+#[test]
+fn work_us_costs_what_it_says_on_the_blocking_pool() {
+    stepcheck::work::ws_costs_what_it_says(BIN, &["--spawn-blocking"]);
+}

@@ -126,6 +126,7 @@ pub fn work(addr: SocketAddr, opts: &Options, ws: &WsOptions, event_loop: Loop) 
     };
     // Each worker is its own process, with its own open-file limit to raise.
     common::raise_fd_limit()?;
+    common::work::set_up(STEP, opts.work_us); // `--work-us`, measured in each worker
     let listener = listen(addr)?;
     // A line every period, so that the supervisor can tell a silent worker from a quiet one.
     let meter = MemoryMeter::new(STEP, opts).heartbeat();

@@ -39,6 +39,15 @@ fn memory_line_counts_connections() {
     }
 }
 
+/// `--work-us 5000` reaches io_uring workers too: each 64-byte message costs the step
+/// about 5 ms of its workers' CPU.
+#[test]
+fn work_us_costs_what_it_says() {
+    if support::io_uring_available() {
+        stepcheck::work::ws_costs_what_it_says(BIN, TWO);
+    }
+}
+
 /// A message over the 1 MiB limit closes that connection only, with 1009: step06's
 /// budgets hold on step09's loop too.
 #[test]

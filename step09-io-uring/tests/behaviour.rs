@@ -62,4 +62,6 @@ checks! {
     serves_with_stdout_full => ws::serves_with_stdout_full(BIN, &[]);
     /// stdout and stderr on /dev/full: it starts and serves; no output error is fatal.
     serves_with_output_on_dev_full => ws::serves_with_output_on_dev_full(BIN, &[]);
+    /// `--work-us 5000`: each 64-byte message costs the step about 5 ms of its CPU.
+    work_us_costs_what_it_says => stepcheck::work::ws_costs_what_it_says(BIN, &[]);
 }

@@ -11,7 +11,8 @@
 //! browser that the browser and slide checks drive, and [`syscalls`] counts a step's
 //! system calls with `perf`. [`stall`] sends the WebSocket steps clients that hold bytes
 //! and never finish them, which their stall clock must close; [`output`] holds a step to
-//! its promise that no output, full or failing, ever stalls or stops it.
+//! its promise that no output, full or failing, ever stalls or stops it. [`work`] holds
+//! every step's `--work-us` to the CPU it says a message costs.
 
 pub mod chromium;
 pub mod inprocess;
@@ -21,6 +22,7 @@ pub mod refusals;
 pub mod stall;
 pub mod syscalls;
 pub mod tcp;
+pub mod work;
 pub mod ws;
 
 use std::ffi::OsStr;
