@@ -355,7 +355,7 @@ fn without_io_uring_it_exits_at_once_saying_why() {
     // SAFETY: the closure runs in the forked child before exec and calls only prctl and
     // seccomp, which are async-signal-safe; the filter is built in the child's own memory.
     unsafe {
-        command.pre_exec(refuse_io_uring_setup);
+        command.pre_exec(stepcheck::seccomp::refuse_io_uring_setup);
     }
     let mut child = command.spawn().expect("start the step");
     let start = Instant::now();
@@ -387,54 +387,6 @@ fn without_io_uring_it_exits_at_once_saying_why() {
         ],
         "one line, saying which cause and how to check"
     );
-}
-
-/// Install a seccomp filter that makes `io_uring_setup` fail with `EPERM` and allows every
-/// other system call.
-fn refuse_io_uring_setup() -> std::io::Result<()> {
-    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W, sock_filter};
-    let stmt = |code: u32, k: u32| sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let filter = [
-        // The system call's number: offset 0 of `struct seccomp_data`.
-        stmt(BPF_LD | BPF_W | BPF_ABS, 0),
-        sock_filter {
-            code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
-            jt: 0,
-            jf: 1,
-            k: libc::SYS_io_uring_setup as u32,
-        },
-        stmt(
-            BPF_RET | BPF_K,
-            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
-        ),
-        stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW),
-    ];
-    let program = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr().cast_mut(),
-    };
-    // SAFETY: prctl with integer arguments; no pointers.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == -1 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `program` points at `filter`, both alive for the call; the kernel copies them.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            0,
-            &program as *const libc::sock_fprog,
-        )
-    };
-    if ret == -1 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Under a burst, one `io_uring_enter` submits and reaps many operations: 100 clients

@@ -19,6 +19,7 @@ pub mod inprocess;
 pub mod memory;
 pub mod output;
 pub mod refusals;
+pub mod seccomp;
 pub mod stall;
 pub mod syscalls;
 pub mod tcp;
