@@ -54,6 +54,30 @@ fn look(steps: &[StepResult], name: &str) -> (RGBColor, usize) {
     (PALETTE[k % PALETTE.len()], k)
 }
 
+/// One step's line: solid or dashed by its place among the steps, a marker at each point.
+/// Returns where its last point lands on the picture, and that point's value, for its label.
+fn draw_line<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<DB, CT>,
+    k: usize,
+    color: RGBColor,
+    xy: Vec<(f64, f64)>,
+) -> Result<((i32, i32), f64), Box<dyn Error>>
+where
+    DB::ErrorType: 'static,
+{
+    let last = *xy.last().expect("bug: a line has points");
+    let style = color.stroke_width(4);
+    if k % 2 == 0 {
+        chart.draw_series(LineSeries::new(xy.clone(), style))?;
+    } else {
+        chart.draw_series(DashedLineSeries::new(xy.clone(), 14, 8, style))?;
+    }
+    for &at in &xy {
+        draw_marker(chart, k, at, color)?;
+    }
+    Ok((chart.as_coord_spec().translate(&last), last.1))
+}
+
 /// A marker of one of four shapes (circle, triangle, square, cross), by `k`.
 fn draw_marker<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(
     chart: &mut ChartContext<DB, CT>,
@@ -251,21 +275,8 @@ fn rtt_lines(
     for r in &swept {
         let (color, k) = look(steps, &r.step);
         let xy: Vec<(f64, f64)> = r.sweep.iter().map(|p| (p.conns as f64, p.p50_us)).collect();
-        let style = color.stroke_width(4);
-        if k % 2 == 0 {
-            chart.draw_series(LineSeries::new(xy.clone(), style))?;
-        } else {
-            chart.draw_series(DashedLineSeries::new(xy.clone(), 14, 8, style))?;
-        }
-        for &at in &xy {
-            draw_marker(&mut chart, k, at, color)?;
-        }
-        let last = *xy.last().expect("bug: a swept step has points");
-        ends.push((
-            format!("{} {}", r.step, micros(last.1)),
-            chart.backend_coord(&last),
-            color,
-        ));
+        let (end, last) = draw_line(&mut chart, k, color, xy)?;
+        ends.push((format!("{} {}", r.step, micros(last)), end, color));
     }
     labels_apart(&root, ends)?;
     root.present()?;
@@ -492,21 +503,8 @@ pub fn work(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
     for (r, points) in &lines {
         let (color, k) = look(steps, &r.step);
         let xy: Vec<(f64, f64)> = points.iter().map(|&(w, p99)| (x_of(w), p99)).collect();
-        let style = color.stroke_width(4);
-        if k % 2 == 0 {
-            chart.draw_series(LineSeries::new(xy.clone(), style))?;
-        } else {
-            chart.draw_series(DashedLineSeries::new(xy.clone(), 14, 8, style))?;
-        }
-        for &at in &xy {
-            draw_marker(&mut chart, k, at, color)?;
-        }
-        let last = *xy.last().expect("bug: a line has points");
-        ends.push((
-            format!("{} {}", r.step, micros(last.1)),
-            chart.backend_coord(&last),
-            color,
-        ));
+        let (end, last) = draw_line(&mut chart, k, color, xy)?;
+        ends.push((format!("{} {}", r.step, micros(last)), end, color));
     }
     labels_apart(&root, ends)?;
     root.present()?;
