@@ -10,9 +10,9 @@ use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::output::{cpu_us, micros};
 use crate::schema::StepResult;
 use crate::steps;
+use crate::units::{bytes_tick, cpu_us, micros, round_time};
 
 /// A chart: drawn from the steps' results into an SVG file.
 pub type Draw = fn(&[StepResult], &Path) -> Result<(), Box<dyn Error>>;
@@ -98,15 +98,6 @@ where
         _ => chart.draw_series([Cross::new(at, 10, color.stroke_width(4))])?,
     };
     Ok(())
-}
-
-/// `16 B`, `1 KiB`, `64 KiB`: a byte axis ticked at powers of two, in the labels' units.
-fn bytes_tick(bytes: f64) -> String {
-    if bytes >= 1024.0 {
-        format!("{} KiB", (bytes / 1024.0).round())
-    } else {
-        format!("{} B", bytes.round())
-    }
 }
 
 /// Powers of four from `lo` to `hi`: ticks for a log byte axis.
@@ -509,15 +500,6 @@ pub fn work(steps: &[StepResult], path: &Path) -> Result<(), Box<dyn Error>> {
     labels_apart(&root, ends)?;
     root.present()?;
     Ok(())
-}
-
-/// A round tick of a log time axis, without trailing zeros: `500 µs`, `2 ms`, `100 ms`.
-fn round_time(us: f64) -> String {
-    if us < 1000.0 {
-        format!("{us:.0} µs")
-    } else {
-        format!("{} ms", us / 1000.0)
-    }
 }
 
 /// Text in a bar's colour, dark enough to read on white (orange text alone is too pale).

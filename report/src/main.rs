@@ -24,7 +24,8 @@
 //!   - `work.rs`: the steps again with `--work-us`: bursts and fairness when a message costs CPU;
 //!   - `procfs.rs`: what /proc says about a step, the machine and its slab caches.
 //! - `schema.rs`: what `report.json` holds: the plan and each step's figures.
-//! - `output.rs`: the tables, their notes and footnotes, in Markdown.
+//! - `output.rs`: the tables, their notes and footnotes, in Markdown, with:
+//!   - `units.rs`: each figure in the unit that reads best (`1.42 ms`, `12.3k/s`).
 //! - `charts.rs`: the SVG charts, one message each.
 //! - `live.rs`: what the `--live` page is fed while the report measures.
 //! - `million.rs`: `--million`, a million WebSocket connections on step08, measured, with
@@ -51,6 +52,7 @@ mod procfs;
 mod schema;
 mod steps;
 mod sweep;
+mod units;
 mod work;
 
 use std::path::{Path, PathBuf};

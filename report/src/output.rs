@@ -13,6 +13,7 @@ use crate::procfs::SOCKET_CACHES;
 use crate::schema::{FreshGroup, Report, StepResult, SweepPoint};
 use crate::steps;
 use crate::sweep::{WIDE_SPREAD, WIDE_SPREAD_FLOOR_US};
+use crate::units::{calls, cpu_us, list_us, micros, rate, signed_bytes};
 
 /// The tables, the notes, and a few lines saying how each figure was measured.
 pub fn markdown(report: &Report) -> String {
@@ -481,25 +482,6 @@ fn busy_footnotes(report: &Report) -> String {
     )
 }
 
-/// System calls per message: `12.3`, `2.31`, `0.148`: three decimals under one.
-pub fn calls(per_msg: f64) -> String {
-    match per_msg {
-        10.0.. => format!("{per_msg:.1}"),
-        1.0.. => format!("{per_msg:.2}"),
-        _ => format!("{per_msg:.3}"),
-    }
-}
-
-/// `87 µs`, `1.42 ms`, `18.5 ms`: three figures at most, so the tables stay narrow.
-pub fn micros(us: f64) -> String {
-    match us {
-        ..1000.0 => format!("{us:.0} µs"),
-        ..10_000.0 => format!("{:.2} ms", us / 1000.0),
-        ..100_000.0 => format!("{:.1} ms", us / 1000.0),
-        _ => format!("{:.0} ms", us / 1000.0),
-    }
-}
-
 /// A sweep point's median, or a flag when its visits disagree too much to quote it.
 fn p50_cell(point: &SweepPoint) -> String {
     if point.spread_too_wide() {
@@ -507,40 +489,6 @@ fn p50_cell(point: &SweepPoint) -> String {
     } else {
         micros(point.p50_us)
     }
-}
-
-/// CPU per unit of work: `3.25 µs`, `42.1 µs`, `310 µs` (small figures need their decimals).
-pub fn cpu_us(us: f64) -> String {
-    match us {
-        ..10.0 => format!("{us:.2} µs"),
-        ..100.0 => format!("{us:.1} µs"),
-        _ => micros(us),
-    }
-}
-
-/// `850/s`, `12.3k/s`.
-pub fn rate(per_s: f64) -> String {
-    if per_s < 1000.0 {
-        format!("{per_s:.0}/s")
-    } else {
-        format!("{:.1}k/s", per_s / 1000.0)
-    }
-}
-
-/// `7.5 KiB`, or `−1.2 KiB` when the kernel's figure shrank (another process freed more).
-pub fn signed_bytes(bytes: i64) -> String {
-    match bytes {
-        0.. => common::format_bytes(bytes as u64),
-        _ => format!("−{}", common::format_bytes(bytes.unsigned_abs())),
-    }
-}
-
-fn list_us(values: &[f64]) -> String {
-    values
-        .iter()
-        .map(|v| micros(*v))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// One line per step on stderr as it finishes: the progress a log shows when there is no
@@ -596,21 +544,6 @@ mod tests {
             point(1000, 35.0)
         ]));
         assert!(!rises(&[point(1, 30.0), point(100, 30.0)]));
-    }
-
-    /// Figures read at a glance: CPU keeps its decimals, rates are per second.
-    #[test]
-    fn figures_print_in_the_unit_that_reads_best() {
-        assert_eq!(micros(87.4), "87 µs");
-        assert_eq!(micros(1420.0), "1.42 ms");
-        assert_eq!(micros(18_484.0), "18.5 ms");
-        assert_eq!(micros(123_456.0), "123 ms");
-        assert_eq!(cpu_us(3.254), "3.25 µs");
-        assert_eq!(cpu_us(42.13), "42.1 µs");
-        assert_eq!(cpu_us(310.4), "310 µs");
-        assert_eq!(rate(850.2), "850/s");
-        assert_eq!(rate(12_345.0), "12.3k/s");
-        assert_eq!(signed_bytes(-2048), "−2.0 KiB");
     }
 
     /// Other processes busy during a step's storms and burst: that step, and only that one,

@@ -1,8 +1,8 @@
 //! The million as a narrow Markdown table: a row per figure, a column per event loop.
 
 use super::figures::{BurstCost, Echoes, Million};
-use crate::output::{cpu_us, micros, signed_bytes};
 use crate::procfs::URING_CACHES;
+use crate::units::{cpu_us, micros, signed_bytes};
 
 /// The runs side by side.
 pub fn table(runs: &[Million]) -> String {
