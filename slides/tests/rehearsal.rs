@@ -132,7 +132,7 @@ const DEMOS: &[Demo] = &[
         rehearse: step07_two_buffers,
     },
     Demo {
-        notes: &["cargo test -p step07-tokio --test task_size"],
+        notes: &["cargo test -p step07-tokio --test task_size -- --nocapture"],
         rehearse: step07_exercise,
     },
     Demo {
@@ -489,10 +489,21 @@ fn step07_two_buffers(demo: &Demo) {
     );
 }
 
-/// The exercise's ready test stub: it builds and runs as given.
+/// The exercise's ready test stub: it builds and runs as given, and prints the size the
+/// attendee is to read.
 fn step07_exercise(demo: &Demo) {
-    let status = command(demo.notes[0], &[]).status().expect("cargo runs");
-    assert!(status.success(), "`{}` failed: {status}", demo.notes[0]);
+    let output = command(demo.notes[0], &[]).output().expect("cargo runs");
+    let printed = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "`{}` failed: {printed}",
+        demo.notes[0]
+    );
+    assert!(
+        printed.contains("handle_connection's future: "),
+        "`{}` shows no size: {printed}",
+        demo.notes[0]
+    );
 }
 
 /// "One line for the server, workers 2, conns 30000: more than one process may open here."
