@@ -342,9 +342,10 @@ async fn work_on(message: &Message, spawn_blocking: bool) {
     }
 }
 
-/// The bytes of one connection's task: the future `handle_connection` returns, which
-/// `tokio::spawn` allocates (beside tokio's task header) when the connection is accepted
-/// and keeps until it ends. The future is built, never run. `stream` must belong to a
+/// The bulk of one connection's task: the future `handle_connection` returns. `tokio::spawn`
+/// allocates the async block around it (with the connection's guard, its config and its
+/// peer's address, beside tokio's task header) when the connection is accepted and keeps it
+/// until it ends. The future is built, never run. `stream` must belong to a
 /// running tokio runtime; `tests/task_size.rs` (the README's exercise 1) provides one.
 pub fn task_size(stream: tokio::net::TcpStream, args: &Args) -> usize {
     let config = ConnConfig::new(args);
