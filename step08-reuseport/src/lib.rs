@@ -130,8 +130,8 @@ pub fn work(addr: SocketAddr, opts: &Options, ws: &WsOptions, event_loop: Loop) 
     // A line every period, so that the supervisor can tell a silent worker from a quiet one.
     let meter = MemoryMeter::new(STEP, opts).heartbeat();
     worker::say_listening(&listener, &meter)?;
-    // The event loop: step06's, or step09's, each unchanged. Nothing else in this step
-    // knows which loop a worker runs.
+    // The event loop: step06's, or step09's, each unchanged. Besides this match, only the
+    // ring set up above and main.rs's check that io_uring runs here depend on which it is.
     match uring {
         None => step06_ws_epoll::serve(listener, meter, ws.config()),
         Some(uring) => step09_io_uring::serve(listener, meter, uring, ws.config()),
