@@ -36,6 +36,12 @@ pub fn spend_on(message: &[u8]) {
     }
 }
 
+/// Whether the step was started with `--work-us`: without it there is no work, and a step
+/// that moves the work off its loop (step07's `--spawn-blocking`) need not move anything.
+pub fn enabled() -> bool {
+    ROUNDS.load(Ordering::Relaxed) > 0
+}
+
 /// Rounds of hashing for a message of `len` bytes: `per_block` for every [`BLOCK`] bytes, in
 /// proportion, to the nearest round.
 pub fn rounds_for(len: usize, per_block: u64) -> u64 {
@@ -215,12 +221,20 @@ mod tests {
             thread_cpu_time().saturating_sub(before)
         };
         set_up("test", 0);
+        assert!(
+            !enabled(),
+            "no --work-us, yet work::enabled() says there is work"
+        );
         let idle = spend(1000);
         assert!(
             idle < Duration::from_millis(5),
             "no --work-us, yet 1000 messages took {idle:?} of CPU"
         );
         set_up("test", 300);
+        assert!(
+            enabled(),
+            "--work-us 300, yet work::enabled() says there is none"
+        );
         assert_about(
             spend(40),
             Duration::from_millis(12),

@@ -346,6 +346,7 @@ fn handle_frame(
                 } else {
                     Data::Binary
                 };
+                // A real handler's work, on the whole message: none unless `--work-us`.
                 common::work::spend_on(&message.payload);
                 write_header(OpCode::Data(opcode), message.payload.len(), out);
                 out.extend_from_slice(&message.payload);

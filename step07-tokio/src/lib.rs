@@ -81,7 +81,7 @@ pub struct Args {
     pub allow_origin: Vec<String>,
 
     /// Spend `--work-us` on tokio's blocking pool (`spawn_blocking`) instead of on the worker
-    /// thread that runs the connection's task.
+    /// thread that runs the connection's task. Without `--work-us`, nothing goes to the pool.
     #[arg(long)]
     pub spawn_blocking: bool,
 }
@@ -326,8 +326,12 @@ async fn handle_connection(
 /// handler spends it: the tasks queued on this thread wait meanwhile (another worker may
 /// steal them, if it is free). With `--spawn-blocking` it goes to tokio's blocking pool,
 /// threads apart from the workers (one more is started whenever all are busy, up to 512):
-/// this worker runs other tasks meanwhile, and the message pays two thread hops.
+/// this worker runs other tasks meanwhile, and the message pays two thread hops. Without
+/// `--work-us` it returns at once, and nothing goes to the pool.
 async fn work_on(message: &Message, spawn_blocking: bool) {
+    if !common::work::enabled() {
+        return; // no `--work-us`: no work, and no hop to the blocking pool and back
+    }
     // Cheap: the message's bytes are reference-counted, not copied.
     let data = message.clone().into_data();
     if spawn_blocking {
@@ -338,9 +342,10 @@ async fn work_on(message: &Message, spawn_blocking: bool) {
     }
 }
 
-/// The bytes of one connection's task: the future `handle_connection` returns, which
-/// `tokio::spawn` allocates (beside tokio's task header) when the connection is accepted
-/// and keeps until it ends. The future is built, never run. `stream` must belong to a
+/// The bulk of one connection's task: the future `handle_connection` returns. `tokio::spawn`
+/// allocates the async block around it (with the connection's guard, its config and its
+/// peer's address, beside tokio's task header) when the connection is accepted and keeps it
+/// until it ends. The future is built, never run. `stream` must belong to a
 /// running tokio runtime; `tests/task_size.rs` (the README's exercise 1) provides one.
 pub fn task_size(stream: tokio::net::TcpStream, args: &Args) -> usize {
     let config = ConnConfig::new(args);

@@ -96,11 +96,6 @@ pub enum Loop {
     IoUring,
 }
 
-/// step09's buffer ring in each io_uring worker, at step09's defaults: 1024 buffers of
-/// 4 KiB, 4 MiB per worker, in its baseline.
-const RING_BUFFERS: u16 = 1024;
-const BUFFER_SIZE: u32 = 4096;
-
 /// Why io_uring cannot run here, if it cannot: the supervisor asks once, before it starts
 /// any worker. The trial ring is made and dropped on a thread of its own: the kernel's work
 /// for a ring it tears down can interrupt its thread's next blocking call with `EINTR`.
@@ -116,12 +111,16 @@ pub fn io_uring_refused() -> Option<step09_io_uring::Unavailable> {
 /// (the pipe to the supervisor), and serve. Its memory lines (JSON, as the supervisor
 /// passes `--json`) go to the supervisor through the same pipe.
 pub fn work(addr: SocketAddr, opts: &Options, ws: &WsOptions, event_loop: Loop) -> io::Result<()> {
-    // As step09 does: io_uring's rings and buffer pool before the bind, in the baseline.
+    // As step09 does: io_uring's rings and buffer pool before the bind, in the baseline;
+    // its buffer ring at step09's default size, 4 MiB per worker.
     let uring = match event_loop {
         Loop::Epoll => None,
         Loop::IoUring => Some(
-            step09_io_uring::setup(RING_BUFFERS, BUFFER_SIZE)
-                .map_err(|unavailable| io::Error::other(unavailable.to_string()))?,
+            step09_io_uring::setup(
+                step09_io_uring::DEFAULT_RING_BUFFERS,
+                step09_io_uring::DEFAULT_BUFFER_SIZE,
+            )
+            .map_err(|unavailable| io::Error::other(unavailable.to_string()))?,
         ),
     };
     // Each worker is its own process, with its own open-file limit to raise.
@@ -131,8 +130,8 @@ pub fn work(addr: SocketAddr, opts: &Options, ws: &WsOptions, event_loop: Loop) 
     // A line every period, so that the supervisor can tell a silent worker from a quiet one.
     let meter = MemoryMeter::new(STEP, opts).heartbeat();
     worker::say_listening(&listener, &meter)?;
-    // The event loop: step06's, or step09's, each unchanged. Nothing else in this step
-    // knows which loop a worker runs.
+    // The event loop: step06's, or step09's, each unchanged. Besides this match, only the
+    // ring set up above and main.rs's check that io_uring runs here depend on which it is.
     match uring {
         None => step06_ws_epoll::serve(listener, meter, ws.config()),
         Some(uring) => step09_io_uring::serve(listener, meter, uring, ws.config()),

@@ -61,6 +61,11 @@ pub struct Uring {
     pub pool_bytes: usize,
 }
 
+/// `--ring-buffers`'s default: buffers in the provided buffer ring.
+pub const DEFAULT_RING_BUFFERS: u16 = 1024;
+/// `--buffer-size`'s default: bytes per buffer, so 4 MiB of buffers at the defaults.
+pub const DEFAULT_BUFFER_SIZE: u32 = 4096;
+
 /// Create the rings and a provided buffer ring of `count` buffers of `size` bytes.
 pub fn setup(count: u16, size: u32) -> Result<Uring, Unavailable> {
     // Room for a burst: 10 000 connections can each post a receive and a send at once. The

@@ -1,7 +1,7 @@
 //! `cargo run --release -p step09-io-uring`
 
 use clap::Parser;
-use step09_io_uring::WsOptions;
+use step09_io_uring::{DEFAULT_BUFFER_SIZE, DEFAULT_RING_BUFFERS, WsOptions};
 
 /// WebSocket echo on io_uring: multishot accept, multishot receive into a provided buffer ring.
 #[derive(Parser)]
@@ -13,12 +13,13 @@ struct Args {
     ws: WsOptions,
 
     /// Buffers in the provided buffer ring (a power of two, at most 32768).
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = power_of_two)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RING_BUFFERS,
+          value_parser = power_of_two)]
     ring_buffers: u16,
 
     /// Bytes per buffer in the ring: the most one receive completion carries (so the ring
     /// takes 1 GiB at most).
-    #[arg(long, value_name = "BYTES", default_value_t = 4096,
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BUFFER_SIZE,
           value_parser = clap::value_parser!(u32).range(64..=32768))]
     buffer_size: u32,
 }
