@@ -9,10 +9,6 @@
 //! holds one for good), or else readers of the event stream on plain sockets, which cost
 //! live the same writes.
 
-#[allow(dead_code)] // the driver has more than this example uses
-#[path = "../tests/support/devtools.rs"]
-mod devtools;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -20,8 +16,8 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use devtools::{Browser, DevTools};
 use stepcheck::chromium;
+use stepcheck::devtools::{Browser, DevTools};
 
 struct Args {
     browsers: usize,

@@ -3,14 +3,10 @@
 //! What a projector shows: the page at URL in headless Chromium at 1280×720, once it has
 //! drawn its history, saved as a PNG. The figure in slides/figures/ was taken so.
 
-#[allow(dead_code)] // the driver has more than this example uses
-#[path = "../tests/support/devtools.rs"]
-mod devtools;
-
 use std::time::Duration;
 
-use devtools::{Browser, DevTools};
 use stepcheck::chromium;
+use stepcheck::devtools::{Browser, DevTools};
 
 fn main() {
     let mut args = std::env::args().skip(1);

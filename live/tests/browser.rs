@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use loadgen::{ConnectOptions, Pace, Pool, Target};
 use serde_json::{Value, json};
+use stepcheck::devtools::{Browser, DevTools};
 use stepcheck::{PATIENCE, chromium};
-use support::devtools::{Browser, DevTools};
 use support::{Live, Plumbing};
 
 /// One browser at a time: the machine has two cores, and each test runs a browser, a

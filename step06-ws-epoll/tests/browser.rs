@@ -4,187 +4,24 @@
 //! of another site (another port) cannot open a WebSocket here, unless `--allow-origin`
 //! lists it.
 //!
-//! The browser is driven over its DevTools protocol: JSON messages on a WebSocket, spoken
-//! here with the same tungstenite client the other checks use. Where Chromium is not
+//! The browser is driven over its DevTools protocol (`stepcheck::devtools`). Where Chromium is not
 //! installed the test says so and passes, unless `WORKSHOP_REQUIRE_CHROMIUM=1` (CI sets it).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use stepcheck::devtools::{Browser, DevTools};
 use stepcheck::{PATIENCE, Server, chromium};
-use tungstenite::{Message, WebSocket};
 
 const BIN: &str = env!("CARGO_BIN_EXE_step06-ws-epoll");
 
-/// Headless Chromium with its DevTools endpoint on a free loopback port. Dropping it
-/// kills the browser (by its pid) and removes its profile.
-struct Browser {
-    child: Child,
-    profile: PathBuf,
-    /// `ws://127.0.0.1:PORT/devtools/browser/ID`, from the browser's stderr.
-    devtools: String,
-}
-
-impl Browser {
-    fn launch(chromium: &Path) -> Browser {
-        // One profile per browser: the tests of this file run at the same time.
-        static LAUNCHED: AtomicUsize = AtomicUsize::new(0);
-        let profile = std::env::temp_dir().join(format!(
-            "step06-chromium-{}-{}",
-            std::process::id(),
-            LAUNCHED.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut child = chromium::headless(chromium, &profile)
-            .args([
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
-                "about:blank",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {}: {err}", chromium.display()));
-        // The browser says where its DevTools listen on stderr; keep reading (and
-        // dropping) the rest so that it never blocks on a full pipe.
-        let stderr = BufReader::new(child.stderr.take().expect("stderr is piped"));
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("DevTools listening on ") {
-                    let _ = tx.send(url.trim().to_string());
-                }
-            }
-        });
-        let devtools = rx.recv_timeout(PATIENCE);
-        let mut browser = Browser {
-            child,
-            profile,
-            devtools: String::new(),
-        };
-        browser.devtools = devtools.unwrap_or_else(|_| {
-            panic!("Chromium did not announce its DevTools endpoint within {PATIENCE:?}")
-        });
-        browser
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // After `Browser.close` the browser ends its helper processes and exits by
-        // itself; give it a few seconds, then kill it (by its pid) if it has not.
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
-/// A DevTools session attached to one tab.
-struct DevTools {
-    socket: WebSocket<TcpStream>,
-    next_id: u64,
-    /// The tab's session, once attached.
-    session: Option<String>,
-    /// The events that came while waiting for answers (e.g. `Log.entryAdded`).
-    events: Vec<Value>,
-}
-
-impl DevTools {
-    fn connect(url: &str) -> DevTools {
-        let host = url
-            .strip_prefix("ws://")
-            .and_then(|rest| rest.split('/').next())
-            .unwrap_or_else(|| panic!("not a ws:// URL: {url}"));
-        let stream = TcpStream::connect(host)
-            .unwrap_or_else(|err| panic!("cannot reach Chromium's DevTools at {host}: {err}"));
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        let (socket, _) = tungstenite::client(url, stream)
-            .unwrap_or_else(|err| panic!("no DevTools handshake at {url}: {err}"));
-        DevTools {
-            socket,
-            next_id: 1,
-            session: None,
-            events: Vec::new(),
-        }
-    }
-
-    /// Open `url` in a new tab, attach to it, and wait until `loaded` (a JavaScript
-    /// expression) is true there: the page's script has run.
-    fn open_tab(&mut self, url: &str, loaded: &str) {
-        self.session = None;
-        let target = self.call("Target.createTarget", json!({ "url": url }));
-        let attached = self.call(
-            "Target.attachToTarget",
-            json!({ "targetId": target["targetId"], "flatten": true }),
-        );
-        self.session = Some(attached["sessionId"].as_str().unwrap().to_string());
-        // The page may still be loading.
-        for _ in 0..100 {
-            if self.eval(loaded) == json!(true) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the page from {url} never ran its script");
-    }
-
-    /// Send a command and wait for its answer, skipping the events in between.
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut command = json!({ "id": id, "method": method, "params": params });
-        if let Some(session) = &self.session {
-            command["sessionId"] = json!(session);
-        }
-        self.socket
-            .send(Message::text(command.to_string()))
-            .unwrap_or_else(|err| panic!("cannot send {method} to Chromium: {err}"));
-        loop {
-            let message = self
-                .socket
-                .read()
-                .unwrap_or_else(|err| panic!("no answer from Chromium to {method}: {err}"));
-            let Ok(text) = message.to_text() else {
-                continue;
-            };
-            let answer: Value = serde_json::from_str(text).expect("DevTools speaks JSON");
-            if answer["id"] != id {
-                self.events.push(answer); // an event
-                continue;
-            }
-            if let Some(error) = answer.get("error") {
-                panic!("Chromium refused {method}: {error}");
-            }
-            return answer["result"].clone();
-        }
-    }
-
-    /// Evaluate `expression` in the tab, await it if it is a promise, and return its value.
-    fn eval(&mut self, expression: &str) -> Value {
-        let result = self.call(
-            "Runtime.evaluate",
-            json!({ "expression": expression, "awaitPromise": true, "returnByValue": true }),
-        );
-        if let Some(exception) = result.get("exceptionDetails") {
-            panic!("the page threw while running {expression:?}: {exception}");
-        }
-        result["result"]["value"].clone()
-    }
-}
+/// How long a page may take to load and run its script.
+const LOADING: Duration = Duration::from_secs(10);
 
 /// Runs in the page: every echo through the page's own `echo()`, checked there. Returns
 /// one line per message that came back wrong (none when all is well).
@@ -219,12 +56,15 @@ fn the_page_echoes_in_a_real_browser() {
         return;
     };
     let server = Server::start(BIN, &[]);
-    let browser = Browser::launch(&chromium);
-    let mut devtools = DevTools::connect(&browser.devtools);
+    let browser = Browser::launch(&chromium, "step06");
 
     // The page's script defines `ready` once it runs.
     let page = format!("http://{}/", server.addr);
-    devtools.open_tab(&page, "typeof ready !== 'undefined'");
+    let mut devtools = DevTools::open(&browser, &page);
+    assert!(
+        devtools.wait_for("typeof ready !== 'undefined'", LOADING),
+        "the page from {page} never ran its script"
+    );
 
     let wrong = devtools.eval(ECHOES);
     assert_eq!(wrong, json!([]), "echoes through the page came back wrong");
@@ -244,9 +84,7 @@ fn the_page_echoes_in_a_real_browser() {
     );
     server.wait_for_memory_line(0);
 
-    devtools.session = None; // a command to the browser, not the tab
-    let _ = devtools.call("Browser.close", json!({}));
-    drop(browser);
+    browser.close();
 }
 
 /// A page of another site: a static server on another loopback port, serving one page
@@ -331,12 +169,11 @@ fn a_page_from_another_origin_is_refused() {
     let other_origin = format!("http://{}", other.addr);
     let server = Server::start(BIN, &[]);
     let allowing = Server::start(BIN, &["--allow-origin", &other_origin]);
-    let browser = Browser::launch(&chromium);
-    let mut devtools = DevTools::connect(&browser.devtools);
-
-    devtools.open_tab(
-        &format!("{other_origin}/"),
-        "typeof tryWebSocket === 'function'",
+    let browser = Browser::launch(&chromium, "step06");
+    let mut devtools = DevTools::open(&browser, &format!("{other_origin}/"));
+    assert!(
+        devtools.wait_for("typeof tryWebSocket === 'function'", LOADING),
+        "the page from {other_origin}/ never ran its script"
     );
     devtools.call("Log.enable", json!({}));
     let refused = devtools.eval(&format!("tryWebSocket('ws://{}/')", server.addr));
@@ -375,7 +212,5 @@ fn a_page_from_another_origin_is_refused() {
         "a page of {other_origin}, listed with --allow-origin, could not use the WebSocket"
     );
 
-    devtools.session = None; // a command to the browser, not the tab
-    let _ = devtools.call("Browser.close", json!({}));
-    drop(browser);
+    browser.close();
 }

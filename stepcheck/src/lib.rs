@@ -15,6 +15,7 @@
 //! every step's `--work-us` to the CPU it says a message costs.
 
 pub mod chromium;
+pub mod devtools;
 pub mod inprocess;
 pub mod memory;
 pub mod output;

@@ -3,8 +3,6 @@
 
 #![allow(dead_code)] // each test file uses its own part of this
 
-pub mod devtools;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdin, Command, Stdio};

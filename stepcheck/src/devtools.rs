@@ -1,17 +1,20 @@
-//! Headless Chromium, driven over its DevTools protocol: JSON messages on a WebSocket,
-//! spoken with tungstenite's client. The same driver as step06's browser test.
+//! Headless Chromium driven over its DevTools protocol: JSON messages on a WebSocket, spoken
+//! with tungstenite's client. For the checks that need a real browser: step06's page and
+//! its Origin rule, live's page.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use stepcheck::{PATIENCE, chromium};
 use tungstenite::{Message, WebSocket};
+
+use crate::{PATIENCE, chromium};
 
 /// Headless Chromium with its DevTools endpoint on a free loopback port. Dropping it
 /// kills the browser (by its pid) and removes its profile.
@@ -23,8 +26,15 @@ pub struct Browser {
 }
 
 impl Browser {
+    /// Start Chromium at 1280×720 on `about:blank`; `name` names its profile directory.
     pub fn launch(chromium: &Path, name: &str) -> Browser {
-        let profile = std::env::temp_dir().join(format!("{name}-chromium-{}", std::process::id()));
+        // One profile per browser: the tests of one file run at the same time.
+        static LAUNCHED: AtomicUsize = AtomicUsize::new(0);
+        let profile = std::env::temp_dir().join(format!(
+            "{name}-chromium-{}-{}",
+            std::process::id(),
+            LAUNCHED.fetch_add(1, Ordering::Relaxed)
+        ));
         let mut child = chromium::headless(chromium, &profile)
             .args([
                 "--remote-debugging-address=127.0.0.1",
@@ -84,11 +94,14 @@ impl Drop for Browser {
     }
 }
 
-/// A DevTools session, attached to one tab once [`DevTools::open`] has run.
+/// A DevTools session: to the browser after [`DevTools::connect`], to one tab after
+/// [`DevTools::open`].
 pub struct DevTools {
     socket: WebSocket<TcpStream>,
     next_id: u64,
     session: Option<String>,
+    /// The events that came while waiting for answers (e.g. `Log.entryAdded`).
+    pub events: Vec<Value>,
 }
 
 impl DevTools {
@@ -106,6 +119,7 @@ impl DevTools {
             socket,
             next_id: 1,
             session: None,
+            events: Vec::new(),
         }
     }
 
@@ -151,7 +165,8 @@ impl DevTools {
             };
             let answer: Value = serde_json::from_str(text).expect("DevTools speaks JSON");
             if answer["id"] != id {
-                continue; // an event
+                self.events.push(answer); // an event
+                continue;
             }
             if let Some(error) = answer.get("error") {
                 panic!("Chromium refused {method}: {error}");
