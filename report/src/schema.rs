@@ -307,8 +307,9 @@ pub struct WorkResult {
     pub held: usize,
     /// One per level of the plan that could be measured, in the plan's order.
     pub levels: Vec<WorkLevel>,
-    /// At the highest level: fresh clients' echoes beside a connection whose messages are
-    /// slow. `None` if it could not be measured (a note says why).
+    /// Fresh clients' echoes beside a connection whose messages are slow, on the same run
+    /// of the step as the levels past 0. `None` if it could not be measured (a note says
+    /// why).
     pub fairness: Option<Fairness>,
     /// How long the section took for this step (part of the step's own `wall_seconds`).
     pub wall_seconds: f64,

@@ -6,10 +6,6 @@
 
 mod support;
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use stepcheck::ws;
 
 const BIN: &str = env!("CARGO_BIN_EXE_step08-reuseport");
@@ -70,54 +66,18 @@ fn bad_handshake_refused() {
 /// or listens: a worker that could not start would be restarted for ever.
 #[test]
 fn without_io_uring_it_says_so_in_one_line_and_exits() {
-    let mut command = Command::new(BIN);
-    command
-        .args([
+    stepcheck::seccomp::check_refused_in_one_line(
+        BIN,
+        &[
             "--addr",
             "127.0.0.1:0",
             "--workers",
             "2",
             "--loop",
             "io-uring",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: the closure runs in the forked child before exec and calls only prctl and
-    // seccomp, which are async-signal-safe; the filter is built in the child's own memory.
-    unsafe {
-        command.pre_exec(stepcheck::seccomp::refuse_io_uring_setup);
-    }
-    let mut child = command.spawn().expect("start the step");
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > stepcheck::PATIENCE {
-            child.kill().unwrap();
-            panic!("without io_uring the step must exit, not run on");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    assert!(
-        !output.status.success(),
-        "it must exit with a failure status"
-    );
-    assert!(
-        !stdout.contains("listening"),
-        "it must not listen without io_uring: {stdout}"
-    );
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(
-        lines,
-        [
-            "step08-reuseport: io_uring is not available: io_uring_setup is refused (a \
-             seccomp filter: container runtimes block it by default); check with `grep \
-             Seccomp /proc/self/status` (2 means filtered)"
         ],
-        "one line, saying which cause and how to check, and no worker's words"
+        "step08-reuseport: io_uring is not available: io_uring_setup is refused (a seccomp \
+         filter: container runtimes block it by default); check with `grep Seccomp \
+         /proc/self/status` (2 means filtered)",
     );
 }

@@ -342,50 +342,12 @@ fn upgraded(server: &Server, n: usize) -> Vec<TcpStream> {
 /// step exits at once, before listening, with one line that says why and how to check.
 #[test]
 fn without_io_uring_it_exits_at_once_saying_why() {
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
-
-    let mut command = Command::new(BIN);
-    command
-        .args(["--addr", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: the closure runs in the forked child before exec and calls only prctl and
-    // seccomp, which are async-signal-safe; the filter is built in the child's own memory.
-    unsafe {
-        command.pre_exec(stepcheck::seccomp::refuse_io_uring_setup);
-    }
-    let mut child = command.spawn().expect("start the step");
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > stepcheck::PATIENCE {
-            child.kill().unwrap();
-            panic!("without io_uring the step must exit, not run on");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "it must exit with a failure status"
-    );
-    assert!(
-        !stdout.contains("listening"),
-        "it must not listen without io_uring: {stdout}"
-    );
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(
-        lines,
-        [
-            "step09-io-uring: io_uring is not available: io_uring_setup is refused (a seccomp \
-             filter: container runtimes block it by default); check with `grep Seccomp \
-             /proc/self/status` (2 means filtered)"
-        ],
-        "one line, saying which cause and how to check"
+    stepcheck::seccomp::check_refused_in_one_line(
+        BIN,
+        &["--addr", "127.0.0.1:0"],
+        "step09-io-uring: io_uring is not available: io_uring_setup is refused (a seccomp \
+         filter: container runtimes block it by default); check with `grep Seccomp \
+         /proc/self/status` (2 means filtered)",
     );
 }
 
