@@ -2,35 +2,20 @@
 //! run, `slides/figures/million.json` (a run, or with `--loop both` a list of runs, one per
 //! event loop), formatted as the report formats them.
 
-use std::path::Path;
-
 use serde_json::Value;
 
-fn read(path: &str) -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    std::fs::read_to_string(root.join(path)).unwrap_or_else(|err| panic!("{path}: {err}"))
-}
+mod support;
+use support::{million_runs, number, read};
 
 /// The committed runs: (loop, run), epoll's first. A run from before `--loop` was epoll's.
 fn runs() -> Vec<(String, Value)> {
-    let million: Value = serde_json::from_str(&read("slides/figures/million.json")).unwrap();
-    let runs = match million {
-        Value::Array(runs) => runs,
-        one => vec![one],
-    };
-    runs.into_iter()
+    million_runs()
+        .into_iter()
         .map(|run| {
             let name = run["loop"].as_str().unwrap_or("epoll").to_string();
             (name, run)
         })
         .collect()
-}
-
-fn number(m: &Value, path: &[&str]) -> f64 {
-    path.iter()
-        .fold(m, |v, key| &v[key])
-        .as_f64()
-        .unwrap_or_else(|| panic!("no {} in million.json", path.join(".")))
 }
 
 fn bytes(m: &Value, key: &str) -> String {

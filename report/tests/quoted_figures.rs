@@ -15,12 +15,12 @@
 //!    step of the run, is an error too, so a typo cannot switch the check off.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
 mod support;
-use support::cells;
+use support::{cells, workspace};
 
 /// The units a figure may carry, longest first so `KiB` is not read as `B`.
 const UNITS: &[&str] = &["k/s", "/s", "KiB", "MiB", "GiB", "µs", "ms", "B"];
@@ -28,10 +28,11 @@ const UNITS: &[&str] = &["k/s", "/s", "KiB", "MiB", "GiB", "µs", "ms", "B"];
 /// The marker that ties a figure in prose to its step.
 const MARKER: &str = "<!-- report: ";
 
-fn workspace() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("report/ lives in the workspace")
+/// What a learner reads, and what the speaker shows: the slides.
+fn documents_and_slides() -> Vec<PathBuf> {
+    let mut docs = support::documents();
+    docs.push(workspace().join("slides/slides.md"));
+    docs
 }
 
 /// Step → the figures its rows show in the committed run's tables.
@@ -86,26 +87,6 @@ fn figure_before(before: &str) -> Option<String> {
     let last_two = words[words.len().saturating_sub(2)..].join(" ");
     let last = words.last()?.to_string();
     figure(&last_two).or_else(|| figure(&last))
-}
-
-/// Every Markdown file a learner or a speaker reads: the top README, each crate's, slides,
-/// the worked answers.
-fn documents() -> Vec<PathBuf> {
-    let root = workspace();
-    let mut docs = vec![root.join("README.md"), root.join("slides/slides.md")];
-    for entry in std::fs::read_dir(root).unwrap().flatten() {
-        let readme = entry.path().join("README.md");
-        if entry.path().is_dir() && readme.is_file() {
-            docs.push(readme);
-        }
-    }
-    for entry in std::fs::read_dir(root.join("solutions")).unwrap().flatten() {
-        if entry.path().extension().is_some_and(|ext| ext == "md") {
-            docs.push(entry.path());
-        }
-    }
-    docs.retain(|d| d.is_file());
-    docs
 }
 
 /// The figures a table row may quote, by its first cell: a row name exactly
@@ -208,7 +189,7 @@ fn every_quoted_figure_is_in_the_committed_run() {
         "the committed run has no step05-epoll row"
     );
     let mut wrong = Vec::new();
-    for doc in documents() {
+    for doc in documents_and_slides() {
         let text = std::fs::read_to_string(&doc).unwrap();
         let shown = doc.strip_prefix(workspace()).unwrap().display().to_string();
         wrong.extend(

@@ -16,48 +16,10 @@
 //! And each step README's checklist line "At the end of this step you should see" marks
 //! every range or figure it states, so none escapes the check.
 
-use std::path::{Path, PathBuf};
-
 use serde_json::Value;
 
-fn workspace() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("report/ lives in the workspace")
-}
-
-fn read_json(path: &str) -> Value {
-    let path = workspace().join(path);
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
-}
-
-/// The documents a learner reads, apart from the slides: the top README, each crate's,
-/// and the worked answers.
-fn documents() -> Vec<PathBuf> {
-    let root = workspace();
-    let mut docs = vec![root.join("README.md")];
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    dirs.sort();
-    for dir in dirs {
-        docs.push(dir.join("README.md"));
-    }
-    let mut solutions: Vec<PathBuf> = std::fs::read_dir(root.join("solutions"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "md"))
-        .collect();
-    solutions.sort();
-    docs.extend(solutions);
-    docs.retain(|d| d.is_file());
-    docs
-}
+mod support;
+use support::{documents, read_json, workspace};
 
 /// What a unit word measures, and its size in that dimension's base (bytes, µs).
 fn unit(word: &str) -> Option<(Dimension, &'static str, f64)> {

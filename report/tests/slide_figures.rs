@@ -9,24 +9,12 @@
 //! marker can go (a note is an HTML comment, and comments do not nest).
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("report/ lives in the workspace")
-}
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(root().join(path)).unwrap_or_else(|err| panic!("{path}: {err}"))
-}
-
-fn json(path: &str) -> Value {
-    serde_json::from_str(&read(path)).unwrap_or_else(|err| panic!("{path}: {err}"))
-}
+mod support;
+use support::{million_runs, number, read, read_json, workspace};
 
 /// The units a figure may carry, longest first so `KiB` is not read as `B`.
 const UNITS: &[&str] = &[
@@ -51,21 +39,6 @@ const CONSTANTS: &[(&str, &str)] = &[
 /// `bytes` as the report prints them: `47 B`, `7.3 KiB`, `45.7 MiB`.
 fn bytes(value: f64) -> String {
     common::format_bytes(value as u64)
-}
-
-fn number(v: &Value, path: &[&str]) -> f64 {
-    path.iter()
-        .fold(v, |v, key| &v[key])
-        .as_f64()
-        .unwrap_or_else(|| panic!("no {} in the committed run", path.join(".")))
-}
-
-/// The million's runs, epoll's first.
-fn million_runs() -> Vec<Value> {
-    match json("slides/figures/million.json") {
-        Value::Array(runs) => runs,
-        one => vec![one],
-    }
 }
 
 /// "Under 1 GB?", from the epoll million: (what, figure) in the slide's order.
@@ -95,7 +68,7 @@ fn under_1gb(run: &Value) -> Vec<(&'static str, String)> {
 
 /// Every figure the committed runs hold, as the report prints it.
 fn committed() -> BTreeSet<String> {
-    let report = json("slides/figures/report.json");
+    let report = read_json("slides/figures/report.json");
     let tables = report["tables"]
         .as_str()
         .expect("report.json has its tables");
@@ -269,7 +242,7 @@ fn committed_date(file: &str) -> Option<Result<String, String>> {
     let git = |args: &[&str]| {
         Command::new("git")
             .args(args)
-            .current_dir(root())
+            .current_dir(workspace())
             .output()
             .ok()
             .filter(|out| out.status.success())

@@ -53,7 +53,7 @@ pub fn check_refused_in_one_line(bin: &str, args: &[&str], line: &str) {
 /// Install a seccomp filter that makes `io_uring_setup` fail with `EPERM` and allows every
 /// other system call: what a container's default profile does. For a child about to exec
 /// a step (`CommandExt::pre_exec`), so that the step meets a kernel that refuses io_uring.
-pub fn refuse_io_uring_setup() -> std::io::Result<()> {
+fn refuse_io_uring_setup() -> std::io::Result<()> {
     use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W, sock_filter};
     let stmt = |code: u32, k: u32| sock_filter {
         code: code as u16,
