@@ -338,6 +338,16 @@ pub fn anon_rss_bytes(pid: impl std::fmt::Display) -> io::Result<u64> {
 
 /// The pids whose parent is `parent` (field 4 of `/proc/PID/stat`): a supervisor's workers.
 pub fn children_of(parent: u32) -> Vec<u32> {
+    // A process that exits meanwhile has no stat to read: not a child any more.
+    pids_where("stat", |stat| {
+        let after_name = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+        after_name.split_whitespace().nth(1) == Some(parent.to_string().as_str())
+    })
+}
+
+/// The pids of the processes whose `/proc/PID/<file>` reads, and says yes to `keep`. A
+/// process that exits meanwhile has nothing to read, and is left out.
+pub fn pids_where(file: &str, keep: impl Fn(&str) -> bool) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -345,11 +355,7 @@ pub fn children_of(parent: u32) -> Vec<u32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            // A process that exits meanwhile has no stat to read: not a child any more.
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let after_name = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
-                after_name.split_whitespace().nth(1) == Some(parent.to_string().as_str())
-            })
+            std::fs::read_to_string(format!("/proc/{pid}/{file}")).is_ok_and(|text| keep(&text))
         })
         .collect()
 }

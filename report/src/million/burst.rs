@@ -75,17 +75,7 @@ pub fn floor(server_cpu_s: f64, loadgen_cpu_s: f64, cores: usize) -> f64 {
 /// The kernel's `ksoftirqd/N` threads, one per CPU: softirq work that could not run in the
 /// process that raised it (too much of it at once) runs there.
 fn ksoftirqd_threads() -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.starts_with("ksoftirqd/"))
-        })
-        .collect()
+    common::pids_where("comm", |comm| comm.starts_with("ksoftirqd/"))
 }
 
 #[cfg(test)]
