@@ -143,12 +143,7 @@ pub async fn echo_all(
                         stats.mismatched += 1;
                         conn.usable = false;
                     } else if p.got + n == len {
-                        let now = monotonic_ns();
-                        stats.ok += 1;
-                        stats
-                            .rtts
-                            .push(Duration::from_nanos(now.saturating_sub(p.sent_ns)));
-                        stats.last_back_ns = Some(now);
+                        stats.came_back(p.sent_ns);
                     } else {
                         // Part of the echo: receive the rest.
                         p.got += n;

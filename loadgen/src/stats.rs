@@ -75,6 +75,16 @@ impl EchoStats {
         ))
     }
 
+    /// An echo of a burst came back whole, now, for a message sent at `sent_ns` (both on
+    /// [`monotonic_ns`]'s clock): counted, timed, and the batch's last echo so far.
+    pub fn came_back(&mut self, sent_ns: u64) {
+        let now = monotonic_ns();
+        self.ok += 1;
+        self.rtts
+            .push(Duration::from_nanos(now.saturating_sub(sent_ns)));
+        self.last_back_ns = Some(now);
+    }
+
     /// Add another batch's counts and times (call `finish` again afterwards).
     pub fn merge(&mut self, other: EchoStats) {
         self.first_sent_ns = earliest(self.first_sent_ns, other.first_sent_ns);

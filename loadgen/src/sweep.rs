@@ -196,12 +196,7 @@ pub async fn echo_all(
                 Ok(n) if n > 0 && buf[..n] == back[p.got..p.got + n] => {
                     p.got += n;
                     if p.got == back.len() {
-                        let now = monotonic_ns();
-                        stats.ok += 1;
-                        stats
-                            .rtts
-                            .push(Duration::from_nanos(now.saturating_sub(p.sent_ns)));
-                        stats.last_back_ns = Some(now);
+                        stats.came_back(p.sent_ns);
                     }
                     p.got == back.len()
                 }
