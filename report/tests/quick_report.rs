@@ -93,6 +93,27 @@ fn table<'a>(stdout: &'a str, first: &str) -> Vec<&'a str> {
     table
 }
 
+/// `table` (the one whose header starts with `first`) has a row per name of `rows`, in that
+/// order, each as wide as its header, and no line past 100 columns (a README, a terminal, a
+/// slide).
+fn check_rows(table: &[&str], first: &str, rows: &[&str]) {
+    let header = cells(table[0]);
+    let names: Vec<&str> = table[2..].iter().map(|r| cells(r)[0]).collect();
+    assert_eq!(names, rows, "`{first}` table: its rows, in order");
+    for line in table {
+        assert_eq!(
+            cells(line).len(),
+            header.len(),
+            "as wide as the header: {line}"
+        );
+        assert!(
+            line.chars().count() <= 100,
+            "`{first}` table wider than 100 columns ({}): {line}",
+            line.chars().count()
+        );
+    }
+}
+
 fn step<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["steps"]
         .as_array()
@@ -168,22 +189,7 @@ fn quick_report_checks_every_row_and_the_lessons_orderings() {
     // Three tables, each with one row per step in the report's order, each row as wide as
     // its header, every line within 100 columns (a README, a terminal, a slide).
     for first in ["memory", "round trip p50", "busy"] {
-        let table = table(&stdout, first);
-        let header = cells(table[0]);
-        let names: Vec<&str> = table[2..].iter().map(|r| cells(r)[0]).collect();
-        assert_eq!(names, rows, "`{first}` table: one row per step, in order");
-        for line in &table {
-            assert_eq!(
-                cells(line).len(),
-                header.len(),
-                "as wide as the header: {line}"
-            );
-            assert!(
-                line.chars().count() <= 100,
-                "`{first}` table wider than 100 columns ({}): {line}",
-                line.chars().count()
-            );
-        }
+        check_rows(&table(&stdout, first), first, &rows);
     }
 
     // Readable on a slide: a chart shown 500 px high (of its 720) keeps every text at 16 px
@@ -461,25 +467,11 @@ fn work_section(report: &Value, stdout: &str, rows: &[&str]) {
         "levels {levels:?}: none and some work"
     );
     for (first, per_step) in [("work", levels.len()), ("fairness", 1)] {
-        let table = table(stdout, first);
-        let header = cells(table[0]);
-        let names: Vec<&str> = table[2..].iter().map(|r| cells(r)[0]).collect();
         let expected: Vec<&str> = worked
             .iter()
             .flat_map(|w| std::iter::repeat_n(*w, per_step))
             .collect();
-        assert_eq!(names, expected, "`{first}` table: its rows, in order");
-        for line in &table {
-            assert_eq!(
-                cells(line).len(),
-                header.len(),
-                "as wide as the header: {line}"
-            );
-            assert!(
-                line.chars().count() <= 100,
-                "`{first}` table too wide: {line}"
-            );
-        }
+        check_rows(&table(stdout, first), first, &expected);
     }
     for &name in rows {
         let s = step(report, name);

@@ -3,27 +3,17 @@
 //! do not pile up in the supervisor. And a worker that stops (SIGSTOP) is noticed by its
 //! silence and replaced.
 
+mod support;
+
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::children_of;
 use stepcheck::{PATIENCE, Server, Watch, step_command, tcp, ws};
+use support::signal;
 
 const BIN: &str = env!("CARGO_BIN_EXE_step08-reuseport");
-
-/// Send `signal` to `pid`, a process this test started or one of its workers.
-fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill takes no pointers. The pid is a process this test started or its
-    // child, which its parent has not reaped, so it has not been reused.
-    let ret = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    assert_eq!(
-        ret,
-        0,
-        "kill({pid}, {signal}): {}",
-        std::io::Error::last_os_error()
-    );
-}
 
 /// Wait until `done()` holds, for at most PATIENCE; `what` says what was awaited.
 fn wait_until(server: &Server, what: &str, mut done: impl FnMut() -> bool) {

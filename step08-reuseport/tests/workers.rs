@@ -12,6 +12,7 @@ use common::children_of;
 use indicatif::ProgressBar;
 use loadgen::{ConnectOptions, Pace, Pool, Target};
 use stepcheck::{PATIENCE, Server};
+use support::signal;
 
 const BIN: &str = env!("CARGO_BIN_EXE_step08-reuseport");
 
@@ -19,19 +20,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_step08-reuseport");
 const FD_LIMIT: u64 = 200;
 const WORKERS: usize = 8;
 const CONNS: usize = 1000;
-
-/// Send `signal` to `pid`, a process this test started (or one of its workers).
-fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill takes no pointers. The pid is a running process this test started or
-    // its child, so it has not been reused.
-    let ret = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    assert_eq!(
-        ret,
-        0,
-        "kill({pid}, {signal}): {}",
-        std::io::Error::last_os_error()
-    );
-}
 
 /// Sockets open in process `pid`, from the links in /proc/PID/fd.
 fn sockets_of(pid: u32) -> usize {
