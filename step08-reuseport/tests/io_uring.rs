@@ -61,6 +61,40 @@ fn bad_handshake_refused() {
     }
 }
 
+/// Every malformed or hostile upgrade and frame of the refusal table gets its status or
+/// close code on io_uring workers too, and the workers keep serving.
+#[test]
+fn every_refusal_as_the_table_says() {
+    if support::io_uring_available() {
+        stepcheck::refusals::check_every_refusal(BIN, TWO);
+    }
+}
+
+/// The stall clock on io_uring workers: a head in two pieces bringing half a frame, under
+/// connect/close churn, is closed with 1008.
+#[test]
+fn head_in_pieces_with_a_partial_frame_is_closed() {
+    if support::io_uring_available() {
+        stepcheck::stall::head_in_pieces_with_a_partial_frame_is_closed(BIN, TWO);
+    }
+}
+
+/// A message kept open with empty fragments and pings, each in two pieces: closed with 1008.
+#[test]
+fn message_kept_open_with_tiny_frames_is_closed() {
+    if support::io_uring_available() {
+        stepcheck::stall::message_kept_open_with_tiny_frames_is_closed(BIN, TWO);
+    }
+}
+
+/// A frame announcing 1 MiB, then a byte at a time: closed with 1008.
+#[test]
+fn trickled_frame_is_closed() {
+    if support::io_uring_available() {
+        stepcheck::stall::trickled_frame_is_closed(BIN, TWO);
+    }
+}
+
 /// Where io_uring is refused (here by a seccomp filter, as container runtimes install),
 /// the supervisor says so in one line, as step09 does, and exits before it starts a worker
 /// or listens: a worker that could not start would be restarted for ever.
