@@ -71,8 +71,8 @@ pub struct Server {
     lines: Receiver<Line>,
     /// Everything the step wrote to stderr so far, for failure messages.
     stderr: Arc<Mutex<String>>,
-    /// The step's `VmRSS` read when its `listening` line arrived, before any connection:
-    /// what the memory line's `base` is held to.
+    /// The step's `VmRSS` once it listened and settled, before any connection: what the
+    /// memory line's `base` is held to (see [`Server::rss_at_start`]).
     rss_at_start: u64,
     /// While set, the thread that reads the step's stdout stops reading it, as a reader
     /// that fell behind would: see [`Server::stop_reading_stdout`].
@@ -322,7 +322,13 @@ impl Server {
             let reason = format!("cannot read /proc/{pid}/status once it listened");
             return Err(fail(&server, reason));
         };
-        server.rss_at_start = proc.rss_bytes;
+        // Read as the line arrived, the step may not have taken its own baseline yet: a step
+        // descheduled right after its write still has code to run before it reads
+        // /proc/self/status, and code comes in 64 KiB at a time (the kernel's fault-around),
+        // which CI once saw as a base 72 KiB above this reading. Read until the step idles
+        // in its loop (two readings 20 ms apart agree): by then its baseline is taken.
+        let read_rss = || (watch.read_status)(pid).ok().map(|now| now.rss_bytes);
+        server.rss_at_start = memory::settled(proc.rss_bytes, Duration::from_millis(20), read_rss);
         Ok(server)
     }
 
@@ -406,7 +412,8 @@ impl Server {
         self.stdout_paused.store(false, Ordering::Relaxed);
     }
 
-    /// The step's `VmRSS` when it started listening, read by the test.
+    /// The step's `VmRSS` once it started listening and settled, before any connection,
+    /// read by the test.
     pub fn rss_at_start(&self) -> u64 {
         self.rss_at_start
     }

@@ -2,9 +2,9 @@
 //! kernel says the process holds, and lands in the band the step's README teaches.
 //!
 //! The line alone proves little: `per-conn = (rss − base) / conns` holds whatever `rss`
-//! and `base` are. So the test reads the step's `VmRSS` itself, once when the step starts
-//! listening (the step's `base`) and once when the line arrives (the step's `rss`), and
-//! holds the line to both.
+//! and `base` are. So the test reads the step's `VmRSS` itself, once when the step has
+//! started listening and settled (the step's `base`) and once when the line arrives (the
+//! step's `rss`), and holds the line to both.
 
 use std::ops::{Bound, RangeBounds};
 use std::thread;
@@ -24,9 +24,10 @@ use crate::Server;
 /// address space, the peak) would be off by.
 pub const RSS_TOLERANCE: u64 = 256 << 10;
 
-/// How much higher the line's `base` may be than the `VmRSS` the test read when the step
-/// printed `listening`. The step takes its baseline right after printing that line, before
-/// its first accept, so a correct step lands within a page or two; 64 KiB stays well under
+/// How much higher the line's `base` may be than the `VmRSS` the test read once the step
+/// listened and settled ([`Server::rss_at_start`]). The step takes its baseline right after
+/// printing `listening`, before its first accept, so a correct step's base is at or below
+/// that reading (by its read buffer and the code its loop faults in); 64 KiB stays well under
 /// what 2 000 connections add to the leanest step (~135 KiB for step05), so a line that took
 /// its baseline with the connections open (0 B per connection) fails here.
 pub const BASE_ABOVE_START: u64 = 64 << 10;
@@ -72,14 +73,21 @@ pub fn assert_line_agrees_with_proc(server: &Server, line: &Value) {
 /// The step's `VmRSS` once two readings 100 ms apart agree to the page (at most 20 tries):
 /// the echoes just sent may still be settling.
 fn settled_rss(server: &Server) -> u64 {
-    let mut last = server.rss_bytes();
+    settled(server.rss_bytes(), Duration::from_millis(100), || {
+        Some(server.rss_bytes())
+    })
+}
+
+/// `first`, read again with `read` every `every` until two readings agree to the page (at
+/// most 20 tries; a reading that fails ends the wait): the last reading.
+pub(crate) fn settled(first: u64, every: Duration, read: impl Fn() -> Option<u64>) -> u64 {
+    let mut last = first;
     for _ in 0..20 {
-        thread::sleep(Duration::from_millis(100));
-        let now = server.rss_bytes();
-        if now == last {
-            break;
+        thread::sleep(every);
+        match read() {
+            Some(now) if now != last => last = now,
+            _ => break,
         }
-        last = now;
     }
     last
 }
