@@ -49,7 +49,7 @@ pub fn assert_line_agrees_with_proc(server: &Server, line: &Value) {
     let claimed_base = line["base_rss_bytes"].as_u64().expect("base_rss_bytes");
     let rss = settled_rss(server);
     let start = server.rss_at_start();
-    eprintln!("{line}\n/proc: VmRSS {rss} B now, {start} B when the step started listening");
+    eprintln!("{line}\n/proc: VmRSS {rss} B now, {start} B once the step listened and settled");
     let pid = server.pid();
     assert!(
         claimed_rss.abs_diff(rss) <= RSS_TOLERANCE,
@@ -59,13 +59,13 @@ pub fn assert_line_agrees_with_proc(server: &Server, line: &Value) {
     assert!(
         claimed_base <= start + BASE_ABOVE_START,
         "the memory line says base {claimed_base} B, but /proc/{pid}/status said VmRSS \
-         {start} B when the step started listening: the baseline was taken after \
+         {start} B once the step listened and settled: the baseline was taken after \
          connections came in: {line}"
     );
     assert!(
         claimed_base + BASE_BELOW_START >= start,
         "the memory line says base {claimed_base} B, but /proc/{pid}/status said VmRSS \
-         {start} B when the step started listening: the baseline is not the resident set \
+         {start} B once the step listened and settled: the baseline is not the resident set \
          before the first connection: {line}"
     );
 }
