@@ -71,8 +71,9 @@ pub struct Server {
     lines: Receiver<Line>,
     /// Everything the step wrote to stderr so far, for failure messages.
     stderr: Arc<Mutex<String>>,
-    /// The step's `VmRSS` once it listened and settled, before any connection: what the
-    /// memory line's `base` is held to (see [`Server::rss_at_start`]).
+    /// The step's `VmRSS` before any connection: read as its `listening` line arrived, and
+    /// for a check ([`Server::start`] and the like) again until it settled. What the memory
+    /// line's `base` is held to.
     rss_at_start: u64,
     /// While set, the thread that reads the step's stdout stops reading it, as a reader
     /// that fell behind would: see [`Server::stop_reading_stdout`].
@@ -216,9 +217,20 @@ impl Server {
         Server::started(command, Watch::default())
     }
 
-    /// [`Server::try_start`] for a check: a step that does not come up fails it.
+    /// [`Server::try_start`] for a check: a step that does not come up fails it. Then the
+    /// step's starting `VmRSS` is read again until the step settles, for the memory checks.
     fn started(command: Command, watch: Watch) -> Server {
-        Server::try_start(command, watch).unwrap_or_else(|err| panic!("{err}"))
+        let mut server = Server::try_start(command, watch).unwrap_or_else(|err| panic!("{err}"));
+        // Read as the line arrived, the step may not have taken its own baseline yet: a step
+        // descheduled right after its write still has code to run before it reads
+        // /proc/self/status, and code comes in 64 KiB at a time (the kernel's fault-around),
+        // which CI once saw as a base 72 KiB above that reading. Read until the step idles
+        // in its loop (two readings 20 ms apart agree): by then its baseline is taken.
+        let pid = server.pid();
+        let read_rss = || (watch.read_status)(pid).ok().map(|now| now.rss_bytes);
+        server.rss_at_start =
+            memory::settled(server.rss_at_start, Duration::from_millis(20), read_rss);
+        server
     }
 
     /// Start `command` (a step with `--json`, see [`step_command`]) and wait for its
@@ -322,13 +334,7 @@ impl Server {
             let reason = format!("cannot read /proc/{pid}/status once it listened");
             return Err(fail(&server, reason));
         };
-        // Read as the line arrived, the step may not have taken its own baseline yet: a step
-        // descheduled right after its write still has code to run before it reads
-        // /proc/self/status, and code comes in 64 KiB at a time (the kernel's fault-around),
-        // which CI once saw as a base 72 KiB above this reading. Read until the step idles
-        // in its loop (two readings 20 ms apart agree): by then its baseline is taken.
-        let read_rss = || (watch.read_status)(pid).ok().map(|now| now.rss_bytes);
-        server.rss_at_start = memory::settled(proc.rss_bytes, Duration::from_millis(20), read_rss);
+        server.rss_at_start = proc.rss_bytes;
         Ok(server)
     }
 
@@ -412,8 +418,9 @@ impl Server {
         self.stdout_paused.store(false, Ordering::Relaxed);
     }
 
-    /// The step's `VmRSS` once it started listening and settled, before any connection,
-    /// read by the test.
+    /// The step's `VmRSS` before any connection, read by the test: once it listened and
+    /// settled when started by [`Server::start`] and the like, as its `listening` line
+    /// arrived when started by [`Server::try_start`].
     pub fn rss_at_start(&self) -> u64 {
         self.rss_at_start
     }
