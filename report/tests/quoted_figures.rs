@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 mod support;
-use support::{cells, workspace};
+use support::{cells, workspace, wrong_in};
 
 /// The units a figure may carry, longest first so `KiB` is not read as `B`.
 const UNITS: &[&str] = &["k/s", "/s", "KiB", "MiB", "GiB", "µs", "ms", "B"];
@@ -188,16 +188,9 @@ fn every_quoted_figure_is_in_the_committed_run() {
         committed.contains_key("step05-epoll"),
         "the committed run has no step05-epoll row"
     );
-    let mut wrong = Vec::new();
-    for doc in documents_and_slides() {
-        let text = std::fs::read_to_string(&doc).unwrap();
-        let shown = doc.strip_prefix(workspace()).unwrap().display().to_string();
-        wrong.extend(
-            disagreements(&text, &committed)
-                .into_iter()
-                .map(|w| format!("{shown} {w}")),
-        );
-    }
+    let wrong = wrong_in(documents_and_slides(), |text| {
+        disagreements(text, &committed)
+    });
     assert!(
         wrong.is_empty(),
         "figures quoted that slides/figures/report.json does not contain (quote the \

@@ -19,7 +19,7 @@
 use serde_json::Value;
 
 mod support;
-use support::{documents, read_json, workspace};
+use support::{documents, read_json, wrong_in};
 
 /// What a unit word measures, and its size in that dimension's base (bytes, µs).
 fn unit(word: &str) -> Option<(Dimension, &'static str, f64)> {
@@ -293,16 +293,7 @@ fn unmarked(line: &str) -> Vec<String> {
 #[test]
 fn every_marked_range_holds_for_the_committed_run() {
     let committed = Committed::load();
-    let mut wrong = Vec::new();
-    for doc in documents() {
-        let text = std::fs::read_to_string(&doc).unwrap();
-        let shown = doc.strip_prefix(workspace()).unwrap().display().to_string();
-        wrong.extend(
-            disagreements(&text, &committed)
-                .into_iter()
-                .map(|w| format!("{shown} {w}")),
-        );
-    }
+    let wrong = wrong_in(documents(), |text| disagreements(text, &committed));
     assert!(
         wrong.is_empty(),
         "ranges and figures the committed runs (slides/figures/report.json, million.json) \

@@ -66,6 +66,18 @@ pub fn documents() -> Vec<PathBuf> {
     docs
 }
 
+/// What `check` finds wrong in each of `docs`, each line led by the document's path in
+/// the workspace.
+pub fn wrong_in(docs: Vec<PathBuf>, check: impl Fn(&str) -> Vec<String>) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for doc in docs {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        let shown = doc.strip_prefix(workspace()).unwrap().display().to_string();
+        wrong.extend(check(&text).into_iter().map(|w| format!("{shown} {w}")));
+    }
+    wrong
+}
+
 /// The cells of a Markdown table row, trimmed.
 pub fn cells(row: &str) -> Vec<&str> {
     row.trim()
