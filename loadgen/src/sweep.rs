@@ -310,18 +310,23 @@ mod tests {
         (sent, back)
     }
 
+    /// The payload of `frame`, a masked client frame of under 126 bytes, unmasked.
+    fn unmask(frame: &[u8]) -> Vec<u8> {
+        let mask = &frame[2..6];
+        frame[6..]
+            .iter()
+            .zip(mask.iter().cycle())
+            .map(|(b, m)| b ^ m)
+            .collect()
+    }
+
     /// A WebSocket message goes out as one masked binary frame, and comes back unmasked.
     #[test]
     fn websocket_frames_are_masked_going_out_and_plain_coming_back() {
         let (sent, back) = wire(Protocol::WebSocket, b"hi", 0);
         assert_eq!(back, [0x82, 2, b'h', b'i']);
         assert_eq!((sent[0], sent[1] & 0x80, sent[1] & 0x7f), (0x82, 0x80, 2));
-        let mask = &sent[2..6];
-        let unmasked: Vec<u8> = sent[6..]
-            .iter()
-            .zip(mask.iter().cycle())
-            .map(|(b, m)| b ^ m)
-            .collect();
+        let unmasked = unmask(&sent);
         assert_eq!(unmasked, b"hi");
         assert_eq!(
             wire(Protocol::Tcp, b"hi", 0),
@@ -346,12 +351,7 @@ mod tests {
             &own[..],
             "the echo expected: unmasked, numbered"
         );
-        let mask = &sent[2..6];
-        let unmasked: Vec<u8> = sent[6..]
-            .iter()
-            .zip(mask.iter().cycle())
-            .map(|(b, m)| b ^ m)
-            .collect();
+        let unmasked = unmask(&sent);
         assert_eq!(
             unmasked, own,
             "the message sent: the numbered payload, masked"
