@@ -16,8 +16,8 @@ pub mod work;
 
 pub use fdlimit::{FdLimit, raise_fd_limit};
 pub use meter::{
-    MemoryLine, MemoryMeter, ProcStatus, anon_rss_bytes, children_of, cpu_time, format_bytes,
-    pids_where, rss_bytes,
+    MemoryLine, MemoryMeter, ProcStatus, anon_rss_bytes, children_of, cpu_time, fd_targets,
+    format_bytes, pids_where, rss_bytes,
 };
 pub use options::Options;
 pub use ratelog::RateLimitedLog;

@@ -360,6 +360,16 @@ pub fn pids_where(file: &str, keep: impl Fn(&str) -> bool) -> Vec<u32> {
         .collect()
 }
 
+/// What process `pid`'s open fds link to, from `/proc/PID/fd`: `socket:[INODE]`,
+/// `anon_inode:[io_uring]`, a file's path. An fd closed meanwhile is left out.
+pub fn fd_targets(pid: u32) -> io::Result<Vec<String>> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .collect())
+}
+
 /// CPU time (user + system) a process has used so far, all its threads together, those
 /// that have exited included, to the nanosecond: the process's CPU-time clock
 /// (`clock_getcpuclockid`), which the kernel keeps for any process we may inspect.
@@ -490,6 +500,24 @@ mod tests {
             line.to_json(),
             r#"{"event":"memory","step":"step02-threads","conns":3,"rss_bytes":1300,"base_rss_bytes":1000,"per_conn_bytes":100,"threads":4}"#
         );
+    }
+
+    /// A socket this process opens shows among its fd targets as `socket:[INODE]`, and is
+    /// gone once closed; a process that does not exist is an error.
+    #[test]
+    fn fd_targets_name_what_each_fd_is() {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: all zeroes is a valid `stat`; fstat writes into it and reads nothing else.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the fd is the open listener's; `stat` is valid and writable.
+        assert_eq!(unsafe { libc::fstat(listener.as_raw_fd(), &mut stat) }, 0);
+        let ours = format!("socket:[{}]", stat.st_ino);
+        let held = || fd_targets(std::process::id()).unwrap().contains(&ours);
+        assert!(held(), "{ours} among {:?}", fd_targets(std::process::id()));
+        drop(listener);
+        assert!(!held(), "{ours} still listed once closed");
+        assert!(fd_targets(u32::MAX).is_err());
     }
 
     /// Byte counts print as B below 1 KiB, then in KiB, MiB or GiB with one decimal.

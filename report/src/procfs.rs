@@ -279,12 +279,11 @@ pub fn socket_holders(
     let inodes = server_inodes(&table, server, clients);
     let mut holder: HashMap<&str, u32> = HashMap::new();
     for &pid in pids {
-        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
-            let Ok(link) = std::fs::read_link(fd.path()) else {
-                continue; // closed meanwhile
-            };
-            let inode = link.to_str().and_then(|l| l.strip_prefix("socket:["));
-            if let Some(inode) = inode.and_then(|i| i.strip_suffix(']'))
+        for target in common::fd_targets(pid)? {
+            let inode = target
+                .strip_prefix("socket:[")
+                .and_then(|i| i.strip_suffix(']'));
+            if let Some(inode) = inode
                 && let Some(wanted) = inodes.iter().flatten().find(|w| *w == inode)
             {
                 holder.insert(wanted, pid);

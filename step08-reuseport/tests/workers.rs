@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use common::children_of;
+use common::{children_of, fd_targets};
 use indicatif::ProgressBar;
 use loadgen::{ConnectOptions, Pace, Pool, Target};
 use stepcheck::{PATIENCE, Server};
@@ -21,28 +21,16 @@ const FD_LIMIT: u64 = 200;
 const WORKERS: usize = 8;
 const CONNS: usize = 1000;
 
-/// Sockets open in process `pid`, from the links in /proc/PID/fd.
+/// Sockets open in process `pid`.
 fn sockets_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .filter(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
-        })
-        .count()
+    let targets = fd_targets(pid).expect("the worker's /proc fd list");
+    targets.iter().filter(|t| t.starts_with("socket:")).count()
 }
 
-/// Whether process `pid` holds an io_uring instance: a link to `anon_inode:[io_uring]` in
-/// /proc/PID/fd.
+/// Whether process `pid` holds an io_uring instance: an fd on `anon_inode:[io_uring]`.
 fn has_io_uring(pid: u32) -> bool {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|target| target.to_string_lossy().contains("io_uring"))
-        })
+    let targets = fd_targets(pid).expect("the worker's /proc fd list");
+    targets.iter().any(|t| t.contains("io_uring"))
 }
 
 /// A memory line for `conns` connections and `workers` workers, within PATIENCE.

@@ -562,14 +562,11 @@ impl Server {
 /// `socket:[INODE]`; the table gives each socket's addresses, state and inode. (A socket
 /// the process merely inherited, a client's, has another local port.)
 fn accepted_sockets(pid: u32, port: u16) -> usize {
-    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+    let inodes: std::collections::HashSet<String> = common::fd_targets(pid)
         .expect("the step's /proc fd list")
-        .flatten()
-        .filter_map(|fd| {
-            let link = std::fs::read_link(fd.path()).ok()?;
-            let inode = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
-            Some(inode.to_string())
-        })
+        .iter()
+        .filter_map(|target| target.strip_prefix("socket:[")?.strip_suffix(']'))
+        .map(str::to_string)
         .collect();
     let port = format!(":{port:04X}");
     let mut accepted = 0;
