@@ -1098,18 +1098,8 @@ impl Process {
     }
 
     fn watch(mut child: Child, read_stdout: bool) -> Process {
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut child_stderr = child.stderr.take().expect("stderr is piped");
-        let collected = stderr.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = child_stderr.read(&mut buf) {
-                collected
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let (stderr, _reader) =
+            stepcheck::collect_text(child.stderr.take().expect("stderr is piped"));
         let stdout = Arc::new(Mutex::new(String::new()));
         let (tx, lines) = channel();
         if read_stdout {

@@ -35,7 +35,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::{MemoryLine, ProcStatus};
@@ -244,18 +244,8 @@ impl Server {
         })?;
         let pid = child.id();
 
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut child_stderr = child.stderr.take().expect("bug: stderr is piped");
-        let collected = Arc::clone(&stderr);
-        let stderr_reader = thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = child_stderr.read(&mut buf) {
-                collected
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let (stderr, stderr_reader) =
+            collect_text(child.stderr.take().expect("bug: stderr is piped"));
 
         let (tx, lines) = mpsc::channel();
         let mut stdout = BufReader::new(child.stdout.take().expect("bug: stdout is piped"));
@@ -555,6 +545,25 @@ impl Server {
         }
         bytes
     }
+}
+
+/// Read `stream` to its end on a thread of its own, gathering it as text that can be read
+/// at any time; the thread ends with the stream.
+pub fn collect_text(
+    mut stream: impl Read + Send + 'static,
+) -> (Arc<Mutex<String>>, JoinHandle<()>) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let collected = Arc::clone(&text);
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stream.read(&mut buf) {
+            collected
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (text, reader)
 }
 
 /// Connections process `pid` accepted on `port`: its sockets that `/proc/PID/net/tcp` (and
