@@ -147,8 +147,7 @@ pub async fn echo_all(
                     } else {
                         // Part of the echo: receive the rest.
                         p.got += n;
-                        let fd = conn.idle_socket().map(|s| s.as_raw_fd());
-                        let fd = fd.expect("bug: only idle sockets are pending");
+                        let fd = socket_fd(conns, p);
                         let rest = &mut buffers[slot * len + p.got..(slot + 1) * len];
                         // SAFETY: as above: the slot outlives the request.
                         unsafe { push(&mut ring, &[receive(fd, rest, slot)]) };
