@@ -381,13 +381,7 @@ pub fn cpu_time(pid: u32) -> io::Result<Duration> {
         // This one returns the error number instead of setting errno.
         return Err(io::Error::from_raw_os_error(err));
     }
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid, writable timespec; `clock` came from the kernel just above.
-    crate::sys::cvt(unsafe { libc::clock_gettime(clock, &mut now) })?;
-    Ok(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
+    crate::sys::clock_now(clock)
 }
 
 #[cfg(test)]
@@ -434,17 +428,6 @@ mod tests {
         assert_eq!(workers.len(), 2, "the shell's two sleeps");
         assert_eq!(summed.threads, 2);
         assert_eq!(summed.rss_bytes, each.iter().sum::<u64>());
-    }
-
-    /// The calling thread's own CPU time.
-    fn thread_cpu() -> Duration {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `now` is a valid, writable timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-        Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
     }
 
     /// Per-connection cost is RSS growth over the baseline per connection; 0 if none or no growth.
@@ -601,7 +584,9 @@ mod tests {
         std::thread::spawn(|| {
             let started = Instant::now();
             let mut x = 0u64;
-            while thread_cpu() < WORK && started.elapsed() < Duration::from_secs(5) {
+            while crate::work::thread_cpu_time() < WORK
+                && started.elapsed() < Duration::from_secs(5)
+            {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
         })

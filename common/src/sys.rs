@@ -1,6 +1,6 @@
 //! Routine syscall plumbing that the steps need (the event loops of steps 03–06 most) and
-//! none of them teaches: turning a C return value into an `io::Result`, and sorting an `io::Error` into
-//! "try again", "that client is gone" or "out of file descriptors".
+//! none of them teaches: turning a C return value into an `io::Result`, sorting an `io::Error` into
+//! "try again", "that client is gone" or "out of file descriptors", and reading a clock.
 //!
 //! Each step keeps what it teaches — its loop, its readiness handling, its partial writes —
 //! and calls these by name, so the loop reads `Err(err) if would_block(&err)` and a learner
@@ -16,6 +16,21 @@ pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     } else {
         Ok(ret)
     }
+}
+
+/// Read `clock` (`CLOCK_MONOTONIC`, a thread's or a process's CPU-time clock) with
+/// clock_gettime(2).
+pub fn clock_now(clock: libc::clockid_t) -> io::Result<std::time::Duration> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the call only stores into it.
+    cvt(unsafe { libc::clock_gettime(clock, &mut now) })?;
+    Ok(std::time::Duration::new(
+        now.tv_sec as u64,
+        now.tv_nsec as u32,
+    ))
 }
 
 /// `EAGAIN`/`EWOULDBLOCK`: a non-blocking socket has nothing to give (or no room) right now.

@@ -134,13 +134,7 @@ pub fn calibrate(work_us: u32) -> Calibration {
 
 /// CPU time the calling thread has used so far.
 pub fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid, writable timespec; this clock exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+    crate::sys::clock_now(libc::CLOCK_THREAD_CPUTIME_ID).expect("every Linux has this clock")
 }
 
 #[cfg(test)]

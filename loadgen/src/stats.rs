@@ -108,14 +108,8 @@ fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 /// Now, in nanoseconds of `CLOCK_MONOTONIC`: one clock for every process on the machine
 /// (an [`std::time::Instant`] is the same clock, but cannot be sent to another process).
 pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec for the call to fill; CLOCK_MONOTONIC always exists
-    // on Linux, so the call cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    let now = common::sys::clock_now(libc::CLOCK_MONOTONIC).expect("every Linux has this clock");
+    now.as_nanos() as u64
 }
 
 impl fmt::Display for EchoStats {
