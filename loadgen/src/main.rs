@@ -382,19 +382,34 @@ async fn obey(args: &Args, held: &mut Held, summary: &Summary) -> Result<bool, S
         "{}",
         serde_json::to_string(summary).expect("bug: the summary serializes")
     );
+    follow_orders(held, args, "loadgen", |stats| {
+        println!("{}", echoes_json(&stats))
+    })
+    .await?;
+    Ok(summary.opened.held == summary.conns)
+}
+
+/// Do each order read on stdin (see [`Order`]) with the connections `held`, handing its
+/// echoes to `answer`, until stdin closes. `who` leads the line about an unknown order.
+async fn follow_orders(
+    held: &mut Held,
+    args: &Args,
+    who: &str,
+    mut answer: impl FnMut(EchoStats),
+) -> Result<(), String> {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let stats = match Order::parse(&line) {
             Some(Order::Burst) => held.burst(args).await?,
             Some(Order::Probe(n)) => held.probe(n, args).await?,
             None => {
-                eprintln!("loadgen: unknown order `{line}`");
+                eprintln!("{who}: unknown order `{line}`");
                 continue;
             }
         };
-        println!("{}", echoes_json(&stats));
+        answer(stats);
     }
-    Ok(summary.opened.held == summary.conns)
+    Ok(())
 }
 
 /// A child: open this process's share, report, then do what the parent says until its
@@ -423,27 +438,17 @@ async fn child(args: &Args) -> ExitCode {
     tokio::time::sleep(Duration::from_millis(200)).await;
     ChildReport::Opened(opened(&pool, base_rss_bytes)).send();
 
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let stats = match Order::parse(&line) {
-            Some(Order::Burst) => {
-                pool.echo_each(0, args.message_size, args.echo_timeout())
-                    .await
-            }
-            Some(Order::Probe(n)) if n > 0 && pool.usable() > 0 => {
-                pool.probe(Pick::Random, n, args.message_size, args.echo_timeout())
-                    .await
-            }
-            Some(Order::Probe(_)) => EchoStats::default(),
-            None => {
-                eprintln!("loadgen child: unknown order `{line}`");
-                continue;
-            }
-        };
-        ChildReport::Echoes(stats).send();
+    let mut held = Held::Here(pool);
+    let answer = |stats| ChildReport::Echoes(stats).send();
+    let followed = follow_orders(&mut held, args, "loadgen child", answer).await;
+    held.close();
+    match followed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("loadgen child: {err}");
+            ExitCode::FAILURE
+        }
     }
-    pool.close();
-    ExitCode::SUCCESS
 }
 
 /// Each of `processes` processes opens at this pace: the totals shared out.
