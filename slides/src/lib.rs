@@ -230,9 +230,21 @@ pub fn slides(markdown: &str) -> Vec<String> {
     slides
 }
 
+/// The deck, `slides/slides.md`.
+pub fn deck() -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("slides.md"))
+        .expect("slides/slides.md is readable")
+}
+
 /// A slide's speaker notes: its first HTML comment that is neither a directive nor a marker.
 pub fn notes(slide: &str) -> Option<&str> {
-    slide.split("<!--").skip(1).find_map(|comment| {
+    all_notes(slide).next()
+}
+
+/// Every HTML comment of a slide that is neither a directive nor a marker: Marp shows them
+/// all as the speaker's notes.
+pub fn all_notes(slide: &str) -> impl Iterator<Item = &str> {
+    slide.split("<!--").skip(1).filter_map(|comment| {
         let text = comment.split("-->").next().unwrap_or_default().trim();
         let marker = ["excerpt:", "figure:"]
             .iter()

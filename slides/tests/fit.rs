@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use slides::{
-    MIN_CHART_TEXT, check, clock, duplicate_titles, empty_table_rows, minute_marks, slides,
+    MIN_CHART_TEXT, check, clock, deck, duplicate_titles, empty_table_rows, minute_marks, slides,
     slides_without_notes, title,
 };
 use stepcheck::chromium;
@@ -105,11 +105,6 @@ fn every_slide_has_speaker_notes() {
         missing.is_empty(),
         "slides without speaker notes (an HTML comment on the slide): {missing:?}"
     );
-}
-
-fn deck() -> String {
-    fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("slides.md"))
-        .expect("slides.md is readable")
 }
 
 /// The workshop's length, break included: the agenda slide's last part ends here.

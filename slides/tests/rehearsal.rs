@@ -705,7 +705,8 @@ fn asked(deck: &str) -> Vec<String> {
             asked.push(item);
         }
     };
-    for note in notes(deck) {
+    let slides = slides::slides(deck);
+    for note in slides.iter().flat_map(|slide| slides::all_notes(slide)) {
         for line in note.lines() {
             for (i, span) in line.split('`').enumerate() {
                 if i % 2 == 1 && is_command(span) {
@@ -731,19 +732,6 @@ fn is_command(span: &str) -> bool {
     PROGRAMS.iter().any(|program| span.starts_with(program))
 }
 
-/// The speaker notes: every HTML comment but the deck's directives (`<!-- excerpt: … -->`,
-/// `<!-- _class: … -->`).
-fn notes(deck: &str) -> Vec<&str> {
-    deck.split("<!--")
-        .skip(1)
-        .filter_map(|rest| rest.split_once("-->").map(|(note, _)| note))
-        .filter(|note| {
-            let note = note.trim_start();
-            !note.starts_with("excerpt:") && !note.starts_with('_')
-        })
-        .collect()
-}
-
 /// The text up to the first full stop outside backticks (a span like `127.0.0.1` has
 /// stops), trimmed, its spaces single.
 fn first_sentence(text: &str) -> String {
@@ -763,16 +751,11 @@ fn first_sentence(text: &str) -> String {
     text[..end].split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn deck() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("slides.md"))
-        .expect("slides/slides.md")
-}
-
 /// Every demo the notes ask for has an entry in [`DEMOS`]; every entry is asked for; the
 /// entries follow the deck's order. Fails naming each one, so the table keeps up with the deck.
 #[test]
 fn every_demo_in_the_notes_has_a_rehearsal() {
-    let asked = asked(&deck());
+    let asked = asked(&slides::deck());
     let mut problems = Vec::new();
     for item in &asked {
         if !DEMOS.iter().any(|demo| demo.notes.contains(&item.as_str())) {
@@ -824,12 +807,13 @@ fn every_demo_in_the_notes_has_a_rehearsal() {
 #[test]
 fn the_notes_are_read_for_commands_and_described_runs() {
     let deck = "<!-- excerpt: a/b.rs -->\n<!-- _class: chart -->\n<!--\n\
-                Run: nothing yet. The room sees a title.\n-->\n---\n<!--\n\
+                Run: nothing yet. The room sees a title.\n-->\n<!-- Then `nc 127.0.0.1 2`. -->\n---\n<!--\n\
                 0:15 Run: `cargo run -p x -- --addr 127.0.0.1:1`, then `--flag`. Then `nc 127.0.0.1 1`.\n\
                 Run: step02 with loadgen --conns 10. The room should see.\n-->";
     assert_eq!(
         asked(deck),
         [
+            "nc 127.0.0.1 2",
             "cargo run -p x -- --addr 127.0.0.1:1",
             "nc 127.0.0.1 1",
             "step02 with loadgen --conns 10",
