@@ -168,32 +168,31 @@ impl KernelMemory {
     /// for it (an io_uring instance's requests go when its teardown runs, on a kernel
     /// thread), must not be counted as held.
     pub fn read_settled(&self, limit: std::time::Duration) -> Option<KernelMemory> {
-        let deadline = std::time::Instant::now() + limit;
-        let mut last = self.read_again()?;
-        loop {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            let now = self.read_again()?;
-            if now.total().abs_diff(last.total()) < 64 * 1024
-                || std::time::Instant::now() >= deadline
-            {
-                return Some(now);
-            }
-            last = now;
-        }
+        KernelMemory::read_when_steady(limit, || self.read_again())
     }
 
     /// Wait (at most `limit`) until the figures stop moving: sockets and threads of the
     /// previous step are freed after it exits, some after an RCU grace period, and that
     /// shrinking must not be counted against the next step.
     pub fn settle(limit: std::time::Duration) {
+        KernelMemory::read_when_steady(limit, KernelMemory::read);
+    }
+
+    /// `read`, every 100 ms, until two readings in a row are within 64 KiB of each other
+    /// or `limit` has passed: the last reading, or `None` once one fails.
+    fn read_when_steady(
+        limit: std::time::Duration,
+        read: impl Fn() -> Option<KernelMemory>,
+    ) -> Option<KernelMemory> {
         let deadline = std::time::Instant::now() + limit;
-        let mut last = KernelMemory::read().map(|k| k.total());
-        while let Some(previous) = last {
+        let mut last = read()?;
+        loop {
             std::thread::sleep(std::time::Duration::from_millis(100));
-            let now = KernelMemory::read().map(|k| k.total());
-            let steady = now.is_some_and(|now| now.abs_diff(previous) < 64 * 1024);
-            if steady || std::time::Instant::now() >= deadline {
-                return;
+            let now = read()?;
+            if now.total().abs_diff(last.total()) < 64 * 1024
+                || std::time::Instant::now() >= deadline
+            {
+                return Some(now);
             }
             last = now;
         }
