@@ -35,12 +35,15 @@ pub fn machine_cpu_time() -> io::Result<Duration> {
     from_ticks(busy_ticks(&std::fs::read_to_string("/proc/stat")?)?)
 }
 
-/// CPU time the whole machine spent in softirqs, from /proc/stat: packets received, loopback
-/// TCP's among them. Most of it runs in the process that sent the packet, and is counted in
-/// that process's CPU time too; what runs in `ksoftirqd` is counted there.
-pub fn machine_softirq_time() -> io::Result<Duration> {
-    let ticks = cpu_ticks(&std::fs::read_to_string("/proc/stat")?)?;
-    from_ticks(ticks[6])
+/// [`machine_cpu_time`], and of it the time the whole machine spent in softirqs: packets
+/// received, loopback TCP's among them. Most of that runs in the process that sent the
+/// packet, and is counted in that process's CPU time too; what runs in `ksoftirqd` is
+/// counted there. Both from one reading of /proc/stat, so of one moment.
+pub fn machine_cpu_and_softirq_time() -> io::Result<(Duration, Duration)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let busy = from_ticks(busy_ticks(&stat)?)?;
+    let softirq = from_ticks(cpu_ticks(&stat)?[6])?;
+    Ok((busy, softirq))
 }
 
 /// Clock ticks as time.

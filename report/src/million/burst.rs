@@ -31,13 +31,18 @@ impl Sides {
         let sum = |pids: &[u32]| -> Duration {
             pids.iter().filter_map(|&p| common::cpu_time(p).ok()).sum()
         };
+        let at = Instant::now();
+        let server = sum(&self.server);
+        let loadgen = sum(&self.loadgen);
+        let ksoftirqd = sum(&ksoftirqd_threads());
+        let (machine_busy, machine_softirq) = procfs::machine_cpu_and_softirq_time().ok().unzip();
         Reading {
-            at: Instant::now(),
-            server: sum(&self.server),
-            loadgen: sum(&self.loadgen),
-            ksoftirqd: sum(&ksoftirqd_threads()),
-            machine_busy: procfs::machine_cpu_time().ok(),
-            machine_softirq: procfs::machine_softirq_time().ok(),
+            at,
+            server,
+            loadgen,
+            ksoftirqd,
+            machine_busy,
+            machine_softirq,
         }
     }
 }
