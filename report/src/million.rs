@@ -272,7 +272,7 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
     );
     let sides = burst::Sides {
         server: worker_pids.clone(),
-        loadgen: loadgen.pids(),
+        loadgen: loadgen.pid(),
     };
     let cores = m.machine.as_ref().map_or(1, |machine| machine.cores);
     let before = sides.read();
