@@ -129,7 +129,7 @@ async fn burst(
     let others = OthersCpu::start(step.process.pid());
     let (started, cpu_before) = (Instant::now(), step.cpu());
     let mut timed = Burst::default();
-    let (least, most) = (plan.work.rounds, 50 * plan.work.rounds);
+    let (least, most) = (plan.work.rounds, plan.work.most_rounds());
     while timed.rounds < least || (timed.busy < plan.work.min_window && timed.rounds < most) {
         let round = Instant::now();
         let echoes = pool.echo_each(from, bytes, deadline).await;
