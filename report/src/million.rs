@@ -20,6 +20,8 @@
 //!   and the packets loopback dropped;
 //! - `million/network.rs`: a network namespace of the run's own, where the kernel's table
 //!   of established connections has room for its two million sockets;
+//! - `million/sysctl.rs`: a kernel setting's file, read and written whole (for the two
+//!   above);
 //! - `million/table.rs`: the runs as one table, a column per loop.
 
 mod burst;
@@ -27,6 +29,7 @@ mod client;
 mod figures;
 mod network;
 mod settings;
+mod sysctl;
 mod table;
 
 use std::path::Path;
