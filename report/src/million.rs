@@ -44,7 +44,7 @@ use crate::live;
 use crate::procfs::{KernelMemory, SOCKET_CACHES, URING_CACHES};
 use client::Client;
 use figures::Million;
-use settings::softnet_drops;
+use settings::{Raised, softnet_drops};
 
 /// The event loops step08's workers can run, as `step08-reuseport --loop` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,10 +80,8 @@ pub fn run(wanted: Option<usize>, loops: Loops, out: &Path, bin_dir: &Path) -> E
     let runs: Vec<Million> = match prepare(asked, bin_dir) {
         Ok((machine, plan)) => {
             // Raised before the move to a namespace of our own: only the machine's has them.
-            let raised = [
-                settings::raise_backlog(),
-                settings::raise_tcp_mem(plan.conns),
-            ];
+            let backlog = settings::raise_backlog();
+            let tcp_mem = settings::raise_tcp_mem(plan.conns);
             // Both ends of every connection are sockets on this machine.
             let network = network::make_room(2 * plan.conns);
             let runs = loops
@@ -92,11 +90,16 @@ pub fn run(wanted: Option<usize>, loops: Loops, out: &Path, bin_dir: &Path) -> E
                 .map(|name| {
                     let mut run = one_loop(name, asked, &machine, &plan, bin_dir);
                     run.network = network.clone();
-                    run.settings_raised(&raised);
+                    run.netdev_max_backlog = backlog.as_ref().and_then(|raised| {
+                        let (was, now) = raised.change();
+                        was.parse().ok().zip(now.parse().ok())
+                    });
+                    run.tcp_mem = tcp_mem.as_ref().map(Raised::change);
                     run
                 })
                 .collect();
-            drop(raised);
+            drop(backlog);
+            drop(tcp_mem);
             runs
         }
         Err(err) => {

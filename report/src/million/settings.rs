@@ -31,9 +31,9 @@ pub struct Raised {
 }
 
 impl Raised {
-    /// (name, was, now), to say in the run's figures.
-    pub fn change(&self) -> (&'static str, String, String) {
-        (self.name, self.was.clone(), self.now.clone())
+    /// (was, now), to say in the run's figures.
+    pub fn change(&self) -> (String, String) {
+        (self.was.clone(), self.now.clone())
     }
 }
 
