@@ -20,6 +20,8 @@
 //!   and the packets loopback dropped;
 //! - `million/network.rs`: a network namespace of the run's own, where the kernel's table
 //!   of established connections has room for its two million sockets;
+//! - `million/sysctl.rs`: a kernel setting's file, read and written whole (for the two
+//!   above);
 //! - `million/table.rs`: the runs as one table, a column per loop.
 
 mod burst;
@@ -27,6 +29,7 @@ mod client;
 mod figures;
 mod network;
 mod settings;
+mod sysctl;
 mod table;
 
 use std::path::Path;
@@ -41,7 +44,7 @@ use crate::live;
 use crate::procfs::{KernelMemory, SOCKET_CACHES, URING_CACHES};
 use client::Client;
 use figures::Million;
-use settings::softnet_drops;
+use settings::{Raised, softnet_drops};
 
 /// The event loops step08's workers can run, as `step08-reuseport --loop` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,10 +80,8 @@ pub fn run(wanted: Option<usize>, loops: Loops, out: &Path, bin_dir: &Path) -> E
     let runs: Vec<Million> = match prepare(asked, bin_dir) {
         Ok((machine, plan)) => {
             // Raised before the move to a namespace of our own: only the machine's has them.
-            let raised = [
-                settings::raise_backlog(),
-                settings::raise_tcp_mem(plan.conns),
-            ];
+            let backlog = settings::raise_backlog();
+            let tcp_mem = settings::raise_tcp_mem(plan.conns);
             // Both ends of every connection are sockets on this machine.
             let network = network::make_room(2 * plan.conns);
             let runs = loops
@@ -89,11 +90,16 @@ pub fn run(wanted: Option<usize>, loops: Loops, out: &Path, bin_dir: &Path) -> E
                 .map(|name| {
                     let mut run = one_loop(name, asked, &machine, &plan, bin_dir);
                     run.network = network.clone();
-                    run.settings_raised(&raised);
+                    run.netdev_max_backlog = backlog.as_ref().and_then(|raised| {
+                        let (was, now) = raised.change();
+                        was.parse().ok().zip(now.parse().ok())
+                    });
+                    run.tcp_mem = tcp_mem.as_ref().map(Raised::change);
                     run
                 })
                 .collect();
-            drop(raised);
+            drop(backlog);
+            drop(tcp_mem);
             runs
         }
         Err(err) => {
@@ -272,7 +278,7 @@ fn measure(m: &mut Million, bin_dir: &Path) -> Result<(), String> {
     );
     let sides = burst::Sides {
         server: worker_pids.clone(),
-        loadgen: loadgen.pids(),
+        loadgen: loadgen.pid(),
     };
     let cores = m.machine.as_ref().map_or(1, |machine| machine.cores);
     let before = sides.read();

@@ -405,7 +405,7 @@ fn work_footnotes(plan: &crate::schema::Plan) -> String {
         base = work.base_us,
         sizes = sizes.join(", "),
         rounds = work.rounds,
-        most = 50 * work.rounds,
+        most = work.most_rounds(),
         window = work.min_window.as_millis(),
         burst = work.burst,
         slow_bytes = work.message_bytes(work.slow_ms * 1000),

@@ -35,12 +35,15 @@ pub fn machine_cpu_time() -> io::Result<Duration> {
     from_ticks(busy_ticks(&std::fs::read_to_string("/proc/stat")?)?)
 }
 
-/// CPU time the whole machine spent in softirqs, from /proc/stat: packets received, loopback
-/// TCP's among them. Most of it runs in the process that sent the packet, and is counted in
-/// that process's CPU time too; what runs in `ksoftirqd` is counted there.
-pub fn machine_softirq_time() -> io::Result<Duration> {
-    let ticks = cpu_ticks(&std::fs::read_to_string("/proc/stat")?)?;
-    from_ticks(ticks[6])
+/// [`machine_cpu_time`], and of it the time the whole machine spent in softirqs: packets
+/// received, loopback TCP's among them. Most of that runs in the process that sent the
+/// packet, and is counted in that process's CPU time too; what runs in `ksoftirqd` is
+/// counted there. Both from one reading of /proc/stat, so of one moment.
+pub fn machine_cpu_and_softirq_time() -> io::Result<(Duration, Duration)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let busy = from_ticks(busy_ticks(&stat)?)?;
+    let softirq = from_ticks(cpu_ticks(&stat)?[6])?;
+    Ok((busy, softirq))
 }
 
 /// Clock ticks as time.
@@ -168,32 +171,31 @@ impl KernelMemory {
     /// for it (an io_uring instance's requests go when its teardown runs, on a kernel
     /// thread), must not be counted as held.
     pub fn read_settled(&self, limit: std::time::Duration) -> Option<KernelMemory> {
-        let deadline = std::time::Instant::now() + limit;
-        let mut last = self.read_again()?;
-        loop {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            let now = self.read_again()?;
-            if now.total().abs_diff(last.total()) < 64 * 1024
-                || std::time::Instant::now() >= deadline
-            {
-                return Some(now);
-            }
-            last = now;
-        }
+        KernelMemory::read_when_steady(limit, || self.read_again())
     }
 
     /// Wait (at most `limit`) until the figures stop moving: sockets and threads of the
     /// previous step are freed after it exits, some after an RCU grace period, and that
     /// shrinking must not be counted against the next step.
     pub fn settle(limit: std::time::Duration) {
+        KernelMemory::read_when_steady(limit, KernelMemory::read);
+    }
+
+    /// `read`, every 100 ms, until two readings in a row are within 64 KiB of each other
+    /// or `limit` has passed: the last reading, or `None` once one fails.
+    fn read_when_steady(
+        limit: std::time::Duration,
+        read: impl Fn() -> Option<KernelMemory>,
+    ) -> Option<KernelMemory> {
         let deadline = std::time::Instant::now() + limit;
-        let mut last = KernelMemory::read().map(|k| k.total());
-        while let Some(previous) = last {
+        let mut last = read()?;
+        loop {
             std::thread::sleep(std::time::Duration::from_millis(100));
-            let now = KernelMemory::read().map(|k| k.total());
-            let steady = now.is_some_and(|now| now.abs_diff(previous) < 64 * 1024);
-            if steady || std::time::Instant::now() >= deadline {
-                return;
+            let now = read()?;
+            if now.total().abs_diff(last.total()) < 64 * 1024
+                || std::time::Instant::now() >= deadline
+            {
+                return Some(now);
             }
             last = now;
         }

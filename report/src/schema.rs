@@ -81,8 +81,9 @@ pub struct WorkPlan {
     /// Connections, of the N held, that each send one message per round (the newest).
     pub burst: usize,
     /// Rounds of the burst at each level, after one round not counted: at least this many,
-    /// and more until they fill `min_window` (at most 50 times as many). CPU time is counted
-    /// in ticks of 10 ms, so a window of a few ms would make the cores figures noise.
+    /// and more until they fill `min_window` (at most [`WorkPlan::most_rounds`]). CPU time
+    /// is counted in ticks of 10 ms, so a window of a few ms would make the cores figures
+    /// noise.
     pub rounds: usize,
     pub min_window: Duration,
     /// Fairness: what each message of the one slow connection costs the step, in ms.
@@ -93,6 +94,12 @@ pub struct WorkPlan {
 }
 
 impl WorkPlan {
+    /// The most rounds of the burst at each level, however short they are: 50 times
+    /// `rounds`.
+    pub fn most_rounds(&self) -> usize {
+        50 * self.rounds
+    }
+
     /// The length of a message that costs `work_us` µs at `--work-us base_us` (64 bytes per
     /// `base_us`, to the nearest byte, one at least): 13 bytes for 20 µs at 100.
     pub fn message_bytes(&self, work_us: u32) -> usize {

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use loadgen::{Conn, ConnectOptions, EchoStats, Pace, Pool};
+use loadgen::{Burst, Conn, ConnectOptions, EchoStats, Pace, Pool};
 
 use crate::busy::OthersCpu;
 use crate::child::Started;
@@ -128,15 +128,14 @@ async fn burst(
     pool.echo_each(from, bytes, deadline).await;
     let others = OthersCpu::start(step.process.pid());
     let (started, cpu_before) = (Instant::now(), step.cpu());
-    let mut echo = EchoStats::default();
-    let mut busy = Duration::ZERO;
-    let (least, most) = (plan.work.rounds, 50 * plan.work.rounds);
-    let mut rounds = 0;
-    while rounds < least || (busy < plan.work.min_window && rounds < most) {
+    let mut timed = Burst::default();
+    let (least, most) = (plan.work.rounds, plan.work.most_rounds());
+    while timed.rounds < least || (timed.busy < plan.work.min_window && timed.rounds < most) {
         let round = Instant::now();
-        echo.merge(pool.echo_each(from, bytes, deadline).await);
-        busy += round.elapsed();
-        rounds += 1;
+        let echoes = pool.echo_each(from, bytes, deadline).await;
+        timed.echo.merge(echoes);
+        timed.busy += round.elapsed();
+        timed.rounds += 1;
     }
     let cores = match (cpu_before, step.cpu()) {
         (Some(before), Some(after)) => {
@@ -144,19 +143,19 @@ async fn burst(
         }
         _ => None,
     };
-    let echo = echo.finish();
-    let summary = echo.summary();
+    timed.echo = timed.echo.finish();
+    let summary = timed.echo.summary();
     WorkLevel {
         work_us,
         message_bytes: bytes,
         burst,
-        rounds,
-        msgs_per_s: echo.ok as f64 / busy.as_secs_f64().max(1e-9),
+        rounds: timed.rounds,
+        msgs_per_s: timed.msgs_per_s(),
         p50_us: summary.map_or(0.0, |s| us(s.p50)),
         p99_us: summary.map_or(0.0, |s| us(s.p99)),
         cores,
         others_cores: others.and_then(OthersCpu::cores),
-        echo: EchoCounts::from(&echo),
+        echo: EchoCounts::from(&timed.echo),
     }
 }
 

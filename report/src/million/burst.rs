@@ -11,8 +11,10 @@ use crate::procfs;
 
 /// The processes on each side of the burst.
 pub struct Sides {
+    /// The server's workers.
     pub server: Vec<u32>,
-    pub loadgen: Vec<u32>,
+    /// loadgen's first process: its children's CPU time is counted with its own.
+    pub loadgen: u32,
 }
 
 /// CPU time used so far, by each side and by the machine.
@@ -31,13 +33,18 @@ impl Sides {
         let sum = |pids: &[u32]| -> Duration {
             pids.iter().filter_map(|&p| common::cpu_time(p).ok()).sum()
         };
+        let at = Instant::now();
+        let server = sum(&self.server);
+        let loadgen = procfs::cpu_time(self.loadgen).unwrap_or_default();
+        let ksoftirqd = sum(&ksoftirqd_threads());
+        let (machine_busy, machine_softirq) = procfs::machine_cpu_and_softirq_time().ok().unzip();
         Reading {
-            at: Instant::now(),
-            server: sum(&self.server),
-            loadgen: sum(&self.loadgen),
-            ksoftirqd: sum(&ksoftirqd_threads()),
-            machine_busy: procfs::machine_cpu_time().ok(),
-            machine_softirq: procfs::machine_softirq_time().ok(),
+            at,
+            server,
+            loadgen,
+            ksoftirqd,
+            machine_busy,
+            machine_softirq,
         }
     }
 }
@@ -96,7 +103,9 @@ mod tests {
     fn a_side_is_charged_the_cpu_time_it_used() {
         let sides = Sides {
             server: vec![std::process::id()],
-            loadgen: Vec::new(),
+            // No loadgen: a pid no process has (Linux's stay below 2^22; not -1 as
+            // `pid_t`, which the CPU clock takes for this process).
+            loadgen: 1 << 22,
         };
         let before = sides.read();
         let spin = Instant::now();

@@ -53,13 +53,6 @@ impl Client {
         self.child.id()
     }
 
-    /// loadgen's processes now: the first, and its children.
-    pub fn pids(&self) -> Vec<u32> {
-        let mut pids = common::children_of(self.pid());
-        pids.push(self.pid());
-        pids
-    }
-
     /// The summary of the opening, once every connection was tried.
     pub fn opened(&mut self, patience: Duration) -> Result<serde_json::Value, String> {
         self.answer(patience)

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::network::Network;
-use super::settings::Raised;
 use crate::fit::Machine;
 
 /// Echo outcome, as loadgen answers an order.
@@ -116,18 +115,6 @@ pub struct Million {
 }
 
 impl Million {
-    /// Note which settings the run raised, from what to what.
-    pub fn settings_raised(&mut self, raised: &[Option<Raised>]) {
-        for (name, was, now) in raised.iter().flatten().map(Raised::change) {
-            match name {
-                "net.core.netdev_max_backlog" => {
-                    self.netdev_max_backlog = was.parse().ok().zip(now.parse().ok());
-                }
-                _ => self.tcp_mem = Some((was, now)),
-            }
-        }
-    }
-
     /// Every connection held, none failed, and the run finished.
     pub fn all_held(&self) -> bool {
         self.error.is_none()

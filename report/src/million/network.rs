@@ -17,10 +17,12 @@
 //! is, and says why.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
+use std::io;
 
 use common::sys::cvt;
 use serde::Serialize;
+
+use super::sysctl;
 
 const TABLE: &str = "/proc/sys/net/ipv4/tcp_ehash_entries";
 const CHILD_TABLE: &str = "/proc/sys/net/ipv4/tcp_child_ehash_entries";
@@ -86,11 +88,11 @@ fn own_namespace(buckets: u64) -> io::Result<u64> {
         .write(true)
         .open(CHILD_TABLE)?;
     let was = read_from(&mut setting)?;
-    write_to(&mut setting, buckets)?;
+    sysctl::write(&mut setting, &buckets.to_string())?;
     // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only the calling thread.
     let moved = cvt(unsafe { libc::unshare(libc::CLONE_NEWNET) });
     // Put it back at once: only our namespace was to be made this way.
-    write_to(&mut setting, was)?;
+    sysctl::write(&mut setting, &was.to_string())?;
     moved?;
     loopback_up()?;
     read_number(TABLE)
@@ -122,18 +124,10 @@ fn read_number(path: &str) -> io::Result<u64> {
 }
 
 fn read_from(file: &mut File) -> io::Result<u64> {
-    let mut text = String::new();
-    file.rewind()?;
-    file.read_to_string(&mut text)?;
+    let text = sysctl::read(file)?;
     text.trim()
         .parse()
         .map_err(|_| io::Error::other(format!("not a number: {text}")))
-}
-
-fn write_to(file: &mut File, value: u64) -> io::Result<()> {
-    // A sysctl is written whole, from its start.
-    file.rewind()?;
-    file.write_all(value.to_string().as_bytes())
 }
 
 #[cfg(test)]

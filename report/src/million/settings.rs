@@ -13,7 +13,8 @@
 //!   buffer, so their memory is the same either way.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+
+use super::sysctl;
 
 /// Loopback's input queue for the opening storm.
 const NETDEV_BACKLOG: u64 = 65_536;
@@ -30,16 +31,15 @@ pub struct Raised {
 }
 
 impl Raised {
-    /// (name, was, now), to say in the run's figures.
-    pub fn change(&self) -> (&'static str, String, String) {
-        (self.name, self.was.clone(), self.now.clone())
+    /// (was, now), to say in the run's figures.
+    pub fn change(&self) -> (String, String) {
+        (self.was.clone(), self.now.clone())
     }
 }
 
 impl Drop for Raised {
     fn drop(&mut self) {
-        // A sysctl is written whole, from its start.
-        if self.file.rewind().is_ok() && self.file.write_all(self.was.as_bytes()).is_ok() {
+        if sysctl::write(&mut self.file, &self.was).is_ok() {
             eprintln!("report: {} is back to {}", self.name, self.was);
         }
     }
@@ -85,15 +85,13 @@ fn raise(
     wanted: impl FnOnce(&str) -> Option<String>,
 ) -> Option<Raised> {
     let path = format!("/proc/sys/{}", name.replace('.', "/"));
-    let mut was = String::new();
-    let mut file = match OpenOptions::new().read(true).write(true).open(&path) {
+    let (mut file, was) = match OpenOptions::new().read(true).write(true).open(&path) {
         Ok(mut file) => {
-            file.read_to_string(&mut was).ok()?;
-            file
+            let was = sysctl::read(&mut file).ok()?;
+            (file, was)
         }
         Err(err) => {
-            let mut reading = File::open(&path).ok()?;
-            reading.read_to_string(&mut was).ok()?;
+            let was = sysctl::read(&mut File::open(&path).ok()?).ok()?;
             if wanted(&was).is_some() {
                 eprintln!(
                     "report: {name} is {} and cannot be raised ({err}): {otherwise}",
@@ -105,7 +103,7 @@ fn raise(
     };
     let was = was.split_whitespace().collect::<Vec<_>>().join(" ");
     let now = wanted(&was)?;
-    if let Err(err) = file.rewind().and_then(|()| file.write_all(now.as_bytes())) {
+    if let Err(err) = sysctl::write(&mut file, &now) {
         eprintln!("report: {name} is {was} and cannot be raised ({err}): {otherwise}");
         return None;
     }
